@@ -1,0 +1,53 @@
+import type { Tensor } from "../gpu/tensor.ts";
+
+/**
+ * Weight formats of a Linear layer's [rows = out_features, cols = in_features]
+ * matrix (PyTorch layout; y = x @ W^T).
+ *
+ * q4: groups of 32 along cols; a group's 32 nibbles are 4 u32 words (one
+ * vec4<u32>), nibble i of the group at bits 4*(i%8) of word i/8 (low nibble =
+ * even index); value = (q - 8) * scale. q8: 8 u32 words per group, byte i%4 of
+ * word i/4 is a signed int8; value = q * scale. Scales are f16, one per group,
+ * stored [rows, groups] and packed in pairs. cols are zero-padded to a
+ * multiple of 32 (paddedCols); padded weights quantize to exactly 0.
+ */
+export type WeightFormat = "f32" | "f16" | "q8" | "q4";
+
+export const GROUP_SIZE = 32;
+
+export interface DenseWeight {
+  readonly format: "f32" | "f16";
+  readonly rows: number;
+  readonly cols: number;
+  /** shape [rows, cols], dtype = format */
+  readonly data: Tensor;
+}
+
+export interface QuantizedWeight {
+  readonly format: "q4" | "q8";
+  readonly rows: number;
+  readonly cols: number;
+  /** cols rounded up to a multiple of GROUP_SIZE */
+  readonly paddedCols: number;
+  /** u32 words, shape [rows, paddedCols * bits / 32] */
+  readonly data: Tensor;
+  /** f16, shape [rows, paddedCols / GROUP_SIZE] */
+  readonly scales: Tensor;
+}
+
+export type Weight = DenseWeight | QuantizedWeight;
+
+/**
+ * A weight too large for one storage binding, split along rows (output
+ * features). Each shard covers rows [rowStart, rowStart + shard.rows).
+ */
+export interface ShardedWeight {
+  readonly format: WeightFormat;
+  readonly rows: number;
+  readonly cols: number;
+  readonly shards: readonly { readonly rowStart: number; readonly weight: Weight }[];
+}
+
+export function paddedCols(cols: number): number {
+  return Math.ceil(cols / GROUP_SIZE) * GROUP_SIZE;
+}
