@@ -1,0 +1,121 @@
+import { WebvlmError } from "../api/errors.ts";
+import type { GpuContext } from "../gpu/device.ts";
+import type { Tensor } from "../gpu/tensor.ts";
+import { uploadTensor } from "../gpu/transfer.ts";
+import { f16BitsToF32, f32ToF16Bits } from "./f16.ts";
+import { GROUP_SIZE, paddedCols, type QuantizedWeight, type Weight, type WeightFormat } from "./formats.ts";
+
+/** CPU-side packed form of a quantized [rows, cols] matrix (layout in formats.ts). */
+export interface PackedQuant {
+  format: "q4" | "q8";
+  rows: number;
+  cols: number;
+  paddedCols: number;
+  data: Uint32Array;
+  /** f16 bits, [rows, paddedCols / 32] */
+  scales: Uint16Array;
+}
+
+/**
+ * Group-wise symmetric quantization. q4 follows ggml's q4_0: the scale maps the
+ * group's largest-magnitude value (with its sign) to -8, so the full 16 levels
+ * are used; q8 maps max |w| to 127. Scales are rounded to f16 first and the
+ * codes computed from the rounded scale, so dequantize() is exactly what the GPU sees.
+ */
+export function quantize(values: Float32Array, rows: number, cols: number, format: "q4" | "q8"): PackedQuant {
+  if (values.length !== rows * cols) throw new WebvlmError("shape_mismatch", `quantize: ${values.length} != ${rows}x${cols}`);
+  const pc = paddedCols(cols);
+  const groups = pc / GROUP_SIZE;
+  const wordsPerGroup = format === "q4" ? 4 : 8;
+  const data = new Uint32Array(rows * groups * wordsPerGroup);
+  const scales = new Uint16Array(rows * groups);
+  for (let r = 0; r < rows; r++) {
+    for (let g = 0; g < groups; g++) {
+      const base = r * cols + g * GROUP_SIZE;
+      const n = Math.min(GROUP_SIZE, cols - g * GROUP_SIZE);
+      let maxAbs = 0;
+      let signedMax = 0;
+      for (let i = 0; i < n; i++) {
+        const v = values[base + i];
+        if (Math.abs(v) > maxAbs) {
+          maxAbs = Math.abs(v);
+          signedMax = v;
+        }
+      }
+      const rawScale = format === "q4" ? signedMax / -8 : maxAbs / 127;
+      const scaleBits = f32ToF16Bits(rawScale);
+      const scale = f16BitsToF32(scaleBits);
+      scales[r * groups + g] = scaleBits;
+      const inv = scale === 0 ? 0 : 1 / scale;
+      const wordBase = (r * groups + g) * wordsPerGroup;
+      for (let i = 0; i < GROUP_SIZE; i++) {
+        const v = i < n ? values[base + i] : 0;
+        if (format === "q4") {
+          const q = Math.min(15, Math.max(0, Math.round(v * inv) + 8));
+          data[wordBase + (i >> 3)] |= q << ((i & 7) * 4);
+        } else {
+          const q = Math.min(127, Math.max(-127, Math.round(v * inv)));
+          data[wordBase + (i >> 2)] |= (q & 0xff) << ((i & 3) * 8);
+        }
+      }
+    }
+  }
+  return { format, rows, cols, paddedCols: pc, data, scales };
+}
+
+/** The values a packed matrix stands for, [rows, cols] (the CPU reference for quantized kernels). */
+export function dequantize(p: PackedQuant): Float32Array {
+  const groups = p.paddedCols / GROUP_SIZE;
+  const wordsPerGroup = p.format === "q4" ? 4 : 8;
+  const out = new Float32Array(p.rows * p.cols);
+  for (let r = 0; r < p.rows; r++) {
+    for (let c = 0; c < p.cols; c++) {
+      const g = c >> 5;
+      const i = c & 31;
+      const scale = f16BitsToF32(p.scales[r * groups + g]);
+      const word = p.data[(r * groups + g) * wordsPerGroup + (p.format === "q4" ? i >> 3 : i >> 2)];
+      let q: number;
+      if (p.format === "q4") q = ((word >>> ((i & 7) * 4)) & 15) - 8;
+      else q = ((word >>> ((i & 3) * 8)) << 24) >> 24;
+      out[r * p.cols + c] = q * scale;
+    }
+  }
+  return out;
+}
+
+export function uploadQuantized(ctx: GpuContext, p: PackedQuant, label = "weight"): QuantizedWeight {
+  const groups = p.paddedCols / GROUP_SIZE;
+  return {
+    format: p.format,
+    rows: p.rows,
+    cols: p.cols,
+    paddedCols: p.paddedCols,
+    data: uploadTensor(ctx, p.data, [p.rows, p.data.length / p.rows], "u32", `${label}.q`),
+    scales: uploadTensor(ctx, p.scales, [p.rows, groups], "f16", `${label}.scales`),
+  };
+}
+
+/** Uploads an f32 [rows, cols] matrix in the given format (quantizing on the CPU for q4/q8). */
+export function uploadWeight(
+  ctx: GpuContext,
+  values: Float32Array,
+  rows: number,
+  cols: number,
+  format: WeightFormat,
+  label = "weight",
+): Weight {
+  if (format === "q4" || format === "q8") return uploadQuantized(ctx, quantize(values, rows, cols, format), label);
+  return { format, rows, cols, data: uploadTensor(ctx, values, [rows, cols], format, label) };
+}
+
+/** The f32 values a weight in `format` represents (identity for f32; f16 rounding; q dequantized). */
+export function roundTripValues(values: Float32Array, rows: number, cols: number, format: WeightFormat): Float32Array {
+  if (format === "f32") return values;
+  if (format === "f16") return Float32Array.from(values, (v) => f16BitsToF32(f32ToF16Bits(v)));
+  return dequantize(quantize(values, rows, cols, format));
+}
+
+/** The GPU tensors a weight holds (to release or count them). */
+export function weightTensors(w: Weight): Tensor[] {
+  return w.format === "q4" || w.format === "q8" ? [w.data, w.scales] : [w.data];
+}
