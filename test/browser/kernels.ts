@@ -1,0 +1,48 @@
+// Runs every test/ops/*.cases.ts inside the browser on navigator.gpu and
+// reports each result to the Playwright test through window.__report.
+import { acquireGpu } from "../../src/gpu/device.ts";
+import type { KernelCase } from "../util/cases.ts";
+
+interface CaseReport {
+  file: string;
+  name: string;
+  ok: boolean;
+  detail: string;
+}
+
+declare global {
+  interface Window {
+    __report?: (r: CaseReport) => Promise<void>;
+    __done?: (summary: { files: number; adapter: string; error?: string }) => Promise<void>;
+  }
+}
+
+const log = document.getElementById("log")!;
+const modules = import.meta.glob<{ cases: KernelCase[] }>("../ops/*.cases.ts");
+const filter = new URLSearchParams(location.search).get("cases");
+
+async function main(): Promise<void> {
+  const gpu = await acquireGpu();
+  const adapter = `${gpu.adapter.vendor} ${gpu.adapter.architecture} ${gpu.adapter.description} [${gpu.adapter.features.join(",")}]`;
+  log.textContent += `adapter: ${adapter}\n`;
+  const files = Object.keys(modules)
+    .filter((f) => !filter || f.includes(filter))
+    .sort();
+  for (const file of files) {
+    const { cases } = await modules[file]();
+    for (const c of cases) {
+      let report: CaseReport;
+      try {
+        report = { file, name: c.name, ok: true, detail: await c.run(gpu) };
+      } catch (e) {
+        report = { file, name: c.name, ok: false, detail: String((e as Error).stack ?? e) };
+      }
+      log.textContent += `${report.ok ? "ok" : "FAIL"} ${file} ${c.name} ${report.detail}\n`;
+      await window.__report?.(report);
+    }
+  }
+  gpu.destroy();
+  await window.__done?.({ files: files.length, adapter });
+}
+
+main().catch((e) => window.__done?.({ files: 0, adapter: "", error: String((e as Error).stack ?? e) }));

@@ -1,0 +1,9 @@
+import { defineConfig } from "vite";
+
+// The demo page is index.html; `?raw` imports bundle the WGSL kernels as text.
+export default defineConfig({
+  base: "./",
+  server: { host: "127.0.0.1" },
+  build: { target: "es2022", outDir: "dist" },
+  worker: { format: "es" },
+});
