@@ -44,6 +44,11 @@ export interface GpuContext {
   readonly pipelines: PipelineCache;
   /** Resolves (never rejects) when the device is lost; its value says why. */
   readonly lost: Promise<WebvlmError>;
+  /**
+   * WebGPU validation/out-of-memory errors nobody captured, newest last. A
+   * kernel bug shows up here rather than as an exception; tests assert it stays empty.
+   */
+  readonly uncapturedErrors: string[];
   /** Set once the device is lost; every later GPU call should throw it. */
   lostError: WebvlmError | null;
   destroy(): void;
@@ -103,6 +108,7 @@ export async function acquireGpu(options: AcquireOptions = {}): Promise<GpuConte
     pool: new BufferPool(device),
     pipelines: new PipelineCache(device),
     lostError: null,
+    uncapturedErrors: [],
     lost: device.lost.then((info) => {
       const err = new WebvlmError("device_lost", `GPU device lost (${info.reason}): ${info.message}`, {
         reason: info.reason,
@@ -115,6 +121,10 @@ export async function acquireGpu(options: AcquireOptions = {}): Promise<GpuConte
       device.destroy();
     },
   };
+  device.addEventListener("uncapturederror", (event) => {
+    const message = (event as GPUUncapturedErrorEvent).error.message;
+    if (ctx.uncapturedErrors.length < 100) ctx.uncapturedErrors.push(message);
+  });
   return ctx;
 }
 

@@ -36,8 +36,6 @@ const chunkPools = new WeakMap<GpuContext, UniformChunk[]>();
 export interface DispatchTimer {
   /** Timestamp writes for the next dispatch's pass, labelled. */
   next(label: string): GPUComputePassTimestampWrites | undefined;
-  /** Called after the pass ends (resolves queries into a buffer). */
-  afterPass(encoder: GPUCommandEncoder): void;
 }
 
 /**
@@ -95,7 +93,6 @@ export class Recorder {
       pass.setBindGroup(0, bindGroup);
       pass.dispatchWorkgroups(x, y, z);
       pass.end();
-      this.timer!.afterPass(this.encoder);
     } else {
       const pass = (this.pass ??= this.encoder.beginComputePass());
       pass.setPipeline(pipeline);

@@ -1,7 +1,7 @@
 // Runs every test/ops/*.cases.ts inside the browser on navigator.gpu and
 // reports each result to the Playwright test through window.__report.
 import { acquireGpu } from "../../src/gpu/device.ts";
-import type { KernelCase } from "../util/cases.ts";
+import { runCase, type KernelCase } from "../util/cases.ts";
 
 interface CaseReport {
   file: string;
@@ -33,7 +33,7 @@ async function main(): Promise<void> {
     for (const c of cases) {
       let report: CaseReport;
       try {
-        report = { file, name: c.name, ok: true, detail: await c.run(gpu) };
+        report = { file, name: c.name, ok: true, detail: await runCase(c, gpu) };
       } catch (e) {
         report = { file, name: c.name, ok: false, detail: String((e as Error).stack ?? e) };
       }

@@ -15,7 +15,10 @@ let gpu: GpuContext;
 before(async () => {
   gpu = await acquireNodeGpu();
 });
-after(() => gpu?.destroy());
+after(() => {
+  assert.deepEqual(gpu.uncapturedErrors, [], "no WebGPU validation errors in the core tests");
+  gpu?.destroy();
+});
 
 test("device requests the adapter's own limits and reports features", () => {
   assert.ok(gpu.limits.maxStorageBufferBindingSize >= 128 * 1024 * 1024, "more than the 128 MiB default");
@@ -112,4 +115,27 @@ test("device loss surfaces as a typed device_lost error and later calls throw it
   assert.equal(own.lostError, err);
   assert.throws(() => new Recorder(own), (e: unknown) => e instanceof WebvlmError && e.code === "device_lost");
   await assert.rejects(readF32(own, { buffer: gpu.pool.acquire(256), offset: 0, shape: [1], dtype: "f32" }), (e: unknown) => e instanceof WebvlmError && e.code === "device_lost");
+});
+
+test("timestamp profiler attributes GPU time to each dispatch label", async () => {
+  const { TimestampProfiler } = await import("../../src/gpu/profiler.ts");
+  if (!gpu.features.has("timestamp-query")) {
+    assert.throws(() => new TimestampProfiler(gpu), (e: unknown) => e instanceof WebvlmError && e.code === "unsupported_feature");
+    return;
+  }
+  const profiler = new TimestampProfiler(gpu, 16);
+  const rec = new Recorder(gpu);
+  rec.timer = profiler;
+  const x = uploadTensor(gpu, new Float32Array(1 << 16).fill(1), [1 << 16], "f32");
+  const y = add(rec, x, x);
+  const z = add(rec, y, x);
+  rec.submit();
+  assert.deepEqual(Array.from(await readF32(gpu, z)).slice(0, 2), [3, 3], "results unchanged when timed");
+  const times = await profiler.collect();
+  assert.equal(times.length, 1);
+  assert.equal(times[0].label, "add");
+  assert.equal(times[0].count, 2);
+  assert.ok(times[0].ns > 0, "nonzero GPU time");
+  profiler.destroy();
+  for (const t of [x, y, z]) gpu.pool.release(t.buffer);
 });

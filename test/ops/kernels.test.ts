@@ -3,7 +3,7 @@ import { after, before, describe, test } from "node:test";
 import { readdirSync } from "node:fs";
 import { acquireNodeGpu } from "../../src/gpu/node.ts";
 import type { GpuContext } from "../../src/gpu/device.ts";
-import type { KernelCase } from "../util/cases.ts";
+import { runCase, type KernelCase } from "../util/cases.ts";
 
 const dir = new URL("./", import.meta.url);
 const only = process.env.WEBVLM_CASES; // optional filter: substring of the file name
@@ -25,7 +25,7 @@ for (const file of files) {
   describe(file.replace(".cases.ts", ""), () => {
     for (const c of cases) {
       test(c.name, async (t) => {
-        const measured = await c.run(gpu);
+        const measured = await runCase(c, gpu);
         t.diagnostic(measured);
       });
     }
