@@ -1,0 +1,256 @@
+#!/usr/bin/python3
+"""Writes test/fixtures/vision/: test images and what the reference pipeline
+(PIL + numpy, following transformers' Qwen2VLImageProcessor step by step) makes
+of them. Deterministic: run it again and the files come out the same.
+
+Usage: /usr/bin/python3 scripts/make_vision_fixtures.py   (needs python3-pil, python3-numpy)
+"""
+import hashlib
+import io
+import json
+import math
+import os
+
+import numpy as np
+import PIL
+from PIL import Image
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "test", "fixtures", "vision")
+MEAN = [0.48145466, 0.4578275, 0.40821073]
+STD = [0.26862954, 0.26130258, 0.27577711]
+PATCH, TEMPORAL, MERGE = 14, 2, 2
+
+
+# --- transformers image_processing_qwen2_vl.smart_resize (verbatim logic) ---
+def smart_resize(height, width, factor=28, min_pixels=56 * 56, max_pixels=14 * 14 * 4 * 1280):
+    if height < factor or width < factor:
+        raise ValueError("image_too_small")
+    elif max(height, width) / min(height, width) > 200:
+        raise ValueError("aspect_ratio_too_large")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+# --- qwen_vl_utils.smart_resize, used for explicit resized_height/resized_width ---
+def smart_resize_qvu(height, width, factor=28, min_pixels=4 * 28 * 28, max_pixels=16384 * 28 * 28):
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError("aspect_ratio_too_large")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def processor(rgb, min_pixels, max_pixels):
+    """Qwen2VLImageProcessor._preprocess for one image given as HWC uint8 RGB."""
+    h, w = rgb.shape[:2]
+    rh, rw = smart_resize(h, w, PATCH * MERGE, min_pixels, max_pixels)
+    # transformers.image_transforms.resize: to_pil_image (uint8: no rescale), PIL resize
+    resized = np.array(Image.fromarray(rgb).resize((rw, rh), resample=Image.BICUBIC, reducing_gap=None))
+    x = (resized.astype(np.float64) * (1 / 255)).astype(np.float32)  # rescale
+    x = (x - np.array(MEAN, dtype=np.float32)) / np.array(STD, dtype=np.float32)  # normalize, float32
+    x = x.transpose(2, 0, 1)  # channels first
+    patches = np.array([x])
+    if patches.shape[0] % TEMPORAL != 0:
+        patches = np.concatenate([patches, np.repeat(patches[-1][np.newaxis], TEMPORAL - 1, axis=0)], axis=0)
+    c = patches.shape[1]
+    gt, gh, gw = patches.shape[0] // TEMPORAL, rh // PATCH, rw // PATCH
+    patches = patches.reshape(gt, TEMPORAL, c, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH)
+    patches = patches.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    flat = patches.reshape(gt * gh * gw, c * TEMPORAL * PATCH * PATCH)
+    assert flat.dtype == np.float32
+    return resized, flat, (gt, gh, gw)
+
+
+def synth(w, h, seed, channels=3, noise=25.0):
+    """Gradients + hard edges (to hit clip8) + noise."""
+    rng = np.random.RandomState(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    base = np.stack([
+        255 * xx / max(w - 1, 1),
+        255 * yy / max(h - 1, 1),
+        127.5 + 127.5 * np.sin((xx + 2 * yy) / 7.0),
+    ], axis=-1)
+    checker = (((xx // 5) + (yy // 4)) % 2 == 0)[..., None]
+    base = np.where(checker & (xx > w / 2)[..., None], 255 - base, base)
+    base[(yy % 11 == 0)] = 0
+    base[(xx % 13 == 0)] = 255
+    img = base + rng.normal(0, noise, size=base.shape)
+    img = np.clip(np.round(img), 0, 255).astype(np.uint8)
+    if channels == 4:
+        alpha = np.clip(rng.uniform(0, 255, size=(h, w, 1)), 0, 255).astype(np.uint8)
+        img = np.concatenate([img, alpha], axis=-1)
+    return img
+
+
+def sha256(b):
+    return hashlib.sha256(b).hexdigest()
+
+
+def write(name, data):
+    with open(os.path.join(OUT, name), "wb") as f:
+        f.write(data)
+
+
+def pil_rgb(path):
+    return np.ascontiguousarray(np.array(Image.open(path).convert("RGB")))
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    meta = {"pillow": PIL.__version__, "numpy": np.__version__, "mean": MEAN, "std": STD, "images": [],
+            "decode": [], "resize": [], "smart_resize": [], "requested_resize": []}
+
+    # ---- full pipeline cases ----
+    cases = [
+        # name, file, array, min_pixels, max_pixels
+        ("square", "square_84.png", synth(84, 84, 1), 3136, 12845056),  # multiple of 28: no resize
+        ("wide", "wide_700x210.png", synth(700, 210, 2, noise=3.0), 3136, 28 * 28 * 20),  # ~3-4x downscale
+        ("tiny", "tiny_40x30.png", synth(40, 30, 3), 28 * 28 * 6, 12845056),  # upscale via min_pixels
+        ("alpha", "alpha_90x70.png", synth(90, 70, 4, channels=4), 3136, 12845056),  # RGBA; 70/28=2.5 -> 2
+        ("photo", "photo_64x48.jpg", synth(64, 48, 5), 3136, 12845056),  # JPEG
+    ]
+    for name, fname, arr, mn, mx in cases:
+        path = os.path.join(OUT, fname)
+        if fname.endswith(".jpg"):
+            Image.fromarray(arr).save(path, quality=90, subsampling=0)  # 4:4:4
+        else:
+            Image.fromarray(arr).save(path, optimize=False)
+        rgb = pil_rgb(path)  # PIL's decode + convert("RGB")
+        resized, flat, grid = processor(rgb, mn, mx)
+        if fname.endswith(".jpg"):  # PNG decoding is checked by the decode cases instead
+            write(f"{name}.decoded.bin", rgb.tobytes())
+        write(f"{name}.resized.bin", resized.tobytes())
+        write(f"{name}.pixel_values.bin", flat.astype("<f4").tobytes())
+        meta["images"].append({
+            "name": name, "file": fname, "width": rgb.shape[1], "height": rgb.shape[0],
+            "min_pixels": mn, "max_pixels": mx, "grid_thw": list(grid),
+            "resized_width": resized.shape[1], "resized_height": resized.shape[0],
+            "pixel_values_shape": list(flat.shape), "pixel_values_sha256": sha256(flat.astype("<f4").tobytes()),
+        })
+
+    # ---- decoder variants: PIL's convert("RGB") is the expected RGB ----
+    rng = np.random.RandomState(7)
+    W, H = 13, 7  # odd width: sub-byte rows end mid-byte
+    pal = rng.randint(0, 256, size=(16, 3)).astype(np.uint8)
+    variants = []
+    idx4 = rng.randint(0, 16, size=(H, W)).astype(np.uint8)
+    p4 = Image.fromarray(idx4, "P"); p4.putpalette(pal.flatten().tolist())
+    variants.append(("pal4.png", p4, {"bits": 4}))
+    p8t = Image.fromarray(idx4, "P"); p8t.putpalette(pal.flatten().tolist()); p8t.info["transparency"] = 3
+    variants.append(("pal_trns.png", p8t, {"transparency": 3}))
+    g1 = Image.fromarray((rng.randint(0, 2, size=(H, W)) * 255).astype(np.uint8), "L").convert("1")
+    variants.append(("gray1.png", g1, {}))
+    g2 = Image.fromarray((rng.randint(0, 4, size=(H, W)) * 85).astype(np.uint8), "L")
+    variants.append(("gray2.png", g2, {"bits": 2}))
+    g8 = Image.fromarray(rng.randint(0, 256, size=(H, W)).astype(np.uint8), "L")
+    variants.append(("gray8.png", g8, {}))
+    g16 = Image.fromarray(rng.choice([0, 7, 200, 255, 256, 4000, 65535], size=(H, W)).astype(np.int32), "I")
+    variants.append(("gray16.png", g16, {}))  # PIL clips I -> RGB at 255
+    la = Image.fromarray(rng.randint(0, 256, size=(H, W, 2)).astype(np.uint8), "LA")
+    variants.append(("la8.png", la, {}))
+    variants.append(("rgba8.png", Image.fromarray(synth(W, H, 8, channels=4), "RGBA"), {}))
+    gif_idx = rng.randint(0, 16, size=(H, W)).astype(np.uint8)
+    gif = Image.fromarray(gif_idx, "P"); gif.putpalette(pal.flatten().tolist())
+    variants.append(("first.gif", gif, {"transparency": 5}))
+    jp = Image.fromarray(synth(45, 31, 12))  # odd sizes: partial MCUs
+    variants.append(("s420.jpg", jp, {"quality": 75}))  # PIL default 4:2:0 chroma
+    variants.append(("s422.jpg", jp, {"quality": 85, "subsampling": 1}))
+    variants.append(("progressive.jpg", jp, {"quality": 85, "progressive": True}))
+    variants.append(("gray.jpg", jp.convert("L"), {"quality": 80}))
+    variants.append(("lossless.webp", Image.fromarray(synth(W, H, 9)), {"lossless": True}))
+    variants.append(("lossy.webp", Image.fromarray(synth(32, 24, 10)), {"quality": 80}))
+    for fname, im, kw in variants:
+        path = os.path.join(OUT, fname)
+        im.save(path, **kw)
+        rgb = pil_rgb(path)
+        write(fname + ".rgb.bin", rgb.tobytes())
+        meta["decode"].append({"file": fname, "width": rgb.shape[1], "height": rgb.shape[0],
+                               "mode": Image.open(path).mode})
+    # 16-bit PNGs through raw bytes: PIL cannot write them from RGB arrays.
+    meta["decode"].extend(write_png16(rng))
+
+    # ---- resize-only cases on one noisy source: sha256 of PIL's output ----
+    src = synth(160, 120, 11)
+    Image.fromarray(src).save(os.path.join(OUT, "resize_src_160x120.png"))
+    for (nw, nh) in [(56, 56), (280, 28), (336, 504), (160, 56), (56, 120), (161, 119), (7, 3), (1000, 9), (32, 240)]:
+        out = np.array(Image.fromarray(src).resize((nw, nh), resample=Image.BICUBIC))
+        meta["resize"].append({"width": nw, "height": nh, "sha256": sha256(out.tobytes()),
+                               "first": out.reshape(-1)[:12].tolist(), "last": out.reshape(-1)[-12:].tolist()})
+
+    # ---- smart_resize tables ----
+    table = [(1080, 1920, 3136, 12845056), (480, 640, 3136, 12845056), (224, 224, 3136, 12845056),
+             (28, 28, 3136, 12845056), (27, 100, 3136, 12845056), (100, 27, 3136, 12845056),
+             (28, 5600, 3136, 12845056), (28, 5601, 3136, 12845056), (70, 70, 3136, 12845056),
+             (42, 98, 3136, 12845056), (126, 182, 3136, 12845056), (300, 1000, 3136, 15680),
+             (30, 40, 6272, 12845056), (70, 90, 3136, 12845056), (4000, 6000, 3136, 12845056),
+             (4000, 6000, 3136, 1003520), (8192, 8192, 3136, 12845056), (29, 5800, 3136, 3136)]
+    r = np.random.RandomState(12)
+    for _ in range(300):
+        h = int(r.randint(20, 9000)); w = int(r.randint(20, 9000))
+        mn = int(r.choice([3136, 6272, 56 * 56 * 4, 200704]))
+        mx = int(r.choice([12845056, 1003520, 15680, 401408, 28 * 28 * 7]))
+        table.append((h, w, mn, mx))
+    for h, w, mn, mx in table:
+        try:
+            rh, rw = smart_resize(h, w, 28, mn, mx)
+            entry = {"height": h, "width": w, "min_pixels": mn, "max_pixels": mx, "out": [rh, rw]}
+            if rh <= 0 or rw <= 0:
+                entry = {**entry, "out": None, "error": "bad_request"}
+        except ValueError as e:
+            entry = {"height": h, "width": w, "min_pixels": mn, "max_pixels": mx, "out": None, "error": str(e)}
+        meta["smart_resize"].append(entry)
+    for h, w in [(10, 10), (14, 14), (13, 500), (42, 70), (1000, 1000), (5000, 5000), (3, 700), (300, 9)]:
+        try:
+            meta["requested_resize"].append({"height": h, "width": w, "out": list(smart_resize_qvu(h, w))})
+        except ValueError as e:
+            meta["requested_resize"].append({"height": h, "width": w, "out": None, "error": str(e)})
+
+    with open(os.path.join(OUT, "expected.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+    total = sum(os.path.getsize(os.path.join(OUT, n)) for n in os.listdir(OUT))
+    print(f"wrote {len(os.listdir(OUT))} files, {total} bytes, to {os.path.normpath(OUT)}")
+
+
+def png_chunk(tag, data):
+    import zlib
+    return len(data).to_bytes(4, "big") + tag + data + zlib.crc32(tag + data).to_bytes(4, "big")
+
+
+def write_png16(rng):
+    """Hand-made 16-bit RGB and 16-bit gray+alpha PNGs (filter 0)."""
+    import zlib
+    out = []
+    for fname, ctype, ch in [("rgb16.png", 2, 3), ("la16.png", 4, 2)]:
+        w, h = 5, 4
+        px = rng.randint(0, 65536, size=(h, w, ch)).astype(">u2")
+        raw = b"".join(b"\x00" + px[y].tobytes() for y in range(h))
+        ihdr = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([16, ctype, 0, 0, 0])
+        data = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(raw, 9)) \
+            + png_chunk(b"IEND", b"")
+        write(fname, data)
+        rgb = pil_rgb(os.path.join(OUT, fname))
+        write(fname + ".rgb.bin", rgb.tobytes())
+        out.append({"file": fname, "width": w, "height": h, "mode": Image.open(os.path.join(OUT, fname)).mode})
+    return out
+
+
+if __name__ == "__main__":
+    main()

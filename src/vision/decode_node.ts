@@ -1,0 +1,270 @@
+// Image bytes -> RGB8 in Node, matching PIL's `Image.open(f).convert("RGB")`
+// (what transformers feeds the Qwen2-VL processor):
+//   PNG  fast-png; 16-bit samples keep their high byte (PIL's ";16B" rawmodes),
+//        except 16-bit grayscale, which PIL opens as mode "I" and clips to 255;
+//        1/2/4-bit gray scales to 0..255; palette looked up; alpha dropped.
+//   JPEG @jsquash/jpeg (mozjpeg = libjpeg-turbo's decoder in wasm: ISLOW IDCT,
+//        fancy upsampling), bit-identical to PIL's libjpeg-turbo; EXIF
+//        orientation is not applied (PIL's open() does not either). jpeg-js
+//        was measured off by up to 140 levels on 4:2:0 files. CMYK/YCCK JPEGs are
+//        refused (image_decode_failed); PIL would convert them.
+//   GIF  gifuct-js, first frame, PIL's rules: canvas = logical screen grown to
+//        the frame, filled with the transparent index (else 0); every index,
+//        transparent or not, is looked up in the palette.
+//   WebP @jsquash/webp (libwebp in wasm).
+// The two wasm codecs are compiled from the packages' .wasm files on first use.
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { decode as decodePngRaw } from "fast-png";
+import { decompressFrame, parseGIF } from "gifuct-js";
+import decodeJpegRaw, { init as initJpeg } from "@jsquash/jpeg/decode.js";
+import decodeWebpRaw, { init as initWebp } from "@jsquash/webp/decode.js";
+import { WebvlmError } from "../api/errors.ts";
+
+export interface DecodedImage {
+  /** RGB8, interleaved, row-major */
+  rgb: Uint8Array;
+  width: number;
+  height: number;
+}
+
+export type ImageFormat = "png" | "jpeg" | "gif" | "webp";
+
+/** PIL's Image.MAX_IMAGE_PIXELS * 2: above it PIL raises DecompressionBombError. */
+export const MAX_DECODE_PIXELS = 2 * 89478485;
+
+export function sniffImageFormat(b: Uint8Array): ImageFormat | null {
+  if (b.length >= 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47) return "png";
+  if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return "jpeg";
+  if (b.length >= 6 && b[0] === 0x47 && b[1] === 0x49 && b[2] === 0x46 && b[3] === 0x38) return "gif";
+  const tag = (o: number) => String.fromCharCode(b[o], b[o + 1], b[o + 2], b[o + 3]);
+  if (b.length >= 12 && tag(0) === "RIFF" && tag(8) === "WEBP") return "webp";
+  return null;
+}
+
+// Last line a wasm codec printed to stderr (libjpeg/libwebp say why they failed
+// there and throw a bare object).
+let codecMessage = "";
+
+function fail(format: string, cause: unknown): WebvlmError {
+  if (cause instanceof WebvlmError) return cause;
+  let msg = cause instanceof Error ? cause.message : codecMessage || "decoder error";
+  if (codecMessage && cause instanceof Error) msg += ` (${codecMessage})`;
+  codecMessage = "";
+  return new WebvlmError("image_decode_failed", `cannot decode ${format} image: ${msg}`, { format });
+}
+
+function checkSize(width: number, height: number): void {
+  if (!(width > 0 && height > 0)) throw new Error(`bad size ${width}x${height}`);
+  if (width * height > MAX_DECODE_PIXELS) {
+    throw new WebvlmError("limit_exceeded", `image has ${width * height} pixels, over ${MAX_DECODE_PIXELS}`);
+  }
+}
+
+// ---------------------------------------------------------------- PNG
+export function decodePng(bytes: Uint8Array): DecodedImage {
+  try {
+    const png = decodePngRaw(bytes, { checkCrc: true });
+    const { width, height, depth, channels, data, palette } = png;
+    checkSize(width, height);
+    const n = width * height;
+    const rgb = new Uint8Array(n * 3);
+    if (depth < 8) {
+      // Sub-byte samples are packed MSB first; each row starts on a byte.
+      const rowBytes = Math.ceil((width * depth) / 8);
+      if (data.length < rowBytes * height) throw new Error("truncated image data");
+      const mask = (1 << depth) - 1;
+      const scale = 255 / mask;
+      for (let y = 0; y < height; y++) {
+        for (let x = 0; x < width; x++) {
+          const bit = x * depth;
+          const v = (data[y * rowBytes + (bit >> 3)] >> (8 - depth - (bit & 7))) & mask;
+          writeIndexedOrGray(rgb, (y * width + x) * 3, v, palette, scale);
+        }
+      }
+      return { rgb, width, height };
+    }
+    if (data.length < n * channels) throw new Error("truncated image data");
+    // 16-bit: keep the high byte; gray16 is mode "I" in PIL and clips instead.
+    const gray16 = depth === 16 && channels <= 2 && !palette;
+    for (let i = 0; i < n; i++) {
+      const s = i * channels;
+      const o = i * 3;
+      if (channels >= 3) {
+        for (let c = 0; c < 3; c++) rgb[o + c] = depth === 16 ? data[s + c] >> 8 : data[s + c];
+      } else if (gray16 && channels === 1) {
+        const v = Math.min(data[s], 255);
+        rgb[o] = rgb[o + 1] = rgb[o + 2] = v;
+      } else {
+        const v = depth === 16 ? data[s] >> 8 : data[s];
+        writeIndexedOrGray(rgb, o, v, palette, 1);
+      }
+    }
+    return { rgb, width, height };
+  } catch (e) {
+    throw fail("png", e);
+  }
+}
+
+function writeIndexedOrGray(
+  rgb: Uint8Array, o: number, v: number, palette: number[][] | undefined, scale: number,
+): void {
+  if (palette) {
+    const p = palette[v];
+    rgb[o] = p ? p[0] : 0;
+    rgb[o + 1] = p ? p[1] : 0;
+    rgb[o + 2] = p ? p[2] : 0;
+  } else {
+    const g = Math.round(v * scale);
+    rgb[o] = rgb[o + 1] = rgb[o + 2] = g;
+  }
+}
+
+// ---------------------------------------------------------------- GIF
+// gifuct-js zero-fills a cut-off frame; PIL raises "image file is truncated".
+// Walk the blocks up to the end of the first image's data to tell.
+function assertFirstGifFrameComplete(b: Uint8Array): void {
+  const need = (p: number) => { if (p > b.length) throw new Error("image file is truncated"); };
+  const subBlocks = (p: number) => {
+    for (;;) {
+      need(p + 1);
+      const n = b[p];
+      p += 1 + n;
+      if (n === 0) return p;
+    }
+  };
+  let p = 13;
+  need(p);
+  if (b[10] & 0x80) p += 3 << ((b[10] & 7) + 1);
+  for (;;) {
+    need(p + 1);
+    const tag = b[p];
+    if (tag === 0x21) {
+      p = subBlocks(p + 2);
+    } else if (tag === 0x2c) {
+      need(p + 10);
+      const flags = b[p + 9];
+      p += 10;
+      if (flags & 0x80) p += 3 << ((flags & 7) + 1);
+      subBlocks(p + 1); // after the LZW minimum code size
+      return;
+    } else {
+      throw new Error(`unexpected GIF block 0x${tag.toString(16)}`);
+    }
+  }
+}
+
+export function decodeGif(bytes: Uint8Array): DecodedImage {
+  try {
+    assertFirstGifFrameComplete(bytes);
+    const copy = bytes.slice().buffer;
+    const gif = parseGIF(copy);
+    const first = gif.frames.find((f) => "image" in f);
+    if (!first || !("image" in first)) throw new Error("no image frame");
+    const fr = decompressFrame(first, gif.gct, false);
+    const { left, top, width: fw, height: fh } = fr.dims;
+    if (fr.pixels.length !== fw * fh) throw new Error("truncated image data");
+    const width = Math.max(gif.lsd.width, left + fw);
+    const height = Math.max(gif.lsd.height, top + fh);
+    checkSize(width, height);
+    const table = fr.colorTable;
+    const hasPalette = Array.isArray(table) && table.length > 0;
+    const fill = fr.transparentIndex ?? 0;
+    const idx = new Uint8Array(width * height).fill(fill);
+    for (let y = 0; y < fh; y++) {
+      for (let x = 0; x < fw; x++) idx[(top + y) * width + left + x] = fr.pixels[y * fw + x];
+    }
+    const rgb = new Uint8Array(width * height * 3);
+    for (let i = 0; i < idx.length; i++) {
+      const v = idx[i];
+      const p = hasPalette ? table[v] : undefined;
+      // No palette at all: PIL opens the frame as mode "L" (index = gray).
+      rgb[i * 3] = p ? p[0] : hasPalette ? 0 : v;
+      rgb[i * 3 + 1] = p ? p[1] : hasPalette ? 0 : v;
+      rgb[i * 3 + 2] = p ? p[2] : hasPalette ? 0 : v;
+    }
+    return { rgb, width, height };
+  } catch (e) {
+    throw fail("gif", e);
+  }
+}
+
+// ---------------------------------------------------------------- JPEG, WebP (wasm)
+interface CodecOptions {
+  print: (s: string) => void;
+  printErr: (s: string) => void;
+}
+type WasmInit = (m: WebAssembly.Module, opts: CodecOptions) => Promise<void>;
+const JPEG_WASM = "@jsquash/jpeg/codec/dec/mozjpeg_dec.wasm";
+const WEBP_WASM = "@jsquash/webp/codec/dec/webp_dec.wasm";
+// The packages' .d.ts omit init's (module, options) overload.
+const initJpegModule = initJpeg as unknown as WasmInit;
+const initWebpModule = initWebp as unknown as WasmInit;
+const codecOptions: CodecOptions = {
+  print: () => {},
+  printErr: (s) => { codecMessage = s; },
+};
+const wasmReady = new Map<string, Promise<void>>();
+
+function loadWasm(wasmPath: string, init: WasmInit): Promise<void> {
+  let p = wasmReady.get(wasmPath);
+  if (!p) {
+    p = (async () => {
+      // Node's fetch cannot read file: URLs, so hand the codec a compiled module.
+      const file = createRequire(import.meta.url).resolve(wasmPath);
+      await init(await WebAssembly.compile(readFileSync(file)), codecOptions);
+    })();
+    p.catch(() => wasmReady.delete(wasmPath)); // let a later call retry
+    wasmReady.set(wasmPath, p);
+  }
+  return p;
+}
+
+function rgbaToRgb(img: { data: Uint8ClampedArray; width: number; height: number }): DecodedImage {
+  checkSize(img.width, img.height);
+  const n = img.width * img.height;
+  if (img.data.length !== n * 4) throw new Error("decoder returned a bad buffer");
+  const rgb = new Uint8Array(n * 3);
+  for (let i = 0; i < n; i++) {
+    rgb[i * 3] = img.data[i * 4];
+    rgb[i * 3 + 1] = img.data[i * 4 + 1];
+    rgb[i * 3 + 2] = img.data[i * 4 + 2];
+  }
+  return { rgb, width: img.width, height: img.height };
+}
+
+export async function decodeJpeg(bytes: Uint8Array): Promise<DecodedImage> {
+  try {
+    await loadWasm(JPEG_WASM, initJpegModule);
+    codecMessage = "";
+    const img = await decodeJpegRaw(bytes.slice().buffer, { preserveOrientation: false });
+    // libjpeg only warns and pads with gray; PIL raises "image file is truncated".
+    if (/premature end/i.test(codecMessage)) throw new Error("image file is truncated");
+    return rgbaToRgb(img);
+  } catch (e) {
+    throw fail("jpeg", e);
+  }
+}
+
+export async function decodeWebp(bytes: Uint8Array): Promise<DecodedImage> {
+  try {
+    await loadWasm(WEBP_WASM, initWebpModule);
+    codecMessage = "";
+    return rgbaToRgb(await decodeWebpRaw(bytes.slice().buffer));
+  } catch (e) {
+    throw fail("webp", e);
+  }
+}
+
+/** Decode PNG/JPEG/GIF (first frame)/WebP bytes to RGB8; alpha is dropped. */
+export async function decodeImageNode(bytes: Uint8Array): Promise<DecodedImage> {
+  const format = sniffImageFormat(bytes);
+  switch (format) {
+    case "png": return decodePng(bytes);
+    case "jpeg": return decodeJpeg(bytes);
+    case "gif": return decodeGif(bytes);
+    case "webp": return decodeWebp(bytes);
+    default:
+      throw new WebvlmError("image_decode_failed", "unrecognized image format (expected PNG, JPEG, GIF or WebP)");
+  }
+}
