@@ -22,18 +22,30 @@ export function sizeClass(bytes: number): number {
 export class BufferPool {
   private readonly free = new Map<number, GPUBuffer[]>();
   private readonly live = new Set<GPUBuffer>();
+  /** Submission epoch each free buffer was released in (see acquire's forUpload). */
+  private readonly releasedIn = new WeakMap<GPUBuffer, number>();
+  private epoch = 0;
   /** Bytes in buffers this pool created and has not destroyed. */
   allocatedBytes = 0;
   peakBytes = 0;
 
   constructor(private readonly device: GPUDevice) {}
 
-  acquire(bytes: number, label = "webvlm"): GPUBuffer {
+  /**
+   * A buffer of at least `bytes`. With forUpload, the caller will fill it with
+   * queue.writeBuffer, which runs before commands recorded but not yet
+   * submitted; so only buffers released before the last submit are reused.
+   */
+  acquire(bytes: number, label = "webvlm", forUpload = false): GPUBuffer {
     const size = sizeClass(bytes);
-    const reuse = this.free.get(size)?.pop();
-    if (reuse) {
-      this.live.add(reuse);
-      return reuse;
+    const list = this.free.get(size);
+    if (list && list.length > 0) {
+      const i = forUpload ? findLastIndex(list, (b) => (this.releasedIn.get(b) ?? 0) < this.epoch) : list.length - 1;
+      if (i >= 0) {
+        const [reuse] = list.splice(i, 1);
+        this.live.add(reuse);
+        return reuse;
+      }
     }
     const buffer = this.device.createBuffer({ size, usage: STORAGE_USAGE, label });
     this.allocatedBytes += size;
@@ -45,9 +57,15 @@ export class BufferPool {
   /** Returns a buffer for reuse; work already submitted that reads it stays valid (queue order). */
   release(buffer: GPUBuffer): void {
     if (!this.live.delete(buffer)) return;
+    this.releasedIn.set(buffer, this.epoch);
     const list = this.free.get(buffer.size) ?? [];
     list.push(buffer);
     this.free.set(buffer.size, list);
+  }
+
+  /** Called at each queue submit. */
+  markSubmitted(): void {
+    this.epoch++;
   }
 
   /** Destroys pooled buffers that are not in use. */
@@ -69,4 +87,9 @@ export class BufferPool {
     }
     this.live.clear();
   }
+}
+
+function findLastIndex<T>(list: T[], pred: (x: T) => boolean): number {
+  for (let i = list.length - 1; i >= 0; i--) if (pred(list[i])) return i;
+  return -1;
 }

@@ -124,6 +124,7 @@ export class Recorder {
     const { device } = this.ctx;
     for (const c of this.chunks) device.queue.writeBuffer(c.buffer, 0, c.staging, 0, c.used);
     device.queue.submit([this.encoder.finish()]);
+    this.ctx.pool.markSubmitted();
     this.submitCount++;
     const pool = chunkPools.get(this.ctx) ?? [];
     for (const c of this.chunks) {

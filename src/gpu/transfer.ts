@@ -6,9 +6,15 @@ import { byteSize, numel, type DType, type Tensor } from "./tensor.ts";
 export type HostArray = Float32Array | Uint32Array | Int32Array | Uint16Array;
 
 /** Allocates a pooled tensor (contents undefined). */
-export function allocTensor(ctx: GpuContext, shape: readonly number[], dtype: DType, label?: string): Tensor {
+export function allocTensor(
+  ctx: GpuContext,
+  shape: readonly number[],
+  dtype: DType,
+  label?: string,
+  forUpload = false,
+): Tensor {
   const t = { shape: [...shape], dtype };
-  return { buffer: ctx.pool.acquire(byteSize(t), label), offset: 0, shape: t.shape, dtype };
+  return { buffer: ctx.pool.acquire(byteSize(t), label, forUpload), offset: 0, shape: t.shape, dtype };
 }
 
 /** Returns a tensor's buffer to the pool. */
@@ -36,7 +42,7 @@ export function uploadTensor(
   else if (dtype === "f32") bytes = data instanceof Float32Array ? data : Float32Array.from(data);
   else if (dtype === "u32") bytes = data instanceof Uint32Array ? data : Uint32Array.from(data);
   else bytes = data instanceof Int32Array ? data : Int32Array.from(data);
-  const t = allocTensor(ctx, shape, dtype, label);
+  const t = allocTensor(ctx, shape, dtype, label, true);
   writeBytes(ctx, t.buffer, t.offset, bytes);
   return t;
 }

@@ -139,3 +139,17 @@ test("timestamp profiler attributes GPU time to each dispatch label", async () =
   profiler.destroy();
   for (const t of [x, y, z]) gpu.pool.release(t.buffer);
 });
+
+test("an upload never lands in a buffer that recorded-but-unsubmitted work still reads", async () => {
+  const rec = new Recorder(gpu);
+  const a = uploadTensor(gpu, new Float32Array(64).fill(1), [64], "f32");
+  const sum = add(rec, a, a); // recorded, not yet submitted: reads a
+  gpu.pool.release(a.buffer);
+  const b = uploadTensor(gpu, new Float32Array(64).fill(5), [64], "f32"); // must not reuse a's buffer
+  assert.notEqual(b.buffer, a.buffer);
+  rec.submit();
+  assert.equal((await readF32(gpu, sum))[0], 2);
+  const c = allocTensor(gpu, [64], "f32");
+  assert.equal(c.buffer, a.buffer, "after the submit the released buffer is reused");
+  for (const t of [sum, b, c]) gpu.pool.release(t.buffer);
+});
