@@ -1,0 +1,96 @@
+import code from "../../shaders/rope.wgsl?raw";
+import { WebvlmError } from "../api/errors.ts";
+import { grid2d, type Recorder } from "../gpu/recorder.ts";
+import { expectDtype, numel, type Tensor } from "../gpu/tensor.ts";
+
+export interface RopeOptions {
+  numHeads: number;
+  headDim: number;
+  /** Element column of head 0 inside a row (e.g. 0 for q in a fused qkv row). Default 0. */
+  colOffset?: number;
+  /** Elements per row of x. Default x.shape[1]. */
+  rowStride?: number;
+  theta: number;
+  /**
+   * Frequency counts per position row (sum = headDim / 2): [headDim/2] for 1-D RoPE,
+   * [16, 24, 24] for Qwen2-VL M-RoPE, [20, 20] for the vision 2-D rotary.
+   */
+  sections: readonly number[];
+  /**
+   * true: the frequency index restarts in each section and the exponent's denominator is
+   * 2 * sectionSize (vision: inv[k] = theta^(-2k/40) per axis); false: inv[j] = theta^(-2j/headDim).
+   */
+  restartPerSection: boolean;
+}
+
+const MAX_HALF = 128;
+
+/**
+ * inv_freq as torch computes it in f32: 1 / (theta ** (arange(0, dim, 2) / dim)), each step
+ * rounded to f32 (pow evaluated in f64, then rounded: the correctly rounded f32 result).
+ */
+export function ropeInvFreq(theta: number, headDim: number, sections: readonly number[], restart: boolean): Float32Array {
+  const f = Math.fround;
+  const half = headDim / 2;
+  const inv = new Float32Array(half);
+  let j = 0;
+  for (const size of restart ? sections : [half]) {
+    const dim = restart ? 2 * size : headDim;
+    for (let k = 0; k < size; k++) inv[j++] = f(1 / f(Math.pow(theta, f((2 * k) / dim))));
+  }
+  return inv;
+}
+
+/**
+ * Rotates `numHeads` heads of `headDim` in place in each row of x (f32), rotate_half style.
+ * positions: i32/u32, [numSections, S] (or [S] with one section); S = its last dimension.
+ * To rotate q and k of a fused qkv row in one dispatch, pass numHeads = Hq + Hkv, colOffset 0
+ * (k's heads directly follow q's).
+ * Accuracy: angles are reduced exactly up to ~51000 rad (positions to 32768 and beyond).
+ */
+export function applyRope(rec: Recorder, x: Tensor, positions: Tensor, opts: RopeOptions): Tensor {
+  const { numHeads, headDim, theta, sections } = opts;
+  expectDtype("rope.x", x, ["f32"]);
+  expectDtype("rope.positions", positions, ["i32", "u32"]);
+  const half = headDim / 2;
+  if (!Number.isInteger(half) || half < 1 || half > MAX_HALF) {
+    throw new WebvlmError("shape_mismatch", `rope: headDim ${headDim} must be even and <= ${2 * MAX_HALF}`);
+  }
+  if (sections.length < 1 || sections.length > 3 || sections.reduce((a, b) => a + b, 0) !== half) {
+    throw new WebvlmError("shape_mismatch", `rope: sections [${sections}] must be 1..3 counts summing to ${half}`);
+  }
+  const nsec = sections.length;
+  const pshape = positions.shape;
+  const S = pshape[pshape.length - 1];
+  const prow = pshape.length === 1 ? 1 : pshape[0];
+  if (pshape.length > 2 || prow < nsec) {
+    throw new WebvlmError("shape_mismatch", `rope: positions [${pshape}] need ${nsec} row(s) of S`);
+  }
+  if (x.shape.length < 1) throw new WebvlmError("shape_mismatch", "rope: x must have rows");
+  const rowStride = opts.rowStride ?? numel(x.shape.slice(1));
+  const colOffset = opts.colOffset ?? 0;
+  if (colOffset + numHeads * headDim > rowStride) {
+    throw new WebvlmError("shape_mismatch", `rope: heads [${colOffset}, +${numHeads * headDim}) exceed row stride ${rowStride}`);
+  }
+  if (S > 0 && (S - 1) * rowStride + colOffset + numHeads * headDim > numel(x.shape)) {
+    throw new WebvlmError("shape_mismatch", `rope: ${S} rows of stride ${rowStride} exceed x [${x.shape}]`);
+  }
+
+  const inv = ropeInvFreq(theta, headDim, sections, opts.restartPerSection);
+  const bound0 = nsec > 1 ? sections[0] : half;
+  const bound1 = nsec > 2 ? sections[0] + sections[1] : half;
+  const u = new ArrayBuffer(48 + MAX_HALF * 4);
+  const ui = new Uint32Array(u, 0, 12);
+  ui.set([S, rowStride, colOffset, numHeads, half, bound0, bound1, S, 0]);
+  new Float32Array(u, 48, MAX_HALF).set(inv);
+
+  const threads = S * numHeads * half;
+  rec.dispatch({
+    code,
+    uniforms: u,
+    bindings: [x, positions],
+    workgroups: grid2d(Math.ceil(threads / 256), rec.ctx.limits.maxComputeWorkgroupsPerDimension),
+    label: "rope",
+  });
+  return x;
+}
