@@ -3,7 +3,7 @@ import type { GpuContext } from "../gpu/device.ts";
 import type { Tensor } from "../gpu/tensor.ts";
 import { uploadTensor } from "../gpu/transfer.ts";
 import { f16BitsToF32, f32ToF16Bits } from "./f16.ts";
-import { GROUP_SIZE, paddedCols, type QuantizedWeight, type Weight, type WeightFormat } from "./formats.ts";
+import { GROUP_SIZE, paddedCols, type QuantizedWeight, type ShardedWeight, type Weight, type WeightFormat } from "./formats.ts";
 
 /** CPU-side packed form of a quantized [rows, cols] matrix (layout in formats.ts). */
 export interface PackedQuant {
@@ -118,4 +118,39 @@ export function roundTripValues(values: Float32Array, rows: number, cols: number
 /** The GPU tensors a weight holds (to release or count them). */
 export function weightTensors(w: Weight): Tensor[] {
   return w.format === "q4" || w.format === "q8" ? [w.data, w.scales] : [w.data];
+}
+
+/** Bytes of the largest tensor one row of a weight in `format` adds (data; scales are smaller). */
+function rowBytes(cols: number, format: WeightFormat): number {
+  if (format === "f32") return cols * 4;
+  if (format === "f16") return cols * 2;
+  return (paddedCols(cols) * (format === "q4" ? 4 : 8)) / 8;
+}
+
+/**
+ * Uploads an f32 [rows, cols] matrix split along rows so that every tensor of every shard is at
+ * most maxBytes (e.g. maxStorageBufferBindingSize); linear() writes each shard's column slice.
+ */
+export function shardWeight(
+  ctx: GpuContext,
+  values: Float32Array,
+  rows: number,
+  cols: number,
+  format: WeightFormat,
+  maxBytes: number,
+  label = "weight",
+): ShardedWeight {
+  if (values.length !== rows * cols) throw new WebvlmError("shape_mismatch", `shardWeight: ${values.length} != ${rows}x${cols}`);
+  // Tensor sizes round up to whole u32 words, so compare against the limit rounded down to one.
+  const perShard = Math.floor((Math.floor(maxBytes / 4) * 4) / rowBytes(cols, format));
+  if (perShard < 1) {
+    throw new WebvlmError("limit_exceeded", `shardWeight: one row of ${cols} ${format} values exceeds ${maxBytes} bytes`);
+  }
+  const shards: { rowStart: number; weight: Weight }[] = [];
+  for (let r = 0; r < rows; r += perShard) {
+    const n = Math.min(perShard, rows - r);
+    const part = values.subarray(r * cols, (r + n) * cols);
+    shards.push({ rowStart: r, weight: uploadWeight(ctx, part, n, cols, format, `${label}[${shards.length}]`) });
+  }
+  return { format, rows, cols, shards };
 }

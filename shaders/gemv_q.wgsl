@@ -1,0 +1,122 @@
+// Small-M linear with a q4/q8 weight: y[m, out_col + n] = sum_k x[m, k] * W[n, k] (+ bias[out_col + n]).
+// W layout (src/quant/formats.ts): groups of 32 along K; q4 = one vec4<u32> per group (nibble i at
+// bits 4*(i%8) of word i/8, value (q - 8) * scale), q8 = two vec4<u32> per group (signed byte i%4 of
+// word i/4, value q * scale). Scales: f16 pairs in u32, [N, groups]. Requires K % 4 == 0 (x rows
+// are read as vec4); other K go to matmul_q.wgsl.
+// @binding(0) uniform Params { M, N, K, out_col, out_stride, has_bias }   (N = rows of this weight/shard)
+// (1) x: array<vec4<f32>> [M, K / 4]
+// (2) w: array<vec4<u32>> [N, groups * BITS / 4]
+// (3) scales: array<u32> (f16 pairs) [N, groups]
+// (4) bias: array<f32>, indexed out_col + n (bind any read-only buffer when has_bias is 0)
+// (5) y: array<f32>, element (m, out_col + n) at m * out_stride + out_col + n
+// Workgroup (LANES, TEAMS). A team owns R consecutive output rows; its lanes walk K one group at a
+// time (lane l takes groups l, l + LANES, ...), so a team reads LANES consecutive 16/32-byte groups
+// of each row per step (coalesced). The lane's x values are read once from global memory (cached)
+// and reused for the R rows; there are no barriers in the K loop. MROWS rows of x per workgroup.
+// Per-lane partials are tree-reduced in shared memory at the end.
+// Dispatch: (tiles_x, tiles_y, ceil(M / MROWS)), tiles_x * tiles_y >= ceil(N / (TEAMS * R)) (grid2d).
+
+struct Params { M: u32, N: u32, K: u32, out_col: u32, out_stride: u32, has_bias: u32 }
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> scales: array<u32>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+
+override BITS: u32 = 4u;        // 4 or 8
+override LANES: u32 = 32u;      // threads along K per team; power of two, >= R * MROWS
+override TEAMS: u32 = 8u;       // teams per workgroup
+override R: u32 = 1u;           // output rows per team, R * MROWS <= MAX_RM
+override MROWS: u32 = 1u;       // x rows per workgroup
+override VPG: u32 = BITS / 4u;  // vec4<u32> per group
+override RM: u32 = R * MROWS;
+
+const MAX_R = 8u;
+const MAX_RM = 8u;
+const MAX_MROWS = 4u;
+
+var<workgroup> partial: array<f32, RM * TEAMS * LANES>;  // [rm][team][lane]
+
+@compute @workgroup_size(LANES, TEAMS)
+fn main(
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+  let lane = lid.x;
+  let team = lid.y;
+  let row0 = (wid.y * nwg.x + wid.x) * TEAMS * R;
+  if (row0 >= params.N) { return; }  // whole workgroup: uniform
+  let n0 = row0 + team * R;
+  let m0 = wid.z * MROWS;
+  let K4 = params.K / 4u;
+  let groups = (params.K + 31u) / 32u;
+
+  var acc: array<f32, MAX_RM>;
+  for (var g = lane; g < groups; g += LANES) {
+    // This group of each of the team's rows; rows past N read as zero weights with zero scale.
+    var q: array<vec4<u32>, MAX_R * 2u>;
+    var s: array<f32, MAX_R>;
+    for (var r = 0u; r < R; r++) {
+      let n = n0 + r;
+      if (n < params.N) {
+        let si = n * groups + g;
+        s[r] = unpack2x16float(scales[si >> 1u])[si & 1u];
+        for (var v = 0u; v < VPG; v++) { q[r * VPG + v] = w[si * VPG + v]; }
+      }
+    }
+    // One u32 word at a time: 8 (q4) or 4 (q8) weights per row.
+    for (var wd = 0u; wd < 4u * VPG; wd++) {
+      let k4 = g * 8u + wd * (8u / BITS);  // first x vec4 of this word
+      var xa: array<vec4<f32>, MAX_MROWS>;
+      var xb: array<vec4<f32>, MAX_MROWS>;
+      for (var m = 0u; m < MROWS; m++) {
+        let row = (m0 + m) * K4;
+        if (m0 + m < params.M) {
+          if (k4 < K4) { xa[m] = x[row + k4]; }
+          if (BITS == 4u && k4 + 1u < K4) { xb[m] = x[row + k4 + 1u]; }
+        }
+      }
+      for (var r = 0u; r < R; r++) {
+        let word = vec4<u32>(q[r * VPG + wd / 4u][wd % 4u]);
+        let sv = vec4<f32>(s[r]);
+        if (BITS == 4u) {
+          // (q - 8) * s as one exact fma: q*s - 8s.
+          let off = vec4<f32>(-8.0 * s[r]);
+          let lo = fma(vec4<f32>((word >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)), sv, off);
+          let hi = fma(vec4<f32>((word >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u)), sv, off);
+          for (var m = 0u; m < MROWS; m++) { acc[r * MROWS + m] += dot(lo, xa[m]) + dot(hi, xb[m]); }
+        } else {
+          // Sign-extend each byte: move it to the top, then arithmetic shift right.
+          let b = bitcast<vec4<i32>>(word << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u);
+          let wv = vec4<f32>(b) * sv;
+          for (var m = 0u; m < MROWS; m++) { acc[r * MROWS + m] += dot(wv, xa[m]); }
+        }
+      }
+    }
+  }
+
+  // Tree reduction over the lanes of each team.
+  for (var i = 0u; i < RM; i++) { partial[(i * TEAMS + team) * LANES + lane] = acc[i]; }
+  workgroupBarrier();
+  for (var stride = LANES / 2u; stride > 0u; stride >>= 1u) {
+    if (lane < stride) {
+      for (var i = 0u; i < RM; i++) {
+        let p = (i * TEAMS + team) * LANES + lane;
+        partial[p] += partial[p + stride];
+      }
+    }
+    workgroupBarrier();
+  }
+  if (lane < RM) {
+    let n = n0 + lane / MROWS;
+    let m = m0 + lane % MROWS;
+    if (n < params.N && m < params.M) {
+      var v = partial[(lane * TEAMS + team) * LANES];
+      if (params.has_bias != 0u) { v += bias[params.out_col + n]; }
+      y[m * params.out_stride + params.out_col + n] = v;
+    }
+  }
+}

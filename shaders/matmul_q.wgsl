@@ -1,0 +1,106 @@
+// Tiled linear with a q4/q8 weight: y[m, out_col + n] = sum_k x[m, k] * W[n, k] (+ bias).
+// W layout as in gemv_q.wgsl / src/quant/formats.ts (groups of 32 along K, f16 scales [N, groups]),
+// bound here as array<u32>; cols beyond K are zero-padded in W, and x is read bounds-checked.
+// @binding(0) uniform Params { M, N, K, out_col, out_stride, has_bias }   (N = rows of this weight/shard)
+// (1) x: array<f32> [M, K]
+// (2) w: array<u32> [N, groups * BITS]
+// (3) scales: array<u32> (f16 pairs) [N, groups]
+// (4) bias: array<f32>, indexed out_col + n (bind any read-only buffer when has_bias is 0)
+// (5) y: array<f32>, element (m, out_col + n) at m * out_stride + out_col + n
+// Workgroup 16x16 computes a 64x64 output tile, 4x4 per thread; K steps of 16 (half a group, so one
+// scale per row per step). Each thread dequantizes 4 weights of one row into shared memory as f32.
+// Dispatch: (ceil(N / 64), ceil(M / 64)).
+
+struct Params { M: u32, N: u32, K: u32, out_col: u32, out_stride: u32, has_bias: u32 }
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(3) var<storage, read> scales: array<u32>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+
+override BITS: u32 = 4u;  // 4 or 8
+
+const BM = 64u;
+const BN = 64u;
+const BK = 16u;
+
+var<workgroup> xs: array<f32, BK * BM>;  // [k][m]
+var<workgroup> ws: array<f32, BK * BN>;  // [k][n]
+
+// Four dequantized weights W[n, k .. k + 3]; k is a multiple of 4 below paddedCols.
+fn weights4(n: u32, k: u32, groups: u32) -> vec4<f32> {
+  let g = k / 32u;
+  let i = k % 32u;
+  let si = n * groups + g;
+  let s = unpack2x16float(scales[si >> 1u])[si & 1u];
+  let base = (n * groups + g) * BITS;
+  if (BITS == 4u) {
+    let word = vec4<u32>(w[base + i / 8u]);
+    let sh = vec4<u32>(0u, 4u, 8u, 12u) + (i % 8u) * 4u;
+    return (vec4<f32>((word >> sh) & vec4<u32>(15u)) - 8.0) * s;
+  }
+  let word = vec4<u32>(w[base + i / 4u]);
+  let b = bitcast<vec4<i32>>(word << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u);
+  return vec4<f32>(b) * s;
+}
+
+@compute @workgroup_size(16, 16)
+fn main(
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(workgroup_id) wid: vec3<u32>,
+) {
+  let tx = lid.x;
+  let ty = lid.y;
+  let tid = ty * 16u + tx;
+  let n0 = wid.x * BN;
+  let m0 = wid.y * BM;
+  let K = params.K;
+  let groups = (K + 31u) / 32u;
+  // Staging role: row tid / 4 of the tile, k offsets 4 * (tid % 4) .. + 3.
+  let sr = tid / 4u;
+  let sk = (tid % 4u) * 4u;
+
+  var acc: array<array<f32, 4>, 4>;
+  for (var k0 = 0u; k0 < K; k0 += BK) {
+    let m = m0 + sr;
+    let n = n0 + sr;
+    // k0 + BK never passes paddedCols (a multiple of 32), so the weight read is in bounds.
+    var wv = vec4<f32>(0.0);
+    if (n < params.N) { wv = weights4(n, k0 + sk, groups); }
+    for (var c = 0u; c < 4u; c++) {
+      let k = k0 + sk + c;
+      var xv = 0.0;
+      if (k < K && m < params.M) { xv = x[m * K + k]; }
+      xs[(sk + c) * BM + sr] = xv;
+      ws[(sk + c) * BN + sr] = wv[c];
+    }
+    workgroupBarrier();
+    for (var k = 0u; k < BK; k++) {
+      var a: array<f32, 4>;
+      var b: array<f32, 4>;
+      for (var i = 0u; i < 4u; i++) {
+        a[i] = xs[k * BM + ty + 16u * i];
+        b[i] = ws[k * BN + tx + 16u * i];
+      }
+      for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) { acc[i][j] = fma(a[i], b[j], acc[i][j]); }
+      }
+    }
+    workgroupBarrier();
+  }
+
+  for (var i = 0u; i < 4u; i++) {
+    let m = m0 + ty + 16u * i;
+    if (m >= params.M) { continue; }
+    for (var j = 0u; j < 4u; j++) {
+      let n = n0 + tx + 16u * j;
+      if (n < params.N) {
+        var v = acc[i][j];
+        if (params.has_bias != 0u) { v += bias[params.out_col + n]; }
+        y[m * params.out_stride + params.out_col + n] = v;
+      }
+    }
+  }
+}

@@ -1,0 +1,142 @@
+import gemvCode from "../../shaders/gemv.wgsl?raw";
+import gemvQCode from "../../shaders/gemv_q.wgsl?raw";
+import matmulCode from "../../shaders/matmul.wgsl?raw";
+import matmulQCode from "../../shaders/matmul_q.wgsl?raw";
+import { WebvlmError } from "../api/errors.ts";
+import { grid2d, packUniforms, type Binding, type Recorder } from "../gpu/recorder.ts";
+import { expectDtype, expectShape, type Tensor } from "../gpu/tensor.ts";
+import { allocTensor } from "../gpu/transfer.ts";
+import { GROUP_SIZE, paddedCols, type ShardedWeight, type Weight } from "../quant/formats.ts";
+
+/** Largest M that takes the GEMV (weight-streaming) path; x rows go up to 4 per workgroup. */
+export const GEMV_MAX_M = 8;
+/** Threads per GEMV workgroup. */
+const GEMV_THREADS = 256;
+/** Output tile of the GEMM kernels (must match matmul*.wgsl). */
+const GEMM_TILE = 64;
+
+export type LinearKernel = "gemv" | "gemm";
+
+function isSharded(w: Weight | ShardedWeight): w is ShardedWeight {
+  return (w as ShardedWeight).shards !== undefined;
+}
+
+/**
+ * The kernel linear() uses for M rows of x and this weight: GEMV for small M when x and weight
+ * rows start on vec4 boundaries (K % 4 == 0; K % 8 == 0 for f16), else the tiled GEMM.
+ */
+export function linearKernel(m: number, w: Weight): LinearKernel {
+  if (m > GEMV_MAX_M) return "gemm";
+  return w.cols % (w.format === "f16" ? 8 : 4) === 0 ? "gemv" : "gemm";
+}
+
+/** GEMV workgroup shape: LANES threads along K per team, TEAMS teams, R rows per team, MROWS x rows. */
+export interface GemvConfig {
+  LANES: number;
+  TEAMS: number;
+  R: number;
+  MROWS: number;
+}
+
+/**
+ * Heuristic GEMV shape (to be tuned on real GPUs; see the bench). Lanes cover a row's units
+ * (q groups or weight vec4s) in few steps, at most 64 so short rows still give many workgroups;
+ * R rows per team reuse each x load but cut the workgroup count, so it grows with N.
+ */
+export function gemvConfig(m: number, n: number, rowUnits: number): GemvConfig {
+  const MROWS = m === 1 ? 1 : m === 2 ? 2 : 4;
+  let LANES = 8;
+  while (LANES < rowUnits && LANES < 64) LANES *= 2;
+  const R = Math.min(8 / MROWS, n >= 4096 ? 4 : n >= 1024 ? 2 : 1);
+  return { LANES, TEAMS: GEMV_THREADS / LANES, R, MROWS };
+}
+
+function checkWeight(name: string, w: Weight): void {
+  if (w.format === "q4" || w.format === "q8") {
+    const groups = w.paddedCols / GROUP_SIZE;
+    if (w.paddedCols !== paddedCols(w.cols)) {
+      throw new WebvlmError("shape_mismatch", `${name}: paddedCols ${w.paddedCols} for ${w.cols} cols`);
+    }
+    expectDtype(`${name}.data`, w.data, ["u32"]);
+    expectShape(`${name}.data`, w.data, [w.rows, (w.paddedCols * (w.format === "q4" ? 4 : 8)) / 32]);
+    expectDtype(`${name}.scales`, w.scales, ["f16"]);
+    expectShape(`${name}.scales`, w.scales, [w.rows, groups]);
+  } else {
+    expectDtype(`${name}.data`, w.data, [w.format]);
+    expectShape(`${name}.data`, w.data, [w.rows, w.cols]);
+  }
+}
+
+/**
+ * y = x @ W^T + bias. x: f32 [M, K]; W: [N, K] (PyTorch Linear layout) in any weight format, or
+ * sharded along N (one dispatch per shard, each writing its column slice of y); bias: f32 [N].
+ */
+export function linear(rec: Recorder, x: Tensor, w: Weight | ShardedWeight, bias?: Tensor, out?: Tensor): Tensor {
+  const N = w.rows;
+  const K = w.cols;
+  expectDtype("linear.x", x, ["f32"]);
+  expectShape("linear.x", x, [null, K]);
+  const M = x.shape[0];
+  if (bias) {
+    expectDtype("linear.bias", bias, ["f32"]);
+    expectShape("linear.bias", bias, [N]);
+  }
+  const shards = isSharded(w) ? w.shards : [{ rowStart: 0, weight: w }];
+  let next = 0;
+  for (const [i, s] of shards.entries()) {
+    const sw = s.weight;
+    if (s.rowStart !== next || sw.cols !== K || sw.format !== w.format) {
+      throw new WebvlmError("shape_mismatch", `linear: shard ${i} (rows from ${s.rowStart}, ${sw.rows}x${sw.cols} ${sw.format}) does not continue a ${w.format} [${N}, ${K}] weight at row ${next}`);
+    }
+    checkWeight(`linear.w[${i}]`, sw);
+    next += sw.rows;
+  }
+  if (next !== N) throw new WebvlmError("shape_mismatch", `linear: shards cover ${next} of ${N} rows`);
+
+  const y = out ?? allocTensor(rec.ctx, [M, N], "f32", "linear");
+  expectDtype("linear.out", y, ["f32"]);
+  expectShape("linear.out", y, [M, N]);
+  if (y.buffer === x.buffer || (bias && y.buffer === bias.buffer)) {
+    throw new WebvlmError("internal", "linear: out must not share a buffer with x or bias");
+  }
+  if (M === 0 || N === 0) return y;
+  for (const s of shards) dispatchShard(rec, x, s.weight, s.rowStart, bias, y, M, N);
+  return y;
+}
+
+function dispatchShard(rec: Recorder, x: Tensor, w: Weight, col: number, bias: Tensor | undefined, y: Tensor, M: number, outStride: number): void {
+  const { limits } = rec.ctx;
+  const N = w.rows;
+  const K = w.cols;
+  const quant = w.format === "q4" || w.format === "q8";
+  // The bias flag is a uniform, not an override: half the pipelines for a negligible branch.
+  const uniforms = packUniforms("uuuuuu", M, N, K, col, outStride, bias ? 1 : 0);
+  const constants: Record<string, number | boolean> = quant ? { BITS: w.format === "q4" ? 4 : 8 } : { WEIGHT_F16: w.format === "f16" };
+  // Without a bias the slot still has to be bound (layout "auto"); x is read-only, so reuse it.
+  const weightBindings: Binding[] = quant ? [w.data, w.scales] : [w.data];
+  const bindings: Binding[] = [x, ...weightBindings, bias ?? x, y];
+  const label = `linear ${w.format} ${M}x${N}x${K}`;
+
+  if (linearKernel(M, w) === "gemv") {
+    const rowUnits = quant ? paddedCols(K) / GROUP_SIZE : K / (w.format === "f16" ? 8 : 4);
+    const cfg = gemvConfig(M, N, rowUnits);
+    const [gx, gy] = grid2d(Math.ceil(N / (cfg.TEAMS * cfg.R)), limits.maxComputeWorkgroupsPerDimension);
+    rec.dispatch({
+      code: quant ? gemvQCode : gemvCode,
+      constants: { ...constants, ...cfg },
+      uniforms,
+      bindings,
+      workgroups: [gx, gy, Math.ceil(M / cfg.MROWS)],
+      label: `${label} gemv`,
+    });
+  } else {
+    rec.dispatch({
+      code: quant ? matmulQCode : matmulCode,
+      constants,
+      uniforms,
+      bindings,
+      workgroups: [Math.ceil(N / GEMM_TILE), Math.ceil(M / GEMM_TILE)],
+      label: `${label} gemm`,
+    });
+  }
+}
