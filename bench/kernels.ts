@@ -1,0 +1,110 @@
+// Kernel benchmarks: copy bandwidth, q4/q8 GEMV bandwidth and its ratio to copy,
+// GEMM GFLOPS (f32 and q4) at Qwen2-VL-2B MLP shapes, decode attention at 4k context.
+// `--reduced` (default on software adapters) shrinks sizes to run in minutes on SwiftShader;
+// `--full` forces the real sizes. Prints a table and writes bench/results/kernels.json.
+import { mkdirSync, writeFileSync } from "node:fs";
+import copyCode from "./copy.wgsl?raw";
+import { acquireNodeGpu } from "../src/gpu/node.ts";
+import type { GpuContext } from "../src/gpu/device.ts";
+import { grid2d } from "../src/gpu/recorder.ts";
+import { allocTensor, uploadTensor } from "../src/gpu/transfer.ts";
+import { linear } from "../src/ops/linear.ts";
+import { uploadWeight } from "../src/quant/pack.ts";
+import type { WeightFormat } from "../src/quant/formats.ts";
+import { benchAttentionDecode } from "./attention.ts";
+import { timeGpu } from "./timing.ts";
+import { randomArray } from "../test/util/compare.ts";
+
+interface Row {
+  name: string;
+  value: number;
+  unit: string;
+  note?: string;
+}
+
+const args = new Set(process.argv.slice(2));
+const gpu = await acquireNodeGpu();
+const software = /swiftshader|llvmpipe|software/i.test(`${gpu.adapter.vendor} ${gpu.adapter.architecture} ${gpu.adapter.description}`);
+const reduced = args.has("--reduced") || (software && !args.has("--full"));
+const rows: Row[] = [];
+const add = (r: Row): void => {
+  rows.push(r);
+  console.log(`${r.name.padEnd(48)} ${r.value.toFixed(r.value < 10 ? 3 : 1).padStart(10)} ${r.unit}${r.note ? `  (${r.note})` : ""}`);
+};
+
+console.log(`adapter: ${gpu.adapter.vendor} ${gpu.adapter.architecture} ${gpu.adapter.description}`);
+console.log(`mode: ${reduced ? "reduced sizes (software adapter or --reduced)" : "full Qwen2-VL-2B sizes"}\n`);
+
+async function copyBandwidth(ctx: GpuContext, bytes: number): Promise<number> {
+  const src = ctx.pool.acquire(bytes);
+  const dst = ctx.pool.acquire(bytes);
+  const vec4s = bytes / 16;
+  const t = await timeGpu(
+    ctx,
+    (rec) =>
+      rec.dispatch({
+        code: copyCode,
+        bindings: [{ buffer: src, size: bytes }, { buffer: dst, size: bytes }],
+        workgroups: grid2d(Math.ceil(vec4s / 256), ctx.limits.maxComputeWorkgroupsPerDimension),
+        label: "copy",
+      }),
+    reduced ? 4 : 50,
+  );
+  ctx.pool.release(src);
+  ctx.pool.release(dst);
+  return (2 * bytes) / (t.ms * 1e6); // read + write, GB/s
+}
+
+const copyGBs = await copyBandwidth(gpu, reduced ? 32 << 20 : 256 << 20);
+add({ name: "copy kernel bandwidth (read+write)", value: copyGBs, unit: "GB/s" });
+
+// Qwen2-VL-2B MLP shapes: up/gate 1536 -> 8960 ([8960, 1536] weights), down 8960 -> 1536.
+const scale = reduced ? 4 : 1;
+const shapes: [number, number][] = [
+  [8960 / scale, 1536 / scale],
+  [1536 / scale, 8960 / scale],
+];
+
+function weightBytes(format: WeightFormat, n: number, k: number): number {
+  const groups = Math.ceil(k / 32);
+  if (format === "q4") return n * groups * (16 + 2);
+  if (format === "q8") return n * groups * (32 + 2);
+  return n * k * (format === "f16" ? 2 : 4);
+}
+
+for (const [n, k] of shapes) {
+  const values = randomArray(n * k, 7, -0.05, 0.05);
+  for (const format of ["q4", "q8", "f16", "f32"] as const) {
+    const w = uploadWeight(gpu, values, n, k, format, `bench.${format}`);
+    for (const m of reduced ? [1, 64] : [1, 512]) {
+      const x = uploadTensor(gpu, randomArray(m * k, 3), [m, k], "f32");
+      const y = allocTensor(gpu, [m, n], "f32");
+      const iters = reduced ? (m === 1 ? 4 : 1) : m === 1 ? 100 : 10;
+      const t = await timeGpu(gpu, (rec) => linear(rec, x, w, undefined, y), iters, reduced ? 3 : 5);
+      const gflops = (2 * m * n * k) / (t.ms * 1e6);
+      if (m === 1) {
+        const gbs = (weightBytes(format, n, k) + 4 * (k + n)) / (t.ms * 1e6);
+        add({
+          name: `GEMV ${format} N=${n} K=${k}`,
+          value: gbs,
+          unit: "GB/s",
+          note: `${((100 * gbs) / copyGBs).toFixed(0)}% of copy, ${(t.ms * 1000).toFixed(0)} us`,
+        });
+      } else if (format === "q4" || format === "f32") {
+        add({ name: `GEMM ${format} M=${m} N=${n} K=${k}`, value: gflops, unit: "GFLOPS", note: `${t.ms.toFixed(2)} ms` });
+      }
+      gpu.pool.release(x.buffer);
+      gpu.pool.release(y.buffer);
+    }
+  }
+}
+
+const context = reduced ? 512 : 4096;
+const attn = await benchAttentionDecode(gpu, context, reduced);
+add({ name: `attention decode, context ${context} (12 q / 2 kv heads, d=128)`, value: attn.ms * 1000, unit: "us", note: `${attn.gbs.toFixed(2)} GB/s of KV read` });
+
+mkdirSync(new URL("./results/", import.meta.url), { recursive: true });
+const out = new URL("./results/kernels.json", import.meta.url);
+writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), adapter: gpu.adapter, reduced, rows }, null, 2));
+console.log(`\nwrote ${out.pathname}`);
+gpu.destroy();
