@@ -39,7 +39,7 @@ async function main(): Promise<void> {
     }
     adapterEl.replaceChildren(dl);
     for (const r of await selfCheck(gpu)) {
-      checksBody.append(row([r.name, r.ok ? "ok" : "MISMATCH", r.maxAbsError.toExponential(2), r.ms.toFixed(1)], r.ok ? "ok" : "fail"));
+      checksBody.append(row([r.name, r.ok ? "ok" : "MISMATCH", r.relError.toExponential(2), r.ms.toFixed(1)], r.ok ? "ok" : "fail"));
     }
   } catch (e) {
     adapterEl.textContent = isWebvlmError(e) ? `${e.code}: ${e.message}` : String(e);
