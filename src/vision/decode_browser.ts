@@ -36,10 +36,12 @@ async function toBitmap(input: Exclude<BrowserImageInput, ImageData>): Promise<I
   }
 }
 
+function isImageData(input: BrowserImageInput): input is ImageData {
+  return typeof ImageData !== "undefined" && input instanceof ImageData;
+}
+
 export async function decodeImageBrowser(input: BrowserImageInput): Promise<DecodedImage> {
-  if (typeof ImageData !== "undefined" && input instanceof ImageData) {
-    return rgbaToRgb(input.data, input.width, input.height);
-  }
+  if (isImageData(input)) return rgbaToRgb(input.data, input.width, input.height);
   const bitmap = await toBitmap(input);
   const { width, height } = bitmap;
   if (width === 0 || height === 0) throw new WebvlmError("image_decode_failed", "the image has no pixels");
