@@ -1,0 +1,112 @@
+// OpenAI-shaped chat completion types, plus the extras users of local runtimes expect.
+
+export interface ImageUrlPart {
+  type: "image_url";
+  image_url: { url: string; detail?: "auto" | "low" | "high" } & VisionSizeOptions;
+}
+
+/** Per-image size controls (Qwen2-VL processor semantics). */
+export interface VisionSizeOptions {
+  min_pixels?: number;
+  max_pixels?: number;
+  resized_height?: number;
+  resized_width?: number;
+}
+
+/** An image handed over as an object (browser: Blob/File/ImageBitmap/ImageData/canvas/<img>; Node: bytes). */
+export interface ImagePart extends VisionSizeOptions {
+  type: "image";
+  image: unknown;
+}
+
+export interface VideoPart extends VisionSizeOptions {
+  type: "video";
+  /** frames (each an image as in ImagePart.image) or a video source */
+  video: unknown;
+  fps?: number;
+}
+
+export interface TextPart {
+  type: "text";
+  text: string;
+}
+
+export type ContentPart = TextPart | ImageUrlPart | ImagePart | VideoPart;
+
+export interface ChatMessage {
+  role: "system" | "user" | "assistant";
+  content: string | ContentPart[];
+}
+
+export interface ChatCompletionRequest {
+  model?: string;
+  messages: ChatMessage[];
+  stream?: boolean;
+  stream_options?: { include_usage?: boolean };
+  max_tokens?: number;
+  max_completion_tokens?: number;
+  temperature?: number;
+  top_p?: number;
+  top_k?: number;
+  min_p?: number;
+  repetition_penalty?: number;
+  frequency_penalty?: number;
+  presence_penalty?: number;
+  seed?: number;
+  stop?: string | string[];
+  n?: number;
+  logprobs?: boolean;
+  top_logprobs?: number;
+  add_vision_id?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface TopLogprob {
+  token: string;
+  logprob: number;
+  bytes: number[] | null;
+}
+
+export interface TokenLogprob extends TopLogprob {
+  top_logprobs: TopLogprob[];
+}
+
+export type FinishReason = "stop" | "length" | "abort";
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  /** extras: measured speeds */
+  prefill_tokens_per_second?: number;
+  decode_tokens_per_second?: number;
+  time_to_first_token_ms?: number;
+}
+
+export interface ChatCompletion {
+  id: string;
+  object: "chat.completion";
+  created: number;
+  model: string;
+  choices: {
+    index: number;
+    message: { role: "assistant"; content: string };
+    finish_reason: FinishReason;
+    logprobs: { content: TokenLogprob[] } | null;
+  }[];
+  usage: Usage;
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: "chat.completion.chunk";
+  created: number;
+  model: string;
+  choices: {
+    index: number;
+    delta: { role?: "assistant"; content?: string };
+    finish_reason: FinishReason | null;
+    logprobs: { content: TokenLogprob[] } | null;
+  }[];
+  usage?: Usage | null;
+}
