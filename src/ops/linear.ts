@@ -1,5 +1,6 @@
 import gemvCode from "../../shaders/gemv.wgsl?raw";
 import gemvQCode from "../../shaders/gemv_q.wgsl?raw";
+import gemvRowsCode from "../../shaders/gemv_rows.wgsl?raw";
 import matmulCode from "../../shaders/matmul.wgsl?raw";
 import matmulQCode from "../../shaders/matmul_q.wgsl?raw";
 import { WebvlmError } from "../api/errors.ts";
@@ -10,12 +11,17 @@ import { GROUP_SIZE, paddedCols, type ShardedWeight, type Weight } from "../quan
 
 /** Largest M that takes the GEMV (weight-streaming) path; x rows go up to 4 per workgroup. */
 export const GEMV_MAX_M = 8;
+/**
+ * Rows up to this K take gemv_rows.wgsl (one thread per output element): for rows of a few
+ * vec4s the lane teams' tree reduction costs more than it saves.
+ */
+export const ROWS_MAX_K = 256;
 /** Threads per GEMV workgroup. */
 const GEMV_THREADS = 256;
 /** Output tile of the GEMM kernels (must match matmul*.wgsl). */
 const GEMM_TILE = 64;
 
-export type LinearKernel = "gemv" | "gemm";
+export type LinearKernel = "gemv" | "gemv_rows" | "gemm";
 
 function isSharded(w: Weight | ShardedWeight): w is ShardedWeight {
   return (w as ShardedWeight).shards !== undefined;
@@ -23,11 +29,13 @@ function isSharded(w: Weight | ShardedWeight): w is ShardedWeight {
 
 /**
  * The kernel linear() uses for M rows of x and this weight: GEMV for small M when x and weight
- * rows start on vec4 boundaries (K % 4 == 0; K % 8 == 0 for f16), else the tiled GEMM.
+ * rows start on vec4 boundaries (K % 4 == 0; K % 8 == 0 for f16) — the one-thread-per-output
+ * variant for short rows — else the tiled GEMM.
  */
 export function linearKernel(m: number, w: Weight): LinearKernel {
   if (m > GEMV_MAX_M) return "gemm";
-  return w.cols % (w.format === "f16" ? 8 : 4) === 0 ? "gemv" : "gemm";
+  if (w.cols % (w.format === "f16" ? 8 : 4) !== 0) return "gemm";
+  return w.cols <= ROWS_MAX_K ? "gemv_rows" : "gemv";
 }
 
 /** GEMV workgroup shape: LANES threads along K per team, TEAMS teams, R rows per team, MROWS x rows. */
@@ -117,7 +125,19 @@ function dispatchShard(rec: Recorder, x: Tensor, w: Weight, col: number, bias: T
   const bindings: Binding[] = [x, ...weightBindings, bias ?? x, y];
   const label = `linear ${w.format} ${M}x${N}x${K}`;
 
-  if (linearKernel(M, w) === "gemv") {
+  const kernel = linearKernel(M, w);
+  if (kernel === "gemv_rows") {
+    const [gx, gy] = grid2d(Math.ceil(N / 64), limits.maxComputeWorkgroupsPerDimension);
+    rec.dispatch({
+      code: gemvRowsCode,
+      entryPoint: quant ? "quant" : "dense",
+      constants,
+      uniforms,
+      bindings,
+      workgroups: [gx, gy, M],
+      label: `${label} gemv_rows`,
+    });
+  } else if (kernel === "gemv") {
     const rowUnits = quant ? paddedCols(K) / GROUP_SIZE : K / (w.format === "f16" ? 8 : 4);
     const cfg = gemvConfig(M, N, rowUnits);
     const [gx, gy] = grid2d(Math.ceil(N / (cfg.TEAMS * cfg.R)), limits.maxComputeWorkgroupsPerDimension);

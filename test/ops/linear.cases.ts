@@ -49,10 +49,14 @@ const SHAPES: Shape[] = [
   { M: 5, K: 200, N: 40 },
   { M: 17, K: 96, N: 130 },
   { M: 300, K: 160, N: 72 },
-  // GEMV with several rows per team (R = 4, 2) and a partial last x-row chunk.
-  { M: 1, K: 64, N: 4100 },
-  { M: 3, K: 72, N: 4099 },
+  // Lane-team GEMV with several rows per team (R = 4, 2) and a partial last x-row chunk.
+  { M: 1, K: 264, N: 4100 },
+  { M: 3, K: 264, N: 4099 },
   { M: 2, K: 1536, N: 1030 },
+  // One-thread-per-output GEMV (K <= 256): up to the boundary, several x rows, a padded q tail.
+  { M: 1, K: 64, N: 4100 },
+  { M: 8, K: 256, N: 33 },
+  { M: 3, K: 72, N: 99 },
 ];
 
 /** Runs one shape and format with and without bias; checks both against the reference. */
@@ -65,7 +69,7 @@ function shapeCase(format: WeightFormat, { M, K, N }: Shape, seed: number): Kern
       const b = randomArray(N, seed + 2);
       const w = uploadWeight(gpu, wv, N, K, format);
       const kernel = linearKernel(M, w as Weight);
-      const want: LinearKernel = M <= 8 && K % (format === "f16" ? 8 : 4) === 0 ? "gemv" : "gemm";
+      const want: LinearKernel = M <= 8 && K % (format === "f16" ? 8 : 4) === 0 ? (K <= 256 ? "gemv_rows" : "gemv") : "gemm";
       if (kernel !== want) throw new Error(`expected the ${want} path, linearKernel chose ${kernel}`);
       const tx = uploadTensor(gpu, x, [M, K], "f32");
       const tb = uploadTensor(gpu, b, [N], "f32");

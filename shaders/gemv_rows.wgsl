@@ -1,0 +1,105 @@
+// Small-M linear for short rows: one thread computes one output element y[m, out_col + n] over
+// the whole row (no lanes, no shared-memory reduction). When a row is a few vec4s, a lane team's
+// tree reduction costs more than it saves (and on CPU adapters such as SwiftShader every barrier is
+// a fiber switch), so linear() picks this for K up to ROWS_MAX_K.
+// Entry points (same bindings as gemv.wgsl / gemv_q.wgsl, so linear() binds them the same way):
+//   dense: f32 or f16 weights (WEIGHT_F16), K % 4 == 0 (f32) / K % 8 == 0 (f16).
+//     (0) Params { M, N, K, out_col, out_stride, has_bias } (1) x: array<vec4<f32>> [M, K/4]
+//     (2) w: array<vec4<u32>> (3) bias: array<f32> (4) y: array<f32>
+//   quant: q4/q8 weights (BITS), layout of src/quant/formats.ts, K % 4 == 0.
+//     (1) x (2) w: array<vec4<u32>> [N, groups * BITS / 4] (3) scales: array<u32> f16 pairs [N, groups]
+//     (4) bias (5) y
+// Dispatch: (tiles_x, tiles_y, M), tiles_x * tiles_y * 64 >= N (grid2d).
+
+struct Params { M: u32, N: u32, K: u32, out_col: u32, out_stride: u32, has_bias: u32 }
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+
+override WEIGHT_F16: bool = true;
+override BITS: u32 = 4u;
+
+fn row_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+  return gid.y * nwg.x * 64u + gid.x;
+}
+
+@group(0) @binding(3) var<storage, read> dense_bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dense_y: array<f32>;
+
+@compute @workgroup_size(64)
+fn dense(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let n = row_index(gid, nwg);
+  let m = gid.z;
+  if (n >= params.N || m >= params.M) { return; }
+  let K4 = params.K / 4u;
+  var acc = 0.0;
+  if (WEIGHT_F16) {
+    let row_vecs = K4 / 2u;
+    for (var kv = 0u; kv < row_vecs; kv++) {
+      let q = w[n * row_vecs + kv];
+      let i = m * K4 + kv * 2u;
+      acc += dot(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)), x[i]);
+      acc += dot(vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)), x[i + 1u]);
+    }
+  } else {
+    for (var kv = 0u; kv < K4; kv++) {
+      acc += dot(bitcast<vec4<f32>>(w[n * K4 + kv]), x[m * K4 + kv]);
+    }
+  }
+  if (params.has_bias != 0u) { acc += dense_bias[params.out_col + n]; }
+  dense_y[m * params.out_stride + params.out_col + n] = acc;
+}
+
+@group(0) @binding(3) var<storage, read> scales: array<u32>;
+@group(0) @binding(4) var<storage, read> quant_bias: array<f32>;
+@group(0) @binding(5) var<storage, read_write> quant_y: array<f32>;
+
+fn scale_of(i: u32) -> f32 {
+  return unpack2x16float(scales[i / 2u])[i % 2u];
+}
+
+// x[m, k..k+4) as a vec4, zero past K (the padded tail of the last group has zero weights, but
+// x past the row end is another row's data or out of bounds and must not meet them).
+fn x4(m: u32, k: u32) -> vec4<f32> {
+  if (k >= params.K) { return vec4<f32>(0.0); }
+  return x[(m * params.K + k) / 4u];
+}
+
+fn q4_dot(word: u32, k: u32, m: u32) -> f32 {
+  let lo = vec4<f32>(vec4<u32>(word, word >> 4u, word >> 8u, word >> 12u) & vec4<u32>(15u)) - 8.0;
+  let hi = vec4<f32>(vec4<u32>(word >> 16u, word >> 20u, word >> 24u, word >> 28u) & vec4<u32>(15u)) - 8.0;
+  return dot(lo, x4(m, k)) + dot(hi, x4(m, k + 4u));
+}
+
+fn q8_dot(word: u32, k: u32, m: u32) -> f32 {
+  let v = vec4<f32>(vec4<i32>(bitcast<i32>(word << 24u), bitcast<i32>(word << 16u), bitcast<i32>(word << 8u), bitcast<i32>(word)) >> vec4<u32>(24u));
+  return dot(v, x4(m, k));
+}
+
+@compute @workgroup_size(64)
+fn quant(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let n = row_index(gid, nwg);
+  let m = gid.z;
+  if (n >= params.N || m >= params.M) { return; }
+  let groups = (params.K + 31u) / 32u;
+  let vpg = BITS / 4u;
+  var acc = 0.0;
+  for (var g = 0u; g < groups; g++) {
+    let k0 = g * 32u;
+    var s = 0.0;
+    let base = (n * groups + g) * vpg;
+    if (BITS == 4u) {
+      let q = w[base];
+      s = q4_dot(q.x, k0, m) + q4_dot(q.y, k0 + 8u, m) + q4_dot(q.z, k0 + 16u, m) + q4_dot(q.w, k0 + 24u, m);
+    } else {
+      let a = w[base];
+      let b = w[base + 1u];
+      s = q8_dot(a.x, k0, m) + q8_dot(a.y, k0 + 4u, m) + q8_dot(a.z, k0 + 8u, m) + q8_dot(a.w, k0 + 12u, m)
+        + q8_dot(b.x, k0 + 16u, m) + q8_dot(b.y, k0 + 20u, m) + q8_dot(b.z, k0 + 24u, m) + q8_dot(b.w, k0 + 28u, m);
+    }
+    acc += s * scale_of(n * groups + g);
+  }
+  if (params.has_bias != 0u) { acc += quant_bias[params.out_col + n]; }
+  quant_y[m * params.out_stride + params.out_col + n] = acc;
+}
