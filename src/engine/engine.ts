@@ -1,0 +1,309 @@
+// The in-thread engine: load a checkpoint, answer OpenAI-shaped chat requests.
+// The worker-backed engine (a later milestone) exposes this same interface.
+import { WebvlmError } from "../api/errors.ts";
+import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatMessage, Usage } from "../api/types.ts";
+import type { GpuContext } from "../gpu/device.ts";
+import { acquireGpu } from "../gpu/device.ts";
+import { openCheckpoint, type Checkpoint, type CheckpointLocation } from "../loader/checkpoint.ts";
+import type { ProgressEvent } from "../loader/progress.ts";
+import { generateStream } from "../generate/loop.ts";
+import { generationConfigDefaults } from "../generate/sampler.ts";
+import type { GenerateChunk, GenerateParams, GenerateResult, StepModel, StepOptions as GenStepOptions } from "../generate/types.ts";
+import { resolveModelBuilder } from "../models/registry.ts";
+import type { Qwen2VLCache, Qwen2VLModel, VisionItem } from "../models/qwen2_vl/model.ts";
+import type { WeightFormat } from "../quant/formats.ts";
+import { buildChatPrompt, ChatTemplate, type ChatMessage as TemplateMessage } from "../tokenizer/chat_template.ts";
+import { TextTokenizer } from "../tokenizer/tokenizer.ts";
+import { prepareMedia, type PreparedMedia } from "./prepare.ts";
+import { collectMedia, generateParams, validateRequest } from "./request.ts";
+import { commonPrefix, mediaKeyedIds } from "./prefix.ts";
+
+export interface EngineOptions {
+  /** A device to use; by default one is acquired (navigator.gpu, or Dawn in Node). */
+  gpu?: GpuContext;
+}
+
+export interface LoadOptions {
+  /** Weight format of the LLM's linear layers (default q4); embeddings/lm_head and the vision tower use `embedding`/`vision`. */
+  quantization?: WeightFormat;
+  embedding?: WeightFormat;
+  vision?: WeightFormat;
+  /** KV cache length in tokens (default min(4096, max_position_embeddings)). */
+  contextLength?: number;
+  onProgress?: (e: ProgressEvent) => void;
+  signal?: AbortSignal;
+}
+
+export interface ModelInfo {
+  id: string;
+  family: string;
+  contextLength: number;
+  formats: { textLinear: WeightFormat; embedding: WeightFormat; vision: WeightFormat };
+}
+
+interface Loaded {
+  info: ModelInfo;
+  checkpoint: Checkpoint;
+  model: Qwen2VLModel;
+  tokenizer: TextTokenizer;
+  template: ChatTemplate;
+  defaults: GenerateParams;
+  eosTokenIds: number[];
+  preprocess: { minPixels?: number; maxPixels?: number };
+  cache: Qwen2VLCache;
+  /** Token keys (ids, with media content hashes at pad positions) of what the cache holds. */
+  cachedKeys: (number | string)[];
+}
+
+async function defaultGpu(): Promise<GpuContext> {
+  const isNode = typeof process !== "undefined" && typeof process.versions?.node === "string" && typeof window === "undefined";
+  if (isNode) {
+    const mod = (await import(/* @vite-ignore */ new URL("../gpu/node.ts", import.meta.url).href)) as typeof import("../gpu/node.ts");
+    return mod.acquireNodeGpu();
+  }
+  return acquireGpu();
+}
+
+const newId = (): string => `chatcmpl-${Math.random().toString(36).slice(2, 12)}`;
+
+export class Engine {
+  private loaded: Loaded | null = null;
+  /** Requests run one at a time, in arrival order. */
+  private queue: Promise<unknown> = Promise.resolve();
+
+  private constructor(readonly gpu: GpuContext) {}
+
+  static async create(opts: EngineOptions = {}): Promise<Engine> {
+    return new Engine(opts.gpu ?? (await defaultGpu()));
+  }
+
+  get model(): ModelInfo | null {
+    return this.loaded?.info ?? null;
+  }
+
+  async load(location: CheckpointLocation, opts: LoadOptions = {}): Promise<ModelInfo> {
+    return this.enqueue(async () => {
+      this.unloadNow();
+      const checkpoint = await openCheckpoint(location, { onProgress: opts.onProgress, signal: opts.signal });
+      try {
+        const builder = resolveModelBuilder(checkpoint.config);
+        const config = builder.parseConfig(checkpoint.config, checkpoint.generationConfig);
+        const tokenizer = new TextTokenizer(checkpoint.tokenizerJson, checkpoint.tokenizerConfig);
+        if (!checkpoint.chatTemplate) throw new WebvlmError("bad_request", "the checkpoint has no chat template");
+        const template = new ChatTemplate(checkpoint.chatTemplate);
+        const formats = {
+          textLinear: opts.quantization ?? "q4",
+          embedding: opts.embedding ?? "f16",
+          vision: opts.vision ?? "f16",
+        } as const;
+        const totalBytes = checkpoint.weights.totalBytes;
+        let uploadedBytes = 0;
+        const model = await builder.load(this.gpu, config, checkpoint.weights, {
+          ...formats,
+          onProgress: (_done, _total, name) => {
+            uploadedBytes += checkpoint.weights.has(name) ? checkpoint.weights.byteSize(name) : 0;
+            opts.onProgress?.({ phase: "upload", file: name, loadedBytes: uploadedBytes, totalBytes, fraction: totalBytes ? Math.min(1, uploadedBytes / totalBytes) : 1 });
+          },
+        });
+        const maxPos = config.text.maxPositionEmbeddings ?? 32768;
+        const contextLength = Math.min(opts.contextLength ?? 4096, maxPos);
+        const { sampling, eosTokenIds } = generationConfigDefaults(checkpoint.generationConfig);
+        const pp = (checkpoint.preprocessorConfig ?? {}) as Record<string, unknown>;
+        const num = (v: unknown): number | undefined => (typeof v === "number" ? v : undefined);
+        this.loaded = {
+          info: { id: checkpoint.description, family: builder.family, contextLength, formats },
+          checkpoint,
+          model,
+          tokenizer,
+          template,
+          defaults: sampling,
+          eosTokenIds: eosTokenIds.length ? eosTokenIds : [tokenizer.qwen.imEnd, tokenizer.qwen.endOfText],
+          preprocess: { minPixels: num(pp.min_pixels), maxPixels: num(pp.max_pixels) },
+          cache: model.createCache(contextLength),
+          cachedKeys: [],
+        };
+        return this.loaded.info;
+      } catch (e) {
+        await checkpoint.close();
+        throw e;
+      }
+    });
+  }
+
+  async unload(): Promise<void> {
+    await this.enqueue(async () => this.unloadNow());
+  }
+
+  readonly chat = {
+    completions: {
+      create: ((req: ChatCompletionRequest) =>
+        req.stream ? Promise.resolve(this.stream(req)) : this.complete(req)) as {
+        (req: ChatCompletionRequest & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
+        (req: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
+        (req: ChatCompletionRequest): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>>;
+      },
+    },
+  };
+
+  private unloadNow(): void {
+    if (!this.loaded) return;
+    this.loaded.cache.dispose();
+    this.loaded.model.dispose();
+    void this.loaded.checkpoint.close();
+    this.loaded = null;
+  }
+
+  private enqueue<T>(task: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(task, task);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private async complete(req: ChatCompletionRequest): Promise<ChatCompletion> {
+    let text = "";
+    const logprobs: NonNullable<GenerateChunk["logprobs"]> = [];
+    let result: GenerateResult | null = null;
+    let model = "";
+    await this.run(req, async (chunk) => {
+      text += chunk.text;
+      if (chunk.logprobs) logprobs.push(...chunk.logprobs);
+    }, (r, m) => {
+      result = r;
+      model = m;
+    });
+    const r = result as unknown as GenerateResult;
+    return {
+      id: newId(),
+      object: "chat.completion",
+      created: Math.floor(Date.now() / 1000),
+      model,
+      choices: [{ index: 0, message: { role: "assistant", content: text }, finish_reason: r.finishReason, logprobs: req.logprobs ? { content: logprobs } : null }],
+      usage: usageOf(r),
+    };
+  }
+
+  private async *stream(req: ChatCompletionRequest): AsyncGenerator<ChatCompletionChunk> {
+    const id = newId();
+    const created = Math.floor(Date.now() / 1000);
+    const pending: ChatCompletionChunk[] = [];
+    let wake: (() => void) | null = null;
+    let done = false;
+    let failure: unknown = null;
+    const push = (c: ChatCompletionChunk): void => {
+      pending.push(c);
+      wake?.();
+    };
+    let model = "";
+    let first = true;
+    const job = this.run(
+      req,
+      (chunk, m) => {
+        model = m;
+        if (chunk.text.length === 0 && !first) return;
+        push({
+          id, object: "chat.completion.chunk", created, model,
+          choices: [{ index: 0, delta: first ? { role: "assistant", content: chunk.text } : { content: chunk.text }, finish_reason: null, logprobs: req.logprobs && chunk.logprobs ? { content: chunk.logprobs } : null }],
+        });
+        first = false;
+      },
+      (r, m) => {
+        push({ id, object: "chat.completion.chunk", created, model: m, choices: [{ index: 0, delta: {}, finish_reason: r.finishReason, logprobs: null }] });
+        if (req.stream_options?.include_usage) push({ id, object: "chat.completion.chunk", created, model: m, choices: [], usage: usageOf(r) });
+      },
+    ).then(
+      () => { done = true; wake?.(); },
+      (e) => { failure = e; done = true; wake?.(); },
+    );
+    try {
+      for (;;) {
+        while (pending.length > 0) yield pending.shift()!;
+        if (done) break;
+        await new Promise<void>((r) => (wake = r));
+        wake = null;
+      }
+      if (failure) throw failure;
+    } finally {
+      await job;
+    }
+  }
+
+  /** Validates, queues and runs one request, streaming chunks to onChunk. */
+  private run(
+    req: ChatCompletionRequest,
+    onChunk: (c: GenerateChunk, model: string) => void | Promise<void>,
+    onDone: (r: GenerateResult, model: string) => void,
+  ): Promise<void> {
+    validateRequest(req);
+    return this.enqueue(async () => {
+      const L = this.loaded;
+      if (!L) throw new WebvlmError("model_not_found", "no model loaded: call engine.load() first");
+      if (req.signal?.aborted) throw new WebvlmError("aborted", "the request was aborted before it started");
+      const media = await prepareMedia(collectMedia(req.messages), L.preprocess, L.model.config.vision, req.signal);
+      const prompt = buildChatPrompt(L.tokenizer, L.template, req.messages as unknown as TemplateMessage[], {
+        images: media.filter((m) => m.kind === "image").map((m) => m.grid),
+        videos: media.filter((m) => m.kind === "video").map((m) => m.grid),
+        mergeSize: L.model.config.vision.spatialMergeSize,
+      }, { addGenerationPrompt: true, addVisionId: req.add_vision_id ?? false });
+      if (prompt.ids.length >= L.info.contextLength) {
+        throw new WebvlmError("context_length_exceeded", `the prompt has ${prompt.ids.length} tokens; the context holds ${L.info.contextLength}`, {
+          promptTokens: prompt.ids.length,
+          contextLength: L.info.contextLength,
+        });
+      }
+      const params = generateParams(req, { ...L.defaults, maxTokens: L.info.contextLength - prompt.ids.length });
+      const gen = generateStream(this.stepModel(L, prompt.ids, media), prompt.ids, params, {
+        tokenizer: L.tokenizer,
+        eosTokenIds: L.eosTokenIds,
+        contextLength: L.info.contextLength,
+        signal: req.signal,
+      });
+      for (;;) {
+        const r = await gen.next();
+        if (r.done) {
+          onDone(r.value, L.info.id);
+          return;
+        }
+        await onChunk(r.value, L.info.id);
+      }
+    });
+  }
+
+  /** The model as the generation loop sees it, reusing the cached common prefix of the prompt. */
+  private stepModel(L: Loaded, ids: number[], media: PreparedMedia[]): StepModel {
+    const keys = mediaKeyedIds(ids, media, L.model.config.imageTokenId, L.model.config.videoTokenId);
+    const items = (kind: "image" | "video"): VisionItem[] =>
+      media.filter((m) => m.kind === kind).map((m) => ({ grid: m.grid, pixelValues: m.pixelValues }));
+    const read = (o: GenStepOptions): "logits" | "argmax" => (o.needLogits ? "logits" : "argmax");
+    const toStep = (r: { tokenId: number | null; logits: Float32Array | null }) =>
+      r.logits ? { logits: r.logits } : { tokenId: r.tokenId as number };
+    return {
+      prefill: async (_ids, o) => {
+        // Keep at least one prompt token to compute, so prefill yields the next distribution.
+        const keep = Math.min(commonPrefix(L.cachedKeys, keys), ids.length - 1);
+        L.cache.truncate(keep);
+        L.cachedKeys = keys.slice(0, keep);
+        const r = await L.model.prefill(ids, { images: items("image"), videos: items("video") }, L.cache, { read: read(o) });
+        L.cachedKeys = keys.slice();
+        return toStep(r);
+      },
+      decode: async (id, o) => {
+        const r = await L.model.decode(id, L.cache, { read: read(o) });
+        L.cachedKeys.push(id);
+        return toStep(r);
+      },
+    };
+  }
+}
+
+function usageOf(r: GenerateResult): Usage {
+  return {
+    prompt_tokens: r.promptTokens,
+    completion_tokens: r.completionTokens,
+    total_tokens: r.promptTokens + r.completionTokens,
+    prefill_tokens_per_second: r.timings.prefillTokensPerSecond,
+    decode_tokens_per_second: r.timings.decodeTokensPerSecond,
+    time_to_first_token_ms: r.timings.ttftMs,
+  };
+}
+
+export type { ChatMessage };

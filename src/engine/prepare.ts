@@ -1,0 +1,90 @@
+// Request media -> the model's pixel_values and grids (Qwen2-VL processor),
+// with a content hash per item so the KV cache can be reused across turns.
+import { WebvlmError } from "../api/errors.ts";
+import type { Qwen2VLVisionConfig } from "../models/qwen2_vl/config.ts";
+import { normalizeRgb8ToChw } from "../vision/normalize.ts";
+import { patchify } from "../vision/patchify.ts";
+import { preprocessImage, resizeForModel, type PreprocessOptions } from "../vision/processor.ts";
+import { smartResize } from "../vision/smart_resize.ts";
+import { loadImage } from "./media.ts";
+import type { MediaRef } from "./request.ts";
+
+export interface PreparedMedia {
+  kind: "image" | "video";
+  grid: [number, number, number];
+  pixelValues: Float32Array;
+  hash: string;
+  tokens: number;
+}
+
+// qwen_vl_utils' video budgets (in pixels): per frame and for the whole clip.
+const VIDEO_MIN_PIXELS = 128 * 28 * 28;
+const VIDEO_MAX_PIXELS = 768 * 28 * 28;
+const VIDEO_TOTAL_PIXELS = 24576 * 28 * 28;
+const FRAME_FACTOR = 2;
+
+/** Two independent 32-bit FNV-1a variants over the bytes: a 64-bit content key. */
+function contentHash(v: Float32Array): string {
+  const b = new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  let h1 = 0x811c9dc5;
+  let h2 = 0x01000193 ^ b.length;
+  for (let i = 0; i < b.length; i++) {
+    h1 = Math.imul(h1 ^ b[i], 0x01000193);
+    h2 = Math.imul(h2 ^ b[i], 0x5bd1e995) ^ (h2 >>> 15);
+  }
+  return `${(h1 >>> 0).toString(16)}${(h2 >>> 0).toString(16)}`;
+}
+
+function processorOptions(vc: Qwen2VLVisionConfig, defaults: PreprocessOptions, own: PreprocessOptions): PreprocessOptions {
+  return {
+    patchSize: vc.patchSize,
+    mergeSize: vc.spatialMergeSize,
+    temporalPatchSize: vc.temporalPatchSize,
+    minPixels: own.minPixels ?? defaults.minPixels,
+    maxPixels: own.maxPixels ?? defaults.maxPixels,
+    resizedHeight: own.resizedHeight,
+    resizedWidth: own.resizedWidth,
+  };
+}
+
+export async function prepareMedia(
+  refs: readonly MediaRef[],
+  defaults: PreprocessOptions,
+  vc: Qwen2VLVisionConfig,
+  signal?: AbortSignal,
+): Promise<PreparedMedia[]> {
+  const out: PreparedMedia[] = [];
+  const merge = vc.spatialMergeSize;
+  for (const ref of refs) {
+    if (signal?.aborted) throw new WebvlmError("aborted", "the request was aborted while preparing images");
+    const opts = processorOptions(vc, defaults, ref.options);
+    if (ref.kind === "image") {
+      const img = await loadImage(ref.source, signal);
+      const p = preprocessImage(img.rgb, img.width, img.height, opts);
+      out.push({ kind: "image", grid: p.grid, pixelValues: p.pixelValues, hash: contentHash(p.pixelValues), tokens: (p.grid[0] * p.grid[1] * p.grid[2]) / (merge * merge) });
+      continue;
+    }
+    // A video given as frames (qwen_vl_utils: an even number of frames, the last repeated if
+    // needed; one size for all frames from the first frame and the per-frame budget).
+    const frames = ref.source as unknown[];
+    const n = Math.max(FRAME_FACTOR, Math.round(frames.length / FRAME_FACTOR) * FRAME_FACTOR);
+    const decoded = [];
+    for (let i = 0; i < n; i++) decoded.push(await loadImage(frames[Math.min(i, frames.length - 1)], signal));
+    const first = decoded[0];
+    const minPixels = ref.options.minPixels ?? VIDEO_MIN_PIXELS;
+    const maxPixels = ref.options.maxPixels ?? Math.max(Math.min(VIDEO_MAX_PIXELS, (VIDEO_TOTAL_PIXELS / n) * FRAME_FACTOR), Math.floor(minPixels * 1.05));
+    const size = opts.resizedHeight !== undefined ? null : smartResize(first.height, first.width, { factor: vc.patchSize * merge, minPixels, maxPixels });
+    const chw = decoded.map((d) => {
+      if (d.width !== first.width || d.height !== first.height) throw new WebvlmError("bad_request", "video frames must all have the same size");
+      const r = resizeForModel(d.rgb, d.width, d.height, size ? { ...opts, resizedHeight: size.height, resizedWidth: size.width } : opts);
+      return { chw: normalizeRgb8ToChw(r.rgb, r.width, r.height), h: r.height, w: r.width };
+    });
+    const { pixelValues, grid } = patchify(chw.map((c) => c.chw), chw[0].h, chw[0].w, {
+      patchSize: vc.patchSize,
+      temporalPatchSize: vc.temporalPatchSize,
+      mergeSize: merge,
+    });
+    out.push({ kind: "video", grid, pixelValues, hash: contentHash(pixelValues), tokens: (grid[0] * grid[1] * grid[2]) / (merge * merge) });
+  }
+  return out;
+}

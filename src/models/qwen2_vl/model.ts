@@ -1,0 +1,368 @@
+// Qwen2-VL glue: weights + vision tower + decoder + KV cache. Each forward
+// (prefill, decode step) is one Recorder submit whose only readback is its
+// result (the argmax id and/or the last row of logits).
+import { WebvlmError } from "../../api/errors.ts";
+import type { GpuContext } from "../../gpu/device.ts";
+import { Recorder } from "../../gpu/recorder.ts";
+import { byteSize, type Tensor } from "../../gpu/tensor.ts";
+import { uploadTensor } from "../../gpu/transfer.ts";
+import { argmax } from "../../ops/argmax.ts";
+import { embedding } from "../../ops/embedding.ts";
+import { createKvCache, releaseKvCache, type KvCache } from "../../ops/kv_cache.ts";
+import type { Qwen2VLConfig } from "./config.ts";
+import { getRopeIndex, type Grid, type RopeIndex } from "./rope_index.ts";
+import { textForward } from "./text.ts";
+import { encodeVision, visionTokenCount } from "./vision.ts";
+import { loadQwen2VLWeights, releaseQwen2VLWeights, type Qwen2VLWeights, type TensorSource, type WeightLoadOptions } from "./weights.ts";
+
+/** One image or video of the prompt, in prompt order. */
+export interface VisionItem {
+  grid: Grid;
+  /** Patch rows [t*h*w, C*T*P*P] from the processor; encoded by prefill when its tokens are needed. */
+  pixelValues?: Float32Array;
+  /** Or its embeddings already computed (encodeVision), f32 [t*h*w/4, hidden]; not released. */
+  embeds?: Tensor;
+}
+
+export interface PrefillInputs {
+  images?: readonly VisionItem[];
+  videos?: readonly VisionItem[];
+}
+
+/** What a forward reads back: the greedy id, the logits of the last position, or both. */
+export type ReadMode = "argmax" | "logits" | "both";
+
+export interface StepOptions {
+  read?: ReadMode;
+  /** Also return the logits as a GPU tensor [1, vocab] (the caller releases it). */
+  keepLogits?: boolean;
+}
+
+export interface StepResult {
+  /** argmax of the logits (torch.argmax: first maximum), when read. */
+  tokenId: number | null;
+  /** Logits of the last position [vocab], when read. */
+  logits: Float32Array | null;
+  logitsTensor: Tensor | null;
+}
+
+export interface PrefillResult extends StepResult, RopeIndex {
+  /** Prompt tokens already in the cache (reused) and tokens computed now. */
+  reused: number;
+  computed: number;
+}
+
+/**
+ * Per-layer KV caches plus the prompt's rope delta. truncate(n) keeps the first n tokens, e.g. the
+ * common prefix of the next chat turn; the next prefill then computes only the tokens after it.
+ */
+export class Qwen2VLCache {
+  ropeDelta = 0;
+
+  constructor(
+    private readonly gpu: GpuContext,
+    readonly layers: KvCache[],
+    readonly maxSeq: number,
+  ) {}
+
+  /** Tokens cached (the cache index of the next token). */
+  get length(): number {
+    return this.layers[0]?.length ?? 0;
+  }
+
+  truncate(n: number): void {
+    if (!Number.isInteger(n) || n < 0) throw new WebvlmError("bad_request", `cache: truncate(${n})`);
+    for (const l of this.layers) l.length = Math.min(l.length, n);
+    if (this.length === 0) this.ropeDelta = 0;
+  }
+
+  dispose(): void {
+    for (const l of this.layers) releaseKvCache(this.gpu, l);
+  }
+}
+
+const MAP_READ = 0x0001;
+const COPY_DST = 0x0008;
+
+export class Qwen2VLModel {
+  private staging: GPUBuffer[] = [];
+
+  private constructor(
+    readonly gpu: GpuContext,
+    readonly config: Qwen2VLConfig,
+    readonly weights: Qwen2VLWeights,
+  ) {}
+
+  static async load(gpu: GpuContext, config: Qwen2VLConfig, source: TensorSource, opts: WeightLoadOptions = {}): Promise<Qwen2VLModel> {
+    if (config.vision.hiddenAct !== "quick_gelu") {
+      throw new WebvlmError("unsupported_feature", `vision hidden_act ${config.vision.hiddenAct} is not supported (quick_gelu only)`);
+    }
+    return new Qwen2VLModel(gpu, config, await loadQwen2VLWeights(gpu, config, source, opts));
+  }
+
+  createCache(maxSeq: number): Qwen2VLCache {
+    const t = this.config.text;
+    const layers: KvCache[] = [];
+    try {
+      for (let i = 0; i < t.numLayers; i++) {
+        layers.push(createKvCache(this.gpu, { maxSeq, numKvHeads: t.numKvHeads, headDim: t.headDim, label: `kv${i}` }));
+      }
+    } catch (e) {
+      for (const l of layers) releaseKvCache(this.gpu, l);
+      throw e;
+    }
+    return new Qwen2VLCache(this.gpu, layers, maxSeq);
+  }
+
+  ropeIndex(ids: readonly number[], imageGrids: readonly Grid[] = [], videoGrids: readonly Grid[] = []): RopeIndex {
+    const c = this.config;
+    return getRopeIndex(ids, imageGrids, videoGrids, {
+      imageTokenId: c.imageTokenId,
+      videoTokenId: c.videoTokenId,
+      visionStartTokenId: c.visionStartTokenId,
+      spatialMergeSize: c.vision.spatialMergeSize,
+    });
+  }
+
+  /**
+   * Image embeddings [sum t*h*w/4, hidden] of patch rows (images concatenated, grids in order),
+   * recorded and submitted; the caller releases the tensor (gpu.pool.release(t.buffer)).
+   */
+  encodeVision(pixelValues: Float32Array, grids: readonly Grid[]): Tensor {
+    const rec = new Recorder(this.gpu);
+    const pv = this.uploadPixels(pixelValues, grids);
+    const out = encodeVision(rec, this.config.vision, this.weights.vision, pv, grids);
+    this.gpu.pool.release(pv.buffer);
+    rec.submit();
+    return out;
+  }
+
+  /**
+   * Runs the prompt `ids` (the full prompt, pads expanded) from the cache's current length on:
+   * the first cache.length tokens must be the cache's (see Qwen2VLCache.truncate). `inputs`
+   * lists every image / video of the full prompt (grids are needed for the positions); only
+   * items with tokens past the cached prefix are encoded. Returns the last position's result
+   * and the prompt's M-RoPE positions and rope delta (kept in the cache for decode).
+   */
+  async prefill(ids: readonly number[], inputs: PrefillInputs, cache: Qwen2VLCache, opts: StepOptions = {}): Promise<PrefillResult> {
+    const c = this.config;
+    const H = c.text.hiddenSize;
+    this.checkIds(ids);
+    const images = inputs.images ?? [];
+    const videos = inputs.videos ?? [];
+    const L = ids.length;
+    const past = cache.length;
+    if (past >= L) throw new WebvlmError("bad_request", `prefill: the cache already holds ${past} tokens of a ${L}-token prompt; truncate it first`);
+    if (L > cache.maxSeq) {
+      throw new WebvlmError("context_length_exceeded", `prompt of ${L} tokens exceeds the cache's ${cache.maxSeq}`, { needed: L, maxSeq: cache.maxSeq });
+    }
+    const S = L - past;
+    const copies = [
+      ...this.planVision(ids, images, c.imageTokenId, "image", past),
+      ...this.planVision(ids, videos, c.videoTokenId, "video", past),
+    ];
+    const rope = this.ropeIndex(ids, images.map((i) => i.grid), videos.map((v) => v.grid));
+
+    // Items to encode now: needed, with pixels and no precomputed embeddings; one joint pass.
+    const toEncode = [...new Set(copies.map((k) => k.item))].filter((it) => !it.embeds);
+    const encodedRow = new Map<VisionItem, number>();
+    let rows = 0;
+    for (const it of toEncode) {
+      if (!it.pixelValues) throw new WebvlmError("bad_request", "prefill: an image/video whose tokens are not cached has neither pixelValues nor embeds");
+      encodedRow.set(it, rows);
+      rows += visionTokenCount([it.grid], c.vision.spatialMergeSize);
+    }
+    for (const k of copies) {
+      if (k.item.embeds && (k.item.embeds.dtype !== "f32" || k.item.embeds.shape.length !== 2 || k.item.embeds.shape[1] !== H ||
+        k.item.embeds.shape[0] !== visionTokenCount([k.item.grid], c.vision.spatialMergeSize))) {
+        throw new WebvlmError("bad_request", `prefill: embeds [${k.item.embeds.shape}] do not match grid [${k.item.grid}] x hidden ${H}`);
+      }
+    }
+
+    const posNow = new Int32Array(3 * S);
+    for (let r = 0; r < 3; r++) posNow.set(rope.positions.subarray(r * L + past, (r + 1) * L), r * S);
+    const free: Tensor[] = [];
+    const idsT = uploadTensor(this.gpu, Uint32Array.from(ids.slice(past)), [S], "u32", "prefill.ids");
+    const posT = uploadTensor(this.gpu, posNow, [3, S], "i32", "prefill.positions");
+    free.push(idsT, posT);
+    let pixels: Tensor | null = null;
+    if (toEncode.length > 0) {
+      const pv = new Float32Array(toEncode.reduce((a, it) => a + it.pixelValues!.length, 0));
+      let o = 0;
+      for (const it of toEncode) {
+        pv.set(it.pixelValues!, o);
+        o += it.pixelValues!.length;
+      }
+      pixels = this.uploadPixels(pv, toEncode.map((it) => it.grid));
+      free.push(pixels);
+    }
+
+    const rec = new Recorder(this.gpu);
+    try {
+      const x = embedding(rec, idsT, this.weights.text.embed);
+      free.push(x);
+      if (pixels) {
+        const enc = encodeVision(rec, c.vision, this.weights.vision, pixels, toEncode.map((it) => it.grid));
+        free.push(enc);
+        this.copyRuns(rec, copies, x, (it) => (it.embeds ? { t: it.embeds, row: 0 } : { t: enc, row: encodedRow.get(it)! }));
+      } else {
+        this.copyRuns(rec, copies, x, (it) => ({ t: it.embeds!, row: 0 }));
+      }
+      const logits = textForward(rec, c.text, this.weights.text, x, posT, cache.layers, { logits: "last" });
+      const result = await this.finish(rec, logits, opts);
+      cache.ropeDelta = rope.ropeDelta;
+      return { ...result, ...rope, reused: past, computed: S };
+    } catch (e) {
+      cache.truncate(past);
+      throw e;
+    } finally {
+      for (const t of free) this.gpu.pool.release(t.buffer);
+    }
+  }
+
+  /** One token at cache index cache.length, position cache.length + ropeDelta on all three rows. */
+  async decode(id: number, cache: Qwen2VLCache, opts: StepOptions = {}): Promise<StepResult> {
+    this.checkIds([id]);
+    const past = cache.length;
+    if (past === 0) throw new WebvlmError("bad_request", "decode: empty cache (prefill first)");
+    if (past + 1 > cache.maxSeq) {
+      throw new WebvlmError("context_length_exceeded", `${past + 1} tokens exceed the cache's ${cache.maxSeq}`, { needed: past + 1, maxSeq: cache.maxSeq });
+    }
+    const p = past + cache.ropeDelta;
+    const idT = uploadTensor(this.gpu, Uint32Array.of(id), [1], "u32", "decode.id");
+    const posT = uploadTensor(this.gpu, Int32Array.of(p, p, p), [3, 1], "i32", "decode.positions");
+    const rec = new Recorder(this.gpu);
+    let x: Tensor | null = null;
+    try {
+      x = embedding(rec, idT, this.weights.text.embed);
+      const logits = textForward(rec, this.config.text, this.weights.text, x, posT, cache.layers, { logits: "last" });
+      return await this.finish(rec, logits, opts);
+    } catch (e) {
+      cache.truncate(past);
+      throw e;
+    } finally {
+      for (const t of [idT, posT, x]) if (t) this.gpu.pool.release(t.buffer);
+    }
+  }
+
+  dispose(): void {
+    releaseQwen2VLWeights(this.gpu, this.weights);
+    for (const b of this.staging) b.destroy();
+    this.staging = [];
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  private checkIds(ids: readonly number[]): void {
+    const vocab = this.config.text.vocabSize;
+    for (const id of ids) {
+      if (!Number.isInteger(id) || id < 0 || id >= vocab) throw new WebvlmError("bad_request", `token id ${id} outside [0, ${vocab})`);
+    }
+  }
+
+  private uploadPixels(pixelValues: Float32Array, grids: readonly Grid[]): Tensor {
+    const v = this.config.vision;
+    const patchDim = v.inChannels * v.temporalPatchSize * v.patchSize * v.patchSize;
+    const n = visionTokenCount(grids, v.spatialMergeSize) * v.spatialMergeSize ** 2;
+    if (pixelValues.length !== n * patchDim) {
+      throw new WebvlmError("bad_request", `pixel values: ${pixelValues.length} values, the grids need ${n} x ${patchDim}`);
+    }
+    return uploadTensor(this.gpu, pixelValues, [n, patchDim], "f32", "pixel_values");
+  }
+
+  /**
+   * masked_scatter, planned on the CPU: the k-th pad token of `padId` takes row k of the items'
+   * embeddings (items concatenated in order). Returns runs of consecutive pad positions at or past
+   * `past` that take consecutive rows of one item; counts must match (bad_request).
+   */
+  private planVision(ids: readonly number[], items: readonly VisionItem[], padId: number, kind: string, past: number): CopyRun[] {
+    const merge = this.config.vision.spatialMergeSize;
+    const slots: number[] = [];
+    ids.forEach((id, i) => id === padId && slots.push(i));
+    const counts = items.map((it) => visionTokenCount([it.grid], merge));
+    const need = counts.reduce((a, b) => a + b, 0);
+    if (slots.length !== need) {
+      throw new WebvlmError("bad_request", `prompt has ${slots.length} ${kind} pad tokens but the ${items.length} ${kind}(s) give ${need} embeddings`, {
+        tokens: slots.length,
+        embeddings: need,
+      });
+    }
+    const runs: CopyRun[] = [];
+    let k = 0;
+    items.forEach((item, j) => {
+      for (let r = 0; r < counts[j]; r++, k++) {
+        const pos = slots[k];
+        if (pos < past) continue;
+        const last = runs[runs.length - 1];
+        if (last && last.item === item && last.dst + last.rows === pos - past && last.srcRow + last.rows === r) last.rows++;
+        else runs.push({ item, srcRow: r, dst: pos - past, rows: 1 });
+      }
+    });
+    return runs;
+  }
+
+  /** Buffer copies of embedding rows into the token embeddings (no kernel). */
+  private copyRuns(rec: Recorder, runs: CopyRun[], x: Tensor, source: (it: VisionItem) => { t: Tensor; row: number }): void {
+    const rowBytes = this.config.text.hiddenSize * 4;
+    for (const run of runs) {
+      const { t, row } = source(run.item);
+      rec.copy(
+        { buffer: t.buffer, offset: t.offset + (row + run.srcRow) * rowBytes, size: run.rows * rowBytes },
+        { buffer: x.buffer, offset: x.offset + run.dst * rowBytes, size: run.rows * rowBytes },
+      );
+    }
+  }
+
+  /** argmax and readback recorded after the forward, one submit, one map. */
+  private async finish(rec: Recorder, logits: Tensor, opts: StepOptions): Promise<StepResult> {
+    const read = opts.read ?? "argmax";
+    const wantId = read !== "logits";
+    const wantLogits = read !== "argmax";
+    const ids = wantId ? argmax(rec, logits) : null;
+    const logitBytes = byteSize(logits);
+    const idBytes = wantId ? 4 : 0;
+    const size = idBytes + (wantLogits ? logitBytes : 0);
+    const staging = this.takeStaging(size);
+    const enc = rec.commandEncoder();
+    if (ids) enc.copyBufferToBuffer(ids.buffer, ids.offset, staging, 0, 4);
+    if (wantLogits) enc.copyBufferToBuffer(logits.buffer, logits.offset, staging, idBytes, logitBytes);
+    rec.submit();
+    if (ids) this.gpu.pool.release(ids.buffer);
+    if (!opts.keepLogits) this.gpu.pool.release(logits.buffer);
+    try {
+      await staging.mapAsync(MAP_READ, 0, size);
+    } catch (e) {
+      staging.destroy();
+      throw this.gpu.lostError ?? new WebvlmError("device_lost", `readback failed: ${(e as Error).message}`);
+    }
+    const bytes = staging.getMappedRange(0, size).slice(0);
+    staging.unmap();
+    this.staging.push(staging);
+    return {
+      tokenId: wantId ? new Uint32Array(bytes, 0, 1)[0] : null,
+      logits: wantLogits ? new Float32Array(bytes, idBytes, logits.shape[1] * logits.shape[0]) : null,
+      logitsTensor: opts.keepLogits ? logits : null,
+    };
+  }
+
+  /** A free mappable buffer of at least `size` bytes (reused across steps). */
+  private takeStaging(size: number): GPUBuffer {
+    const i = this.staging.findIndex((b) => b.size >= size);
+    if (i >= 0) return this.staging.splice(i, 1)[0];
+    return this.gpu.device.createBuffer({ size: Math.ceil(size / 16) * 16, usage: MAP_READ | COPY_DST, label: "readback" });
+  }
+}
+
+interface CopyRun {
+  item: VisionItem;
+  /** First row within the item's embeddings. */
+  srcRow: number;
+  /** First destination row within this chunk (prompt position - past). */
+  dst: number;
+  rows: number;
+}
+
+/** Loads a Qwen2-VL checkpoint onto the GPU (see WeightLoadOptions for formats). */
+export function loadQwen2VL(gpu: GpuContext, config: Qwen2VLConfig, source: TensorSource, opts: WeightLoadOptions = {}): Promise<Qwen2VLModel> {
+  return Qwen2VLModel.load(gpu, config, source, opts);
+}

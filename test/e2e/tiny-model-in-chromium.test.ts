@@ -1,0 +1,70 @@
+// A tiny Qwen2-VL checkpoint, served over HTTP with Range requests, answers an image question
+// inside Chromium (WebGPU) exactly as the Node engine answers the same greedy request.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Browser } from "playwright-core";
+import type { ViteDevServer } from "vite";
+import { makeTinyQwen2VL } from "../../scripts/make_tiny_qwen2vl.ts";
+import { Engine } from "../../src/engine/engine.ts";
+import { StaticServer } from "../util/static_server.ts";
+import { launchChromium, repoRoot, startViteServer } from "./browser.ts";
+
+const QUESTION = "What is in this picture?";
+const IMAGE = "test/fixtures/vision/resize_src_160x120.png";
+const MAX_TOKENS = 8;
+
+let dir = "";
+let models: StaticServer;
+let vite: ViteDevServer;
+let url = "";
+let browser: Browser;
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), "webvlm-e2e-"));
+  await makeTinyQwen2VL(join(dir, "tiny-b"), "tiny-b");
+  models = await StaticServer.start({ root: dir });
+  ({ server: vite, url } = await startViteServer());
+  browser = await launchChromium();
+});
+after(async () => {
+  await browser?.close();
+  await vite?.close();
+  await models?.close();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+test("tiny model answers an image question in Chromium exactly as in Node", { timeout: 900_000 }, async (t) => {
+  // The Node engine's greedy answer for the same request (same checkpoint over HTTP).
+  const engine = await Engine.create();
+  await engine.load(models.url("tiny-b"), { quantization: "f32", embedding: "f32", vision: "f32" });
+  const nodeAnswer = await engine.chat.completions.create({
+    messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: join(repoRoot, IMAGE) } }, { type: "text", text: QUESTION }] }],
+    max_tokens: MAX_TOKENS,
+    temperature: 0,
+  });
+  await engine.unload();
+  engine.gpu.destroy();
+  const expected = nodeAnswer.choices[0].message.content;
+  assert.ok(expected.length > 0, "the Node engine produced text");
+
+  const page = await browser.newPage();
+  const errors: string[] = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  let finish!: (r: { text?: string; chunks?: number; finish?: string | null; usage?: unknown; error?: string }) => void;
+  const done = new Promise<Parameters<typeof finish>[0]>((r) => (finish = r));
+  await page.exposeFunction("__engineDone", (r: Parameters<typeof finish>[0]) => finish(r));
+  const q = new URLSearchParams({ model: models.url("tiny-b"), image: `/${IMAGE}`, q: QUESTION, max: String(MAX_TOKENS) });
+  await page.goto(`${url}/test/browser/engine.html?${q}`);
+  const r = await done;
+  await page.close();
+  assert.equal(r.error, undefined, `${r.error}\n${errors.join("\n")}`);
+  t.diagnostic(`answer: ${JSON.stringify(r.text)} in ${r.chunks} chunks, finish ${r.finish}, usage ${JSON.stringify(r.usage)}`);
+  assert.equal(r.text, expected, "the browser's streamed answer equals the Node engine's");
+  assert.ok((r.chunks ?? 0) >= 1);
+  assert.equal(r.finish, nodeAnswer.choices[0].finish_reason);
+  const weightRequests = models.log.filter((l) => l.path.endsWith(".safetensors"));
+  assert.ok(weightRequests.every((l) => l.range !== undefined), "weights were read with Range requests");
+});
