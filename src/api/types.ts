@@ -77,7 +77,9 @@ export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
-  /** extras: measured speeds */
+  /** prompt tokens whose KV cache was reused from the previous request (OpenAI's field) */
+  prompt_tokens_details?: { cached_tokens: number };
+  /** extras: measured speeds (prefill counts only the tokens computed, not the cached ones) */
   prefill_tokens_per_second?: number;
   decode_tokens_per_second?: number;
   time_to_first_token_ms?: number;

@@ -162,7 +162,7 @@ export class Engine {
   private async complete(req: ChatCompletionRequest): Promise<ChatCompletion> {
     let text = "";
     const logprobs: NonNullable<GenerateChunk["logprobs"]> = [];
-    let result: GenerateResult | null = null;
+    let result: RunResult | null = null;
     let model = "";
     await this.run(req, async (chunk) => {
       text += chunk.text;
@@ -171,7 +171,7 @@ export class Engine {
       result = r;
       model = m;
     });
-    const r = result as unknown as GenerateResult;
+    const r = result as unknown as RunResult;
     return {
       id: newId(),
       object: "chat.completion",
@@ -231,7 +231,7 @@ export class Engine {
   private run(
     req: ChatCompletionRequest,
     onChunk: (c: GenerateChunk, model: string) => void | Promise<void>,
-    onDone: (r: GenerateResult, model: string) => void,
+    onDone: (r: RunResult, model: string) => void,
   ): Promise<void> {
     validateRequest(req);
     return this.enqueue(async () => {
@@ -251,7 +251,8 @@ export class Engine {
         });
       }
       const params = generateParams(req, { ...L.defaults, maxTokens: L.info.contextLength - prompt.ids.length });
-      const gen = generateStream(this.stepModel(L, prompt.ids, media), prompt.ids, params, {
+      const stats = { cachedTokens: 0 };
+      const gen = generateStream(this.stepModel(L, prompt.ids, media, stats), prompt.ids, params, {
         tokenizer: L.tokenizer,
         eosTokenIds: L.eosTokenIds,
         contextLength: L.info.contextLength,
@@ -260,7 +261,7 @@ export class Engine {
       for (;;) {
         const r = await gen.next();
         if (r.done) {
-          onDone(r.value, L.info.id);
+          onDone({ ...r.value, cachedTokens: stats.cachedTokens }, L.info.id);
           return;
         }
         await onChunk(r.value, L.info.id);
@@ -269,7 +270,7 @@ export class Engine {
   }
 
   /** The model as the generation loop sees it, reusing the cached common prefix of the prompt. */
-  private stepModel(L: Loaded, ids: number[], media: PreparedMedia[]): StepModel {
+  private stepModel(L: Loaded, ids: number[], media: PreparedMedia[], stats: { cachedTokens: number }): StepModel {
     const keys = mediaKeyedIds(ids, media, L.model.config.imageTokenId, L.model.config.videoTokenId);
     const items = (kind: "image" | "video"): VisionItem[] =>
       media.filter((m) => m.kind === kind).map((m) => ({ grid: m.grid, pixelValues: m.pixelValues }));
@@ -283,6 +284,7 @@ export class Engine {
         L.cache.truncate(keep);
         L.cachedKeys = keys.slice(0, keep);
         const r = await L.model.prefill(ids, { images: items("image"), videos: items("video") }, L.cache, { read: read(o) });
+        stats.cachedTokens = r.reused;
         L.cachedKeys = keys.slice();
         return toStep(r);
       },
@@ -295,12 +297,17 @@ export class Engine {
   }
 }
 
-function usageOf(r: GenerateResult): Usage {
+/** A generation result plus how many prompt tokens came from the cache. */
+type RunResult = GenerateResult & { cachedTokens: number };
+
+function usageOf(r: RunResult): Usage {
+  const computed = r.promptTokens - r.cachedTokens;
   return {
     prompt_tokens: r.promptTokens,
     completion_tokens: r.completionTokens,
     total_tokens: r.promptTokens + r.completionTokens,
-    prefill_tokens_per_second: r.timings.prefillTokensPerSecond,
+    prompt_tokens_details: { cached_tokens: r.cachedTokens },
+    prefill_tokens_per_second: r.timings.prefillMs > 0 ? (computed * 1000) / r.timings.prefillMs : 0,
     decode_tokens_per_second: r.timings.decodeTokensPerSecond,
     time_to_first_token_ms: r.timings.ttftMs,
   };

@@ -1,0 +1,159 @@
+// The in-thread engine on a tiny checkpoint: OpenAI-shaped requests end to end, KV reuse across
+// turns (checked against a fresh engine), logprobs, stop strings, abort, queueing, and typed
+// errors for bad input after which the engine still answers correctly.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { encode as encodePng } from "fast-png";
+import { makeTinyQwen2VL } from "../../scripts/make_tiny_qwen2vl.ts";
+import { Engine } from "../../src/engine/engine.ts";
+import { WebvlmError, type WebvlmErrorCode } from "../../src/api/errors.ts";
+import type { ChatCompletionRequest, ChatMessage } from "../../src/api/types.ts";
+import { acquireNodeGpu } from "../../src/gpu/node.ts";
+import type { GpuContext } from "../../src/gpu/device.ts";
+
+const F32 = { quantization: "f32", embedding: "f32", vision: "f32" } as const;
+let dir = "";
+let model = "";
+let gpu: GpuContext;
+let engine: Engine;
+
+function pngDataUrl(w: number, h: number, seed: number): string {
+  const data = new Uint8Array(w * h * 3);
+  let s = seed;
+  for (let i = 0; i < data.length; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    data[i] = s >>> 24;
+  }
+  const png = encodePng({ width: w, height: h, data, channels: 3, depth: 8 });
+  return `data:image/png;base64,${Buffer.from(png).toString("base64")}`;
+}
+
+const IMG = pngDataUrl(56, 56, 7);
+const ask = (text: string, image = IMG): ChatMessage => ({
+  role: "user",
+  content: [{ type: "image_url", image_url: { url: image } }, { type: "text", text }],
+});
+const greedy = (messages: ChatMessage[], extra: Partial<ChatCompletionRequest> = {}): ChatCompletionRequest & { stream?: false } => ({
+  messages, max_tokens: 5, temperature: 0, ...extra, stream: false,
+});
+
+async function expectCode(p: Promise<unknown>, code: WebvlmErrorCode): Promise<void> {
+  await assert.rejects(p, (e: unknown) => e instanceof WebvlmError && e.code === code);
+}
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), "webvlm-engine-"));
+  model = join(dir, "tiny-b");
+  await makeTinyQwen2VL(model, "tiny-b");
+  gpu = await acquireNodeGpu();
+  engine = await Engine.create({ gpu });
+  await engine.load(model, { ...F32, contextLength: 256 });
+});
+after(async () => {
+  await engine?.unload();
+  gpu?.destroy();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+test("a second turn reuses the cached prefix and answers as a fresh engine does", { timeout: 600_000 }, async () => {
+  const first = await engine.chat.completions.create(greedy([ask("What is this?")]));
+  assert.equal(first.object, "chat.completion");
+  assert.equal(first.usage.prompt_tokens_details?.cached_tokens, 0);
+  const turn2 = [ask("What is this?"), { role: "assistant" as const, content: first.choices[0].message.content }, { role: "user" as const, content: "And the colors?" }];
+  const second = await engine.chat.completions.create(greedy(turn2));
+  const cached = second.usage.prompt_tokens_details?.cached_tokens ?? 0;
+  assert.ok(cached >= first.usage.prompt_tokens - 1, `cached ${cached} of the first turn's ${first.usage.prompt_tokens} prompt tokens`);
+
+  const fresh = await Engine.create({ gpu });
+  await fresh.load(model, { ...F32, contextLength: 256 });
+  const expected = await fresh.chat.completions.create(greedy(turn2));
+  assert.equal(expected.usage.prompt_tokens_details?.cached_tokens, 0);
+  assert.equal(second.choices[0].message.content, expected.choices[0].message.content);
+  assert.equal(second.usage.completion_tokens, expected.usage.completion_tokens);
+
+  // A different image of the same size gives the same pad tokens; its cache must not be reused.
+  const otherImage = pngDataUrl(56, 56, 99);
+  const other = await engine.chat.completions.create(greedy([ask("What is this?", otherImage)]));
+  const otherCached = other.usage.prompt_tokens_details?.cached_tokens ?? 0;
+  assert.ok(otherCached > 0 && otherCached < other.usage.prompt_tokens - 10, `only the text before the image is reused (${otherCached})`);
+  await fresh.unload();
+  const fresh2 = await Engine.create({ gpu });
+  await fresh2.load(model, { ...F32, contextLength: 256 });
+  const otherExpected = await fresh2.chat.completions.create(greedy([ask("What is this?", otherImage)]));
+  await fresh2.unload();
+  assert.equal(other.choices[0].message.content, otherExpected.choices[0].message.content);
+});
+
+test("streaming: role first, content deltas, finish reason, usage chunk", { timeout: 600_000 }, async () => {
+  const stream = await engine.chat.completions.create({ ...greedy([ask("Describe.")]), stream: true, stream_options: { include_usage: true } });
+  const chunks = [];
+  for await (const c of stream) chunks.push(c);
+  assert.equal(chunks[0].choices[0].delta.role, "assistant");
+  const finish = chunks.filter((c) => c.choices[0]?.finish_reason);
+  assert.equal(finish.length, 1);
+  const usage = chunks[chunks.length - 1];
+  assert.equal(usage.choices.length, 0);
+  assert.ok(usage.usage && usage.usage.completion_tokens > 0);
+  const text = chunks.map((c) => c.choices[0]?.delta.content ?? "").join("");
+  const whole = await engine.chat.completions.create(greedy([ask("Describe.")]));
+  assert.equal(text, whole.choices[0].message.content);
+});
+
+test("logprobs and top_logprobs per generated token", { timeout: 600_000 }, async () => {
+  const r = await engine.chat.completions.create(greedy([ask("Hi")], { logprobs: true, top_logprobs: 3 }));
+  const lp = r.choices[0].logprobs?.content ?? [];
+  assert.equal(lp.length, r.usage.completion_tokens);
+  for (const t of lp) {
+    assert.ok(t.logprob <= 0);
+    assert.equal(t.top_logprobs.length, 3);
+    for (let i = 1; i < 3; i++) assert.ok(t.top_logprobs[i - 1].logprob >= t.top_logprobs[i].logprob);
+    assert.equal(t.logprob, t.top_logprobs[0].logprob, "greedy picks the most likely token");
+  }
+});
+
+test("a stop string cuts the answer before it", { timeout: 600_000 }, async () => {
+  const full = (await engine.chat.completions.create(greedy([ask("Hi")], { max_tokens: 8 }))).choices[0].message.content;
+  assert.ok(full.length >= 4, `answer long enough to cut: ${JSON.stringify(full)}`);
+  const at = Math.floor(full.length / 2);
+  const stop = full.slice(at, at + 2);
+  const cut = await engine.chat.completions.create(greedy([ask("Hi")], { max_tokens: 8, stop }));
+  assert.equal(cut.choices[0].finish_reason, "stop");
+  assert.equal(cut.choices[0].message.content, full.slice(0, full.indexOf(stop)));
+});
+
+test("abort mid-stream, then three queued requests answer in order", { timeout: 600_000 }, async () => {
+  const ac = new AbortController();
+  const stream = await engine.chat.completions.create({ ...greedy([ask("Long answer please")], { max_tokens: 30 }), stream: true, signal: ac.signal });
+  let finish: string | null = null;
+  let n = 0;
+  for await (const c of stream) {
+    if (c.choices[0]?.delta.content) n++;
+    if (n === 1) ac.abort();
+    finish = c.choices[0]?.finish_reason ?? finish;
+  }
+  assert.equal(finish, "abort");
+  const alone = await Promise.all(["A?", "B?", "C?"].map(async (q) => (await engine.chat.completions.create(greedy([{ role: "user", content: q }]))).choices[0].message.content));
+  const again = [];
+  for (const q of ["A?", "B?", "C?"]) again.push((await engine.chat.completions.create(greedy([{ role: "user", content: q }]))).choices[0].message.content);
+  assert.deepEqual(alone, again);
+  const pre = new AbortController();
+  pre.abort();
+  await expectCode(engine.chat.completions.create({ ...greedy([{ role: "user", content: "x" }]), signal: pre.signal }), "aborted");
+});
+
+test("bad input gets a typed error and the engine keeps answering", { timeout: 600_000 }, async () => {
+  const good = (await engine.chat.completions.create(greedy([ask("What is this?")]))).choices[0].message.content;
+  const corrupt = `data:image/png;base64,${Buffer.from("\x89PNG\r\n\x1a\nnot really a png").toString("base64")}`;
+  await expectCode(engine.chat.completions.create(greedy([ask("?", corrupt)])), "image_decode_failed");
+  await expectCode(engine.chat.completions.create(greedy([ask("?", pngDataUrl(20, 20, 1))])), "image_too_small");
+  await expectCode(engine.chat.completions.create(greedy([ask("?", pngDataUrl(30, 6400, 1))])), "aspect_ratio_too_large");
+  await expectCode(engine.chat.completions.create(greedy([ask("?")], { n: 2 })), "bad_request");
+  await expectCode(engine.chat.completions.create(greedy([])), "bad_request");
+  // 256-token context: a 448x448 image alone needs 256 tokens.
+  await expectCode(engine.chat.completions.create(greedy([ask("?", pngDataUrl(448, 448, 3))])), "context_length_exceeded");
+  const after = (await engine.chat.completions.create(greedy([ask("What is this?")]))).choices[0].message.content;
+  assert.equal(after, good);
+});
