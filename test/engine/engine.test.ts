@@ -157,3 +157,37 @@ test("bad input gets a typed error and the engine keeps answering", { timeout: 6
   const after = (await engine.chat.completions.create(greedy([ask("What is this?")]))).choices[0].message.content;
   assert.equal(after, good);
 });
+
+test("a video given as frames is answered as the reference model answers it", { timeout: 600_000 }, async () => {
+  const { greedyGenerate, loadReferenceModel } = await import("../reference/qwen2vl_reference.ts");
+  const { decodeImageNode } = await import("../../src/vision/decode_node.ts");
+  const { normalizeRgb8ToChw } = await import("../../src/vision/normalize.ts");
+  const { patchify } = await import("../../src/vision/patchify.ts");
+  const { buildChatPrompt, ChatTemplate } = await import("../../src/tokenizer/chat_template.ts");
+  const { TextTokenizer } = await import("../../src/tokenizer/tokenizer.ts");
+  const { readFile } = await import("node:fs/promises");
+  // Three 56x56 frames: an odd count, so the last frame is repeated to make t = 2.
+  const frames = [pngDataUrl(56, 56, 11), pngDataUrl(56, 56, 12), pngDataUrl(56, 56, 13)];
+  const question = "What happens?";
+  const r = await engine.chat.completions.create(greedy([{
+    role: "user",
+    content: [{ type: "video", video: frames, min_pixels: 3136, max_pixels: 3136 }, { type: "text", text: question }],
+  }]));
+
+  // Expected: frames decoded and patchified by hand (56x56 needs no resize), prompt from the
+  // template, answer from the independent reference.
+  const chw = [];
+  for (const f of [...frames, frames[2]]) {
+    const img = await decodeImageNode(new Uint8Array(Buffer.from(f.split(",")[1], "base64")));
+    chw.push(normalizeRgb8ToChw(img.rgb, img.width, img.height));
+  }
+  const { pixelValues, grid } = patchify(chw, 56, 56);
+  assert.deepEqual(grid, [2, 4, 4]);
+  const tok = new TextTokenizer(JSON.parse(await readFile(join(model, "tokenizer.json"), "utf8")), JSON.parse(await readFile(join(model, "tokenizer_config.json"), "utf8")));
+  const template = new ChatTemplate(JSON.parse(await readFile(join(model, "chat_template.json"), "utf8")).chat_template);
+  const prompt = buildChatPrompt(tok, template, [{ role: "user", content: [{ type: "video" }, { type: "text", text: question }] }], { videos: [grid] }, { addGenerationPrompt: true });
+  assert.equal(r.usage.prompt_tokens, prompt.ids.length);
+  const ref = greedyGenerate(loadReferenceModel(model), prompt.ids, null, [], 5, [151645, 151643], { videoPixelValues: pixelValues, videoGrids: [grid] });
+  const expected = tok.decode(ref.tokens.filter((t) => t !== 151645 && t !== 151643), { skipSpecialTokens: true });
+  assert.equal(r.choices[0].message.content, expected);
+});
