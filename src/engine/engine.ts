@@ -1,6 +1,7 @@
 // The in-thread engine: load a checkpoint, answer OpenAI-shaped chat requests.
 // The worker-backed engine (a later milestone) exposes this same interface.
 import { WebvlmError } from "../api/errors.ts";
+import { createFetchAdapter } from "../api/fetch.ts";
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatMessage, Usage } from "../api/types.ts";
 import type { GpuContext } from "../gpu/device.ts";
 import { acquireGpu } from "../gpu/device.ts";
@@ -70,6 +71,12 @@ export class Engine {
   private loaded: Loaded | null = null;
   /** Requests run one at a time, in arrival order. */
   private queue: Promise<unknown> = Promise.resolve();
+
+  /**
+   * fetch for the official `openai` client: new OpenAI({ apiKey: "local",
+   * baseURL: "http://webvlm.local/v1", fetch: engine.fetch, dangerouslyAllowBrowser: true }).
+   */
+  readonly fetch: typeof fetch = createFetchAdapter(this);
 
   private constructor(readonly gpu: GpuContext) {}
 
