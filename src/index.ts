@@ -5,3 +5,4 @@ export { selfCheck, type SelfCheckResult } from "./gpu/selfcheck.ts";
 export { Engine, type EngineOptions, type LoadOptions, type ModelInfo } from "./engine/engine.ts";
 export type * from "./api/types.ts";
 export type { ProgressEvent } from "./loader/progress.ts";
+export { createEngine, type ChatEngine, type CreateEngineOptions } from "./engine/create.ts";

@@ -21,6 +21,7 @@ let models: StaticServer;
 let vite: ViteDevServer;
 let url = "";
 let browser: Browser;
+let expected = "";
 
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), "webvlm-e2e-"));
@@ -47,7 +48,7 @@ test("tiny model answers an image question in Chromium exactly as in Node", { ti
   });
   await engine.unload();
   engine.gpu.destroy();
-  const expected = nodeAnswer.choices[0].message.content;
+  expected = nodeAnswer.choices[0].message.content;
   assert.ok(expected.length > 0, "the Node engine produced text");
 
   const page = await browser.newPage();
@@ -67,4 +68,27 @@ test("tiny model answers an image question in Chromium exactly as in Node", { ti
   assert.equal(r.finish, nodeAnswer.choices[0].finish_reason);
   const weightRequests = models.log.filter((l) => l.path.endsWith(".safetensors"));
   assert.ok(weightRequests.every((l) => l.range !== undefined), "weights were read with Range requests");
+});
+
+test("the worker-backed engine: same answer, openai client via engine.fetch, typed errors, abort", { timeout: 900_000 }, async (t) => {
+  assert.ok(expected.length > 0, "runs after the Node answer is known");
+  const page = await browser.newPage();
+  const errors: string[] = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  type Report = import("../browser/worker-engine.ts").WorkerReport;
+  let finish!: (r: Report) => void;
+  const done = new Promise<Report>((r) => (finish = r));
+  await page.exposeFunction("__workerDone", (r: Report) => finish(r));
+  const q = new URLSearchParams({ model: models.url("tiny-b"), image: `/${IMAGE}`, q: QUESTION, max: String(MAX_TOKENS) });
+  await page.goto(`${url}/test/browser/worker-engine.html?${q}`);
+  const r = await done;
+  await page.close();
+  assert.equal(r.error, undefined, `${r.error}\n${errors.join("\n")}`);
+  t.diagnostic(JSON.stringify(r));
+  assert.equal(r.streamed, expected, "streamed from the worker equals the Node answer");
+  assert.equal(r.viaOpenAI, expected, "the openai client streams the same answer through engine.fetch");
+  assert.equal(r.errorCode, "image_decode_failed", "the typed error crossed the worker boundary");
+  assert.equal(r.abortFinish, "abort");
+  assert.equal(r.afterAbort, expected, "the engine answers correctly after an abort");
+  assert.ok(r.progressPhases?.includes("upload"), `progress phases: ${r.progressPhases}`);
 });

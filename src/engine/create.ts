@@ -1,0 +1,129 @@
+// createEngine(): the Engine in this thread, or the same interface backed by a module worker.
+import * as Comlink from "comlink";
+import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from "../api/types.ts";
+import { createFetchAdapter } from "../api/fetch.ts";
+import { installErrorTransfer } from "../worker/errors.ts";
+import type { WorkerEngineApi } from "../worker/protocol.ts";
+import { Engine, type LoadOptions, type ModelInfo } from "./engine.ts";
+
+export interface CreateEngineOptions {
+  /** Run the GPU work in a dedicated module worker (default: true in browsers, false in Node). */
+  worker?: boolean;
+}
+
+/** What both engines offer. */
+export interface ChatEngine {
+  load(location: string, opts?: LoadOptions): Promise<ModelInfo>;
+  unload(): Promise<void>;
+  readonly model: ModelInfo | null;
+  readonly chat: {
+    readonly completions: {
+      create(req: ChatCompletionRequest & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
+      create(req: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
+      create(req: ChatCompletionRequest): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>>;
+    };
+  };
+  readonly fetch: typeof fetch;
+  /** Ends the worker (or releases the device). */
+  terminate(): Promise<void>;
+}
+
+const inBrowser = typeof window !== "undefined" && typeof Worker !== "undefined";
+
+export async function createEngine(opts: CreateEngineOptions = {}): Promise<ChatEngine> {
+  if (!(opts.worker ?? inBrowser)) {
+    const e = await Engine.create();
+    return Object.assign(e, {
+      async terminate() {
+        await e.unload();
+        e.gpu.destroy();
+      },
+    });
+  }
+  return WorkerEngine.start();
+}
+
+class WorkerEngine implements ChatEngine {
+  private nextId = 1;
+  model: ModelInfo | null = null;
+  readonly fetch: typeof fetch = createFetchAdapter(this);
+  readonly chat = {
+    completions: {
+      create: ((req: ChatCompletionRequest) => (req.stream ? Promise.resolve(this.stream(req)) : this.complete(req))) as ChatEngine["chat"]["completions"]["create"],
+    },
+  };
+
+  private constructor(
+    private readonly worker: Worker,
+    private readonly api: Comlink.Remote<WorkerEngineApi>,
+  ) {}
+
+  static async start(): Promise<WorkerEngine> {
+    installErrorTransfer();
+    const worker = new Worker(new URL("../worker/worker.ts", import.meta.url), { type: "module", name: "webvlm" });
+    const e = new WorkerEngine(worker, Comlink.wrap<WorkerEngineApi>(worker));
+    await e.api.init();
+    return e;
+  }
+
+  async load(location: string, opts: LoadOptions = {}): Promise<ModelInfo> {
+    const { onProgress, signal: _signal, ...rest } = opts;
+    this.model = await this.api.load(location, rest, onProgress ? Comlink.proxy(onProgress) : undefined);
+    return this.model;
+  }
+
+  async unload(): Promise<void> {
+    await this.api.unload();
+    this.model = null;
+  }
+
+  async terminate(): Promise<void> {
+    this.worker.terminate();
+  }
+
+  private withSignal(req: ChatCompletionRequest): { id: number; wire: Omit<ChatCompletionRequest, "signal">; detach: () => void } {
+    const id = this.nextId++;
+    const { signal, ...wire } = req;
+    const onAbort = (): void => void this.api.abort(id);
+    if (signal?.aborted) queueMicrotask(onAbort);
+    signal?.addEventListener("abort", onAbort);
+    return { id, wire, detach: () => signal?.removeEventListener("abort", onAbort) };
+  }
+
+  private async complete(req: ChatCompletionRequest): Promise<ChatCompletion> {
+    const { id, wire, detach } = this.withSignal(req);
+    try {
+      return await this.api.complete(id, wire);
+    } finally {
+      detach();
+    }
+  }
+
+  private async *stream(req: ChatCompletionRequest): AsyncGenerator<ChatCompletionChunk> {
+    const { id, wire, detach } = this.withSignal(req);
+    const pending: ChatCompletionChunk[] = [];
+    let wake: (() => void) | null = null;
+    let done = false;
+    let failure: unknown = null;
+    const job = this.api
+      .stream(id, wire, Comlink.proxy((chunks: ChatCompletionChunk[]) => {
+        pending.push(...chunks);
+        wake?.();
+      }))
+      .then(() => { done = true; }, (e: unknown) => { failure = e; done = true; })
+      .finally(() => wake?.());
+    try {
+      for (;;) {
+        while (pending.length > 0) yield pending.shift()!;
+        if (done) break;
+        await new Promise<void>((r) => (wake = r));
+        wake = null;
+      }
+      while (pending.length > 0) yield pending.shift()!;
+      if (failure) throw failure;
+    } finally {
+      detach();
+      await job;
+    }
+  }
+}
