@@ -6,3 +6,7 @@ export { Engine, type EngineOptions, type LoadOptions, type ModelInfo } from "./
 export type * from "./api/types.ts";
 export type { ProgressEvent } from "./loader/progress.ts";
 export { createEngine, type ChatEngine, type CreateEngineOptions } from "./engine/create.ts";
+export {
+  listCachedModels, deleteCachedModel, clearCache, storageEstimate, weightCacheAvailable,
+  type CachedModelInfo, type CachedFileInfo, type WeightCacheOptions,
+} from "./loader/cache_idb.ts";

@@ -5,6 +5,7 @@ import { createFetchAdapter } from "../api/fetch.ts";
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatMessage, Usage } from "../api/types.ts";
 import type { GpuContext } from "../gpu/device.ts";
 import { acquireGpu } from "../gpu/device.ts";
+import type { WeightCacheOptions } from "../loader/cache_idb.ts";
 import { openCheckpoint, type Checkpoint, type CheckpointLocation } from "../loader/checkpoint.ts";
 import type { ProgressEvent } from "../loader/progress.ts";
 import { generateStream } from "../generate/loop.ts";
@@ -33,6 +34,8 @@ export interface LoadOptions {
   contextLength?: number;
   onProgress?: (e: ProgressEvent) => void;
   signal?: AbortSignal;
+  /** Cache the checkpoint in IndexedDB (default: on in browsers, off in Node); see loader/cache_idb.ts. */
+  cache?: boolean | WeightCacheOptions;
 }
 
 export interface ModelInfo {
@@ -91,7 +94,7 @@ export class Engine {
   async load(location: CheckpointLocation, opts: LoadOptions = {}): Promise<ModelInfo> {
     return this.enqueue(async () => {
       this.unloadNow();
-      const checkpoint = await openCheckpoint(location, { onProgress: opts.onProgress, signal: opts.signal });
+      const checkpoint = await openCheckpoint(location, { onProgress: opts.onProgress, signal: opts.signal, cache: opts.cache });
       try {
         const builder = resolveModelBuilder(checkpoint.config);
         const config = builder.parseConfig(checkpoint.config, checkpoint.generationConfig);

@@ -12,6 +12,7 @@
 import { WebvlmError } from "../api/errors.ts";
 import { bf16BitsToF32, fromF16Bits } from "../quant/f16.ts";
 import { resolveChatTemplate } from "../tokenizer/chat_template.ts";
+import { noStoreFetch, openCachedStore, weightCacheAvailable, type WeightCacheOptions } from "./cache_idb.ts";
 import type * as FileNodeModule from "./file_node.ts";
 import {
   fetchFile,
@@ -69,6 +70,13 @@ export interface OpenCheckpointOptions extends HttpOptions {
   hubBaseUrl?: string;
   /** Revision for a hub id without "@rev" (default "main"). */
   revision?: string;
+  /**
+   * Keep the files in IndexedDB (cache_idb.ts): a second load reads them from
+   * there, an interrupted one resumes. true or options to enable, false to
+   * disable; default on where IndexedDB exists (browsers), off in Node. Local
+   * paths are never cached. Progress then has "cache" and "download" phases.
+   */
+  cache?: boolean | WeightCacheOptions;
 }
 
 export type LocationKind = "hub" | "url" | "path" | "store";
@@ -328,9 +336,17 @@ function parseJson(bytes: Uint8Array, file: string, where: string): Json {
 
 /** Opens a checkpoint: JSON files, the weight index and every shard's header. */
 export async function openCheckpoint(location: CheckpointLocation, opts: OpenCheckpointOptions = {}): Promise<Checkpoint> {
-  const { kind, store } = await resolveCheckpointLocation(location, opts);
+  // With the IndexedDB cache on, the browser's HTTP cache would only hold a second copy.
+  const wantCache = weightCacheAvailable() && (opts.cache ?? !isNode) !== false;
+  const resolved = await resolveCheckpointLocation(location, wantCache ? { ...opts, fetch: noStoreFetch(opts.fetch) } : opts);
+  const kind = resolved.kind;
+  const useCache = wantCache && kind !== "path";
+  // A cached store reports progress itself ("cache" vs "download" bytes).
+  const store = useCache
+    ? await openCachedStore(resolved.store, { ...(typeof opts.cache === "object" ? opts.cache : {}), onProgress: opts.onProgress })
+    : resolved.store;
   const where = store.description;
-  const emit = opts.onProgress;
+  const emit = store === resolved.store ? opts.onProgress : undefined;
   const readFile = (file: string): Promise<Uint8Array | undefined> =>
     store.readFile(file, emit && ((loaded, total) => emit(progressEvent("download", file, loaded, total ?? loaded))));
   const readJson = async (file: string): Promise<Json | undefined> => {
