@@ -81,10 +81,19 @@ export class Engine {
    */
   readonly fetch: typeof fetch = createFetchAdapter(this);
 
-  private constructor(readonly gpu: GpuContext) {}
+  private constructor(
+    private device: GpuContext,
+    /** Whether this engine acquired the device (and so may replace it after a loss). */
+    private readonly ownsDevice: boolean,
+  ) {}
 
   static async create(opts: EngineOptions = {}): Promise<Engine> {
-    return new Engine(opts.gpu ?? (await defaultGpu()));
+    return opts.gpu ? new Engine(opts.gpu, false) : new Engine(await defaultGpu(), true);
+  }
+
+  /** The device in use; after a device loss, load() acquires a new one. */
+  get gpu(): GpuContext {
+    return this.device;
   }
 
   get model(): ModelInfo | null {
@@ -94,6 +103,10 @@ export class Engine {
   async load(location: CheckpointLocation, opts: LoadOptions = {}): Promise<ModelInfo> {
     return this.enqueue(async () => {
       this.unloadNow();
+      if (this.device.lostError) {
+        if (!this.ownsDevice) throw this.device.lostError;
+        this.device = await defaultGpu();
+      }
       const checkpoint = await openCheckpoint(location, { onProgress: opts.onProgress, signal: opts.signal, cache: opts.cache });
       try {
         const builder = resolveModelBuilder(checkpoint.config);
