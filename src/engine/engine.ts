@@ -128,6 +128,7 @@ export class Engine {
             opts.onProgress?.({ phase: "upload", file: name, loadedBytes: uploadedBytes, totalBytes, fraction: totalBytes ? Math.min(1, uploadedBytes / totalBytes) : 1 });
           },
         });
+        await warmUp(model, opts.onProgress);
         const maxPos = config.text.maxPositionEmbeddings ?? 32768;
         const contextLength = Math.min(opts.contextLength ?? 4096, maxPos);
         const { sampling, eosTokenIds } = generationConfigDefaults(checkpoint.generationConfig);
@@ -317,6 +318,29 @@ export class Engine {
         return toStep(r);
       },
     };
+  }
+}
+
+/**
+ * Compiles every pipeline a request needs (vision tower, prefill, decode) with a 3-token prompt
+ * holding one 28x28 image, so the first real request does not pay for it ("compile" progress).
+ */
+async function warmUp(model: Qwen2VLModel, onProgress?: (e: ProgressEvent) => void): Promise<void> {
+  const c = model.config;
+  const emit = (loaded: number): void => onProgress?.({ phase: "compile", file: "pipelines", loadedBytes: loaded, totalBytes: 2, fraction: loaded / 2 });
+  emit(0);
+  const m = c.vision.spatialMergeSize;
+  const grid: [number, number, number] = [1, m, m];
+  const patchWidth = 3 * c.vision.temporalPatchSize * c.vision.patchSize * c.vision.patchSize;
+  const cache = model.createCache(8);
+  try {
+    const ids = [c.visionStartTokenId, c.imageTokenId, c.visionEndTokenId];
+    await model.prefill(ids, { images: [{ grid, pixelValues: new Float32Array(m * m * patchWidth) }] }, cache, { read: "argmax" });
+    emit(1);
+    await model.decode(c.visionEndTokenId, cache, { read: "argmax" });
+    emit(2);
+  } finally {
+    cache.dispose();
   }
 }
 

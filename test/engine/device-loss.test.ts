@@ -26,7 +26,9 @@ after(async () => {
 
 test("device_lost after device.destroy(), then a reload answers again", { timeout: 600_000 }, async () => {
   const req = { messages: [{ role: "user" as const, content: "Hello there" }], max_tokens: 4, temperature: 0, stream: false as const };
-  await engine.load(join(dir, "tiny-a"), F32);
+  const phases = new Set<string>();
+  await engine.load(join(dir, "tiny-a"), { ...F32, onProgress: (e) => phases.add(e.phase) });
+  assert.ok(phases.has("upload") && phases.has("compile"), `progress phases: ${[...phases]}`);
   const before = (await engine.chat.completions.create(req)).choices[0].message.content;
   const lostDevice = engine.gpu;
   lostDevice.device.destroy();
