@@ -11,6 +11,7 @@ export interface WorkerReport {
   abortFinish?: string | null;
   afterAbort?: string;
   progressPhases?: string[];
+  missingModelCode?: string;
   error?: string;
 }
 
@@ -24,6 +25,12 @@ const params = new URLSearchParams(location.search);
 
 async function main(): Promise<WorkerReport> {
   const engine = await createEngine({ worker: true });
+  let missingModelCode = "";
+  try {
+    await engine.load(new URL("/no-such-model/", params.get("model")!).href, { cache: false });
+  } catch (e) {
+    missingModelCode = isWebvlmError(e) ? e.code : `not a WebvlmError: ${String(e)}`;
+  }
   const phases = new Set<string>();
   await engine.load(params.get("model")!, { quantization: "f32", embedding: "f32", vision: "f32", onProgress: (e) => phases.add(e.phase) });
   const image = params.get("image")!;
@@ -60,7 +67,7 @@ async function main(): Promise<WorkerReport> {
     afterAbort += c.choices[0]?.delta.content ?? "";
   }
   await engine.terminate();
-  return { streamed, viaOpenAI, errorCode, abortFinish, afterAbort, progressPhases: [...phases] };
+  return { streamed, viaOpenAI, errorCode, abortFinish, afterAbort, progressPhases: [...phases], missingModelCode };
 }
 
 main().then(
