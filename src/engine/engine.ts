@@ -7,6 +7,7 @@ import type { GpuContext } from "../gpu/device.ts";
 import { acquireGpu } from "../gpu/device.ts";
 import type { WeightCacheOptions } from "../loader/cache_idb.ts";
 import { openCheckpoint, type Checkpoint, type CheckpointLocation } from "../loader/checkpoint.ts";
+import { packedWeightCache } from "../loader/cache_idb.ts";
 import type { ProgressEvent } from "../loader/progress.ts";
 import { generateStream } from "../generate/loop.ts";
 import { generationConfigDefaults } from "../generate/sampler.ts";
@@ -123,6 +124,9 @@ export class Engine {
         let uploadedBytes = 0;
         const model = await builder.load(this.gpu, config, checkpoint.weights, {
           ...formats,
+          packedCache: checkpoint.cached ? packedWeightCache(checkpoint.description) : undefined,
+          onQuantize: (label, fromCache, bytes) =>
+            opts.onProgress?.({ phase: fromCache ? "cache" : "quantize", file: label, loadedBytes: bytes, totalBytes: bytes, fraction: 1 }),
           onProgress: (_done, _total, name) => {
             uploadedBytes += checkpoint.weights.has(name) ? checkpoint.weights.byteSize(name) : 0;
             opts.onProgress?.({ phase: "upload", file: name, loadedBytes: uploadedBytes, totalBytes, fraction: totalBytes ? Math.min(1, uploadedBytes / totalBytes) : 1 });

@@ -20,7 +20,9 @@
 // chunks are dropped and it is downloaded again. A "main"-revision hub model
 // that changes on the server after it was fully cached keeps its cached bytes
 // until deleteCachedModel.
-import { createStore, promisifyRequest, type UseStore } from "idb-keyval";
+import { createStore, get, promisifyRequest, set, type UseStore } from "idb-keyval";
+import type { PackedQuant } from "../quant/pack.ts";
+import type { PackedWeightCache } from "../quant/packed_cache.ts";
 import { WebvlmError } from "../api/errors.ts";
 import type { CheckpointStore, ProgressiveByteSource } from "./checkpoint.ts";
 import type { FetchFn } from "./http.ts";
@@ -100,6 +102,7 @@ function db(name = DEFAULT_DB): UseStore {
 const mKey = (model: string): IDBValidKey => ["m", model];
 const fKey = (model: string, file: string): IDBValidKey => ["f", model, file];
 const cKey = (model: string, file: string, i: number): IDBValidKey => ["c", model, file, i];
+const qKey = (model: string, key: string): IDBValidKey => ["q", model, key];
 // [] sorts after every string and number, so [...prefix, []] bounds a prefix's range.
 const under = (...prefix: IDBValidKey[]): IDBKeyRange => IDBKeyRange.bound(prefix, [...prefix, []]);
 
@@ -164,6 +167,7 @@ export async function deleteCachedModel(key: string, opts: { dbName?: string } =
     const had = (await promisifyRequest(s.count(mKey(key)))) > 0;
     s.delete(under("c", key));
     s.delete(under("f", key));
+    s.delete(under("q", key));
     s.delete(mKey(key));
     await promisifyRequest(s.transaction);
     return had;
@@ -185,6 +189,30 @@ export async function storageEstimate(): Promise<{ usage?: number; quota?: numbe
   const e = await st.estimate();
   const persisted = st.persisted ? await st.persisted().catch(() => undefined) : undefined;
   return { usage: e.usage, quota: e.quota, persisted };
+}
+
+/**
+ * Quantized weights of one cached model (kept beside its files, deleted with it), so a second
+ * load skips quantizing. A failed write (quota) only means the next load quantizes again.
+ */
+export function packedWeightCache(modelKey: string, opts: { dbName?: string } = {}): PackedWeightCache {
+  const use = db(opts.dbName);
+  return {
+    async get(key) {
+      try {
+        return await get<PackedQuant>(qKey(modelKey, key), use);
+      } catch {
+        return undefined;
+      }
+    },
+    async put(key, packed) {
+      try {
+        await set(qKey(modelKey, key), packed, use);
+      } catch (e) {
+        if (!isQuotaError(e)) throw e;
+      }
+    },
+  };
 }
 
 // ---------------------------------------------------------------- the caching store

@@ -307,6 +307,8 @@ type Json = Record<string, unknown>;
 
 export interface Checkpoint {
   kind: LocationKind;
+  /** Whether files come through the IndexedDB cache (cache_idb.ts). */
+  cached: boolean;
   /** The URL base, hub repo@revision or directory it came from. */
   description: string;
   /** config.json as parsed JSON (parse it with the model's config parser). */
@@ -384,6 +386,7 @@ export async function openCheckpoint(location: CheckpointLocation, opts: OpenChe
   const weights = await openWeights(store, index, emit);
   return {
     kind,
+    cached: store !== resolved.store,
     description: where,
     config,
     generationConfig,

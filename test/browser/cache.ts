@@ -13,6 +13,8 @@ export interface CacheLoadOptions {
   maxTokens: number;
   /** Pretend the origin has this many bytes of quota (and nothing used). */
   quota?: number;
+  /** Weight format of the LLM's linear layers (default f32). */
+  quantization?: "f32" | "q4";
 }
 
 export interface CacheLoadReport {
@@ -42,7 +44,7 @@ async function load(o: CacheLoadOptions): Promise<CacheLoadReport> {
   const engine = await Engine.create();
   try {
     await engine.load(o.model, {
-      quantization: "f32",
+      quantization: o.quantization ?? "f32",
       embedding: "f32",
       vision: "f32",
       onProgress,

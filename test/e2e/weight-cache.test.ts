@@ -18,7 +18,7 @@ import { launchChromium, startViteServer } from "./browser.ts";
 const CHUNK = 1 << 20; // 1 MiB chunks: the tiny shard is ~19 of them
 const MAX_TOKENS = 3;
 const PROBE = 65536; // HttpByteSource's opening read of a shard (size + ETag)
-const NAMES = ["a", "b", "c", "d", "f"];
+const NAMES = ["a", "b", "c", "d", "f", "g"];
 
 let dir = "";
 let models: StaticServer;
@@ -218,5 +218,21 @@ test("(f) IndexedDB running out of space mid-download: quota_exceeded, the cache
   assert.equal(resumed.error, undefined, String(resumed.error));
   assert.equal(served(requests("f", mark)), shardSize - cached + PROBE, "only the chunks that were not stored");
   if (answerA) assert.equal(resumed.text, answerA);
+  await ctx.close();
+});
+
+test("(g) quantized weights are kept too: a reload uploads the stored q4 bytes without quantizing", { timeout: 300_000 }, async () => {
+  const ctx = await browser.newContext();
+  const page = await openPage(ctx);
+  const first = await load(page, "g", { quantization: "q4" });
+  assert.equal(first.error, undefined, String(first.error));
+  assert.ok(first.phases.includes("quantize"), `first load quantizes: ${first.phases}`);
+  await reload(page);
+  const second = await load(page, "g", { quantization: "q4" });
+  assert.equal(second.error, undefined, String(second.error));
+  assert.ok(!second.phases.includes("quantize"), `second load does not quantize: ${second.phases}`);
+  assert.equal(second.text, first.text, "same answer from the stored q4 weights");
+  // Every quantized matrix came from IndexedDB: a miss would have quantized (and reported it).
+  assert.equal(await page.evaluate((k) => window.__cache.remove(k), models.url("g")), true);
   await ctx.close();
 });

@@ -7,7 +7,8 @@ import { byteSize, type Tensor } from "../../gpu/tensor.ts";
 import { uploadTensor } from "../../gpu/transfer.ts";
 import type { SafetensorsCheckpoint } from "../../loader/safetensors.ts";
 import { paddedCols, type ShardedWeight, type Weight, type WeightFormat } from "../../quant/formats.ts";
-import { shardWeight, uploadWeight, weightTensors } from "../../quant/pack.ts";
+import { quantize, shardWeight, uploadQuantized, uploadWeight, weightTensors } from "../../quant/pack.ts";
+import type { PackedWeightCache } from "../../quant/packed_cache.ts";
 import type { Qwen2VLConfig } from "./config.ts";
 
 /**
@@ -67,6 +68,10 @@ export interface WeightLoadOptions extends Partial<WeightFormats> {
   maxBindingBytes?: number;
   /** Called after each checkpoint tensor is on the GPU. */
   onProgress?: (done: number, total: number, name: string) => void;
+  /** Quantized matrices from an earlier load (and where new ones are kept). */
+  packedCache?: PackedWeightCache;
+  /** Called per quantized matrix: quantized now, or taken from packedCache. */
+  onQuantize?: (label: string, fromCache: boolean, packedBytes: number) => void;
 }
 
 /** A linear layer's weight matrix: whole or split along rows (output features). */
@@ -272,13 +277,30 @@ class WeightLoader {
     if (!fits && parts.length === 1 && this.source.readRows) {
       return this.countWeight(await this.streamShards(names[0], rows, cols, format, rowBytes, label));
     }
+    const quantized = format === "q4" || format === "q8";
+    const cache = quantized && fits ? this.opts.packedCache : undefined;
+    const key = `${names.join("+")}|${format}|${rows}x${cols}`;
+    const hit = cache ? await cache.get(key) : undefined;
+    if (hit && hit.format === format && hit.rows === rows && hit.cols === cols) {
+      for (const n of names) this.tick(n);
+      this.opts.onQuantize?.(label, true, hit.data.byteLength + hit.scales.byteLength);
+      return this.countWeight(uploadQuantized(this.gpu, hit, label));
+    }
     const values = new Float32Array(rows * cols);
     let off = 0;
     for (let i = 0; i < parts.length; i++) {
       values.set(await this.read(names[i], parts[i].rows * cols), off);
       off += parts[i].rows * cols;
     }
-    const w = fits ? uploadWeight(this.gpu, values, rows, cols, format, label) : shardWeight(this.gpu, values, rows, cols, format, this.maxBytes, label);
+    let w: LinearWeight;
+    if (quantized && fits) {
+      const packed = quantize(values, rows, cols, format);
+      w = uploadQuantized(this.gpu, packed, label);
+      await cache?.put(key, packed);
+      this.opts.onQuantize?.(label, false, packed.data.byteLength + packed.scales.byteLength);
+    } else {
+      w = fits ? uploadWeight(this.gpu, values, rows, cols, format, label) : shardWeight(this.gpu, values, rows, cols, format, this.maxBytes, label);
+    }
     for (const n of names) this.tick(n);
     return this.countWeight(w);
   }
