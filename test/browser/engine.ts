@@ -4,7 +4,7 @@ import { Engine } from "../../src/engine/engine.ts";
 
 declare global {
   interface Window {
-    __engineDone?: (r: { text?: string; chunks?: number; finish?: string | null; usage?: unknown; error?: string }) => Promise<void>;
+    __engineDone?: (r: { text?: string; chunks?: number; finish?: string | null; usage?: unknown; lostCode?: string; afterReload?: string; error?: string }) => Promise<void>;
   }
 }
 
@@ -35,7 +35,21 @@ async function main(): Promise<void> {
     if (c.usage) usage = c.usage;
   }
   log.textContent += text;
-  await window.__engineDone?.({ text, chunks, finish, usage });
+
+  // Device loss: typed error, then a reload on a new device answers the same.
+  const request = { messages: [{ role: "user" as const, content: [{ type: "image_url" as const, image_url: { url: params.get("image")! } }, { type: "text" as const, text: params.get("q")! }] }], max_tokens: Number(params.get("max") ?? 8), temperature: 0, stream: false as const };
+  const lost = engine.gpu;
+  lost.device.destroy();
+  await lost.lost;
+  let lostCode = "";
+  try {
+    await engine.chat.completions.create(request);
+  } catch (e) {
+    lostCode = (e as { code?: string }).code ?? String(e);
+  }
+  await engine.load(params.get("model")!, { quantization: "f32", embedding: "f32", vision: "f32" });
+  const afterReload = (await engine.chat.completions.create(request)).choices[0].message.content;
+  await window.__engineDone?.({ text, chunks, finish, usage, lostCode, afterReload });
 }
 
 main().catch((e: unknown) => window.__engineDone?.({ error: String((e as Error).stack ?? e) }));

@@ -37,7 +37,7 @@ after(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-test("tiny model answers an image question in Chromium exactly as in Node", { timeout: 900_000 }, async (t) => {
+test("tiny model answers an image question in Chromium exactly as in Node; survives device loss", { timeout: 900_000 }, async (t) => {
   // The Node engine's greedy answer for the same request (same checkpoint over HTTP).
   const engine = await Engine.create();
   await engine.load(models.url("tiny-b"), { quantization: "f32", embedding: "f32", vision: "f32" });
@@ -54,7 +54,7 @@ test("tiny model answers an image question in Chromium exactly as in Node", { ti
   const page = await browser.newPage();
   const errors: string[] = [];
   page.on("pageerror", (e) => errors.push(String(e)));
-  let finish!: (r: { text?: string; chunks?: number; finish?: string | null; usage?: unknown; error?: string }) => void;
+  let finish!: (r: { text?: string; chunks?: number; finish?: string | null; usage?: unknown; lostCode?: string; afterReload?: string; error?: string }) => void;
   const done = new Promise<Parameters<typeof finish>[0]>((r) => (finish = r));
   await page.exposeFunction("__engineDone", (r: Parameters<typeof finish>[0]) => finish(r));
   const q = new URLSearchParams({ model: models.url("tiny-b"), image: `/${IMAGE}`, q: QUESTION, max: String(MAX_TOKENS) });
@@ -66,6 +66,8 @@ test("tiny model answers an image question in Chromium exactly as in Node", { ti
   assert.equal(r.text, expected, "the browser's streamed answer equals the Node engine's");
   assert.ok((r.chunks ?? 0) >= 1);
   assert.equal(r.finish, nodeAnswer.choices[0].finish_reason);
+  assert.equal(r.lostCode, "device_lost", "after device.destroy() a request fails with device_lost");
+  assert.equal(r.afterReload, expected, "after a reload on a new device the engine answers the same");
   const weightRequests = models.log.filter((l) => l.path.endsWith(".safetensors"));
   assert.ok(weightRequests.every((l) => l.range !== undefined), "weights were read with Range requests");
 });
