@@ -1,10 +1,12 @@
 // createEngine(): the Engine in this thread, or the same interface backed by a module worker.
 import * as Comlink from "comlink";
+import { WebvlmError } from "../api/errors.ts";
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from "../api/types.ts";
 import { createFetchAdapter } from "../api/fetch.ts";
 import { installErrorTransfer } from "../worker/errors.ts";
 import type { WorkerEngineApi } from "../worker/protocol.ts";
 import { Engine, type LoadOptions, type ModelInfo } from "./engine.ts";
+import type { CheckpointLocation } from "../loader/checkpoint.ts";
 
 export interface CreateEngineOptions {
   /** Run the GPU work in a dedicated module worker (default: true in browsers, false in Node). */
@@ -13,7 +15,7 @@ export interface CreateEngineOptions {
 
 /** What both engines offer. */
 export interface ChatEngine {
-  load(location: string, opts?: LoadOptions): Promise<ModelInfo>;
+  load(location: CheckpointLocation, opts?: LoadOptions): Promise<ModelInfo>;
   unload(): Promise<void>;
   readonly model: ModelInfo | null;
   readonly chat: {
@@ -66,8 +68,12 @@ class WorkerEngine implements ChatEngine {
     return e;
   }
 
-  async load(location: string, opts: LoadOptions = {}): Promise<ModelInfo> {
+  async load(location: CheckpointLocation, opts: LoadOptions = {}): Promise<ModelInfo> {
+    if (typeof location === "object" && "store" in location) {
+      throw new WebvlmError("bad_request", "a custom CheckpointStore cannot cross to the worker; use createEngine({ worker: false })");
+    }
     const { onProgress, signal: _signal, ...rest } = opts;
+    location = pageRelative(location);
     this.model = await this.api.load(location, rest, onProgress ? Comlink.proxy(onProgress) : undefined);
     return this.model;
   }
@@ -93,7 +99,8 @@ class WorkerEngine implements ChatEngine {
   private async complete(req: ChatCompletionRequest): Promise<ChatCompletion> {
     const { id, wire, detach } = this.withSignal(req);
     try {
-      return await this.api.complete(id, wire);
+      const { request, transfers } = await bitmapsForWorker(wire);
+      return await this.api.complete(id, Comlink.transfer(request, transfers));
     } finally {
       detach();
     }
@@ -105,11 +112,11 @@ class WorkerEngine implements ChatEngine {
     let wake: (() => void) | null = null;
     let done = false;
     let failure: unknown = null;
-    const job = this.api
-      .stream(id, wire, Comlink.proxy((chunks: ChatCompletionChunk[]) => {
+    const job = bitmapsForWorker(wire)
+      .then(({ request, transfers }) => this.api.stream(id, Comlink.transfer(request, transfers), Comlink.proxy((chunks: ChatCompletionChunk[]) => {
         pending.push(...chunks);
         wake?.();
-      }))
+      })))
       .then(() => { done = true; }, (e: unknown) => { failure = e; done = true; })
       .finally(() => wake?.());
     try {
@@ -126,4 +133,43 @@ class WorkerEngine implements ChatEngine {
       await job;
     }
   }
+}
+
+/**
+ * <img>, canvases and ImageBitmaps cannot be cloned to a worker: they become ImageBitmaps
+ * (decoded pixels, no re-encoding) moved with a transfer list. Blobs/Files/ImageData clone as-is.
+ */
+async function bitmapsForWorker(
+  req: Omit<ChatCompletionRequest, "signal">,
+): Promise<{ request: Omit<ChatCompletionRequest, "signal">; transfers: Transferable[] }> {
+  const transfers: Transferable[] = [];
+  // Copies down to the parts: the caller's request is not modified.
+  const messages = req.messages.map((m) => (typeof m.content === "string" ? m : { ...m, content: m.content.map((p) => ({ ...p })) }));
+  const convert = async (v: unknown): Promise<unknown> => {
+    const isImg = typeof HTMLImageElement !== "undefined" && v instanceof HTMLImageElement;
+    const isCanvas = (typeof HTMLCanvasElement !== "undefined" && v instanceof HTMLCanvasElement) || (typeof OffscreenCanvas !== "undefined" && v instanceof OffscreenCanvas);
+    const isBitmap = typeof ImageBitmap !== "undefined" && v instanceof ImageBitmap;
+    if (!isImg && !isCanvas && !isBitmap) return v;
+    if (isImg) await (v as HTMLImageElement).decode();
+    const bitmap = await createImageBitmap(v as ImageBitmapSource, { premultiplyAlpha: "none", colorSpaceConversion: "none" });
+    transfers.push(bitmap);
+    return bitmap;
+  };
+  for (const m of messages) {
+    if (typeof m.content === "string") continue;
+    for (const part of m.content) {
+      if (part.type === "image") part.image = await convert(part.image);
+      else if (part.type === "video") part.video = await Promise.all((part.video as unknown[]).map(convert));
+    }
+  }
+  return { request: { ...req, messages }, transfers };
+}
+
+/** Relative URLs are the page's, not the worker script's. */
+function pageRelative(location: Exclude<CheckpointLocation, { store: unknown }>): Exclude<CheckpointLocation, { store: unknown }> {
+  const abs = (u: string): string => (typeof globalThis.location !== "undefined" && /^\.{0,2}\//.test(u) ? new URL(u, globalThis.location.href).href : u);
+  if (typeof location === "string") return abs(location);
+  if ("url" in location) return { url: abs(location.url) };
+  if ("baseUrl" in location) return { baseUrl: abs(location.baseUrl) };
+  return location;
 }

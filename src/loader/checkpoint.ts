@@ -60,6 +60,8 @@ export type CheckpointLocation =
   | string
   | { hub: string; revision?: string }
   | { url: string }
+  /** Same as { url } (a static base URL, e.g. "/models/tiny/"). */
+  | { baseUrl: string }
   | { path: string }
   | { store: CheckpointStore };
 
@@ -173,6 +175,7 @@ export async function resolveCheckpointLocation(
     if ("store" in location) return { kind: "store", store: location.store };
     if ("hub" in location) return hub(location.hub, location.revision);
     if ("url" in location) return url(location.url);
+    if ("baseUrl" in location) return url(location.baseUrl);
     return { kind: "path", store: localStore(location.path) };
   }
   const s = location.trim();

@@ -32,7 +32,7 @@ async function main(): Promise<WorkerReport> {
     missingModelCode = isWebvlmError(e) ? e.code : `not a WebvlmError: ${String(e)}`;
   }
   const phases = new Set<string>();
-  await engine.load(params.get("model")!, { quantization: "f32", embedding: "f32", vision: "f32", onProgress: (e) => phases.add(e.phase) });
+  await engine.load({ baseUrl: params.get("model")! }, { quantization: "f32", embedding: "f32", vision: "f32", onProgress: (e) => phases.add(e.phase) });
   const image = params.get("image")!;
   const q = params.get("q")!;
   const max = Number(params.get("max"));
@@ -62,8 +62,13 @@ async function main(): Promise<WorkerReport> {
     if (c.choices[0]?.delta.content && ++n === 1) ac.abort();
     abortFinish = c.choices[0]?.finish_reason ?? abortFinish;
   }
+  // An <img> element cannot be cloned to the worker: it goes over as a transferred ImageBitmap.
+  const img = document.createElement("img");
+  img.src = image;
+  await img.decode();
+  const imgMessages = [{ role: "user" as const, content: [{ type: "image" as const, image: img }, { type: "text" as const, text: q }] }];
   let afterAbort = "";
-  for await (const c of await engine.chat.completions.create({ messages, max_tokens: max, temperature: 0, stream: true })) {
+  for await (const c of await engine.chat.completions.create({ messages: imgMessages, max_tokens: max, temperature: 0, stream: true })) {
     afterAbort += c.choices[0]?.delta.content ?? "";
   }
   await engine.terminate();

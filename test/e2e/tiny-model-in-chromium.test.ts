@@ -91,7 +91,7 @@ test("the worker-backed engine: same answer, openai client via engine.fetch, typ
   assert.equal(r.viaOpenAI, expected, "the openai client streams the same answer through engine.fetch");
   assert.equal(r.errorCode, "image_decode_failed", "the typed error crossed the worker boundary");
   assert.equal(r.abortFinish, "abort");
-  assert.equal(r.afterAbort, expected, "the engine answers correctly after an abort");
+  assert.equal(r.afterAbort, expected, "after an abort, a question about an <img> element gets the same answer");
   assert.ok(r.progressPhases?.includes("upload") && r.progressPhases?.includes("compile"), `progress phases: ${r.progressPhases}`);
   assert.equal(r.missingModelCode, "model_not_found", "a 404 model URL is model_not_found, and the engine loads afterwards");
 });
