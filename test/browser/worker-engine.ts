@@ -12,6 +12,8 @@ export interface WorkerReport {
   afterAbort?: string;
   progressPhases?: string[];
   missingModelCode?: string;
+  /** Three requests sent at once, answers in send order. */
+  queued?: string[];
   error?: string;
 }
 
@@ -71,8 +73,10 @@ async function main(): Promise<WorkerReport> {
   for await (const c of await engine.chat.completions.create({ messages: imgMessages, max_tokens: max, temperature: 0, stream: true })) {
     afterAbort += c.choices[0]?.delta.content ?? "";
   }
+  const queued = await Promise.all(["One?", "Two?", q].map(async (text, i) =>
+    (await engine.chat.completions.create({ messages: i === 2 ? messages : [{ role: "user", content: text }], max_tokens: max, temperature: 0 })).choices[0].message.content));
   await engine.terminate();
-  return { streamed, viaOpenAI, errorCode, abortFinish, afterAbort, progressPhases: [...phases], missingModelCode };
+  return { streamed, viaOpenAI, errorCode, abortFinish, afterAbort, progressPhases: [...phases], missingModelCode, queued };
 }
 
 main().then(

@@ -93,5 +93,7 @@ test("the worker-backed engine: same answer, openai client via engine.fetch, typ
   assert.equal(r.abortFinish, "abort");
   assert.equal(r.afterAbort, expected, "after an abort, a question about an <img> element gets the same answer");
   assert.ok(r.progressPhases?.includes("upload") && r.progressPhases?.includes("compile"), `progress phases: ${r.progressPhases}`);
+  assert.equal(r.queued?.length, 3, "three requests at once all answered");
+  assert.equal(r.queued?.[2], expected, "the third queued request is answered as if alone");
   assert.equal(r.missingModelCode, "model_not_found", "a 404 model URL is model_not_found, and the engine loads afterwards");
 });
