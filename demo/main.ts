@@ -33,7 +33,7 @@ const HUB: Record<string, string> = { "2b": "Qwen/Qwen2-VL-2B-Instruct", "7b": "
 const STORE_KEY = "webvlm-demo";
 const params = new URLSearchParams(location.search);
 // The tiny model: the URL given with ?model=, else where `npm start` serves it.
-let tinyUrl = "./models/tiny/";
+let tinyUrl = "./models/tiny-b-bf16/";
 
 let engine: ChatEngine | null = null;
 let loaded = false;
