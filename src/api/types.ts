@@ -1,4 +1,7 @@
 // OpenAI-shaped chat completion types, plus the extras users of local runtimes expect.
+import type { FinishReason, TokenLogprob, TopLogprob } from "../generate/types.ts";
+
+export type { FinishReason, TokenLogprob, TopLogprob };
 
 export interface ImageUrlPart {
   type: "image_url";
@@ -61,17 +64,6 @@ export interface ChatCompletionRequest {
   signal?: AbortSignal;
 }
 
-export interface TopLogprob {
-  token: string;
-  logprob: number;
-  bytes: number[] | null;
-}
-
-export interface TokenLogprob extends TopLogprob {
-  top_logprobs: TopLogprob[];
-}
-
-export type FinishReason = "stop" | "length" | "abort";
 
 export interface Usage {
   prompt_tokens: number;

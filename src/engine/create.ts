@@ -6,6 +6,7 @@ import { createFetchAdapter } from "../api/fetch.ts";
 import { installErrorTransfer } from "../worker/errors.ts";
 import type { WorkerEngineApi } from "../worker/protocol.ts";
 import { Engine, type LoadOptions, type ModelInfo } from "./engine.ts";
+import { pump } from "./pump.ts";
 import type { CheckpointLocation } from "../loader/checkpoint.ts";
 
 export interface CreateEngineOptions {
@@ -108,29 +109,13 @@ class WorkerEngine implements ChatEngine {
 
   private async *stream(req: ChatCompletionRequest): AsyncGenerator<ChatCompletionChunk> {
     const { id, wire, detach } = this.withSignal(req);
-    const pending: ChatCompletionChunk[] = [];
-    let wake: (() => void) | null = null;
-    let done = false;
-    let failure: unknown = null;
-    const job = bitmapsForWorker(wire)
-      .then(({ request, transfers }) => this.api.stream(id, Comlink.transfer(request, transfers), Comlink.proxy((chunks: ChatCompletionChunk[]) => {
-        pending.push(...chunks);
-        wake?.();
-      })))
-      .then(() => { done = true; }, (e: unknown) => { failure = e; done = true; })
-      .finally(() => wake?.());
     try {
-      for (;;) {
-        while (pending.length > 0) yield pending.shift()!;
-        if (done) break;
-        await new Promise<void>((r) => (wake = r));
-        wake = null;
-      }
-      while (pending.length > 0) yield pending.shift()!;
-      if (failure) throw failure;
+      yield* pump<ChatCompletionChunk>(async (push) => {
+        const { request, transfers } = await bitmapsForWorker(wire);
+        await this.api.stream(id, Comlink.transfer(request, transfers), Comlink.proxy((chunks: ChatCompletionChunk[]) => push(...chunks)));
+      });
     } finally {
       detach();
-      await job;
     }
   }
 }

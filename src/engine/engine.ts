@@ -20,6 +20,8 @@ import { TextTokenizer } from "../tokenizer/tokenizer.ts";
 import { prepareMedia, type PreparedMedia } from "./prepare.ts";
 import { collectMedia, generateParams, validateRequest } from "./request.ts";
 import { commonPrefix, mediaKeyedIds } from "./prefix.ts";
+import { pump } from "./pump.ts";
+import { isNode } from "../platform.ts";
 
 export interface EngineOptions {
   /** A device to use; by default one is acquired (navigator.gpu, or Dawn in Node). */
@@ -61,7 +63,6 @@ interface Loaded {
 }
 
 async function defaultGpu(): Promise<GpuContext> {
-  const isNode = typeof process !== "undefined" && typeof process.versions?.node === "string" && typeof window === "undefined";
   if (isNode) {
     const mod = (await import(/* @vite-ignore */ new URL("../gpu/node.ts", import.meta.url).href)) as typeof import("../gpu/node.ts");
     return mod.acquireNodeGpu();
@@ -210,49 +211,27 @@ export class Engine {
     };
   }
 
-  private async *stream(req: ChatCompletionRequest): AsyncGenerator<ChatCompletionChunk> {
+  private stream(req: ChatCompletionRequest): AsyncGenerator<ChatCompletionChunk> {
     const id = newId();
     const created = Math.floor(Date.now() / 1000);
-    const pending: ChatCompletionChunk[] = [];
-    let wake: (() => void) | null = null;
-    let done = false;
-    let failure: unknown = null;
-    const push = (c: ChatCompletionChunk): void => {
-      pending.push(c);
-      wake?.();
-    };
-    let model = "";
     let first = true;
-    const job = this.run(
-      req,
-      (chunk, m) => {
-        model = m;
-        if (chunk.text.length === 0 && !first) return;
-        push({
-          id, object: "chat.completion.chunk", created, model,
-          choices: [{ index: 0, delta: first ? { role: "assistant", content: chunk.text } : { content: chunk.text }, finish_reason: null, logprobs: req.logprobs && chunk.logprobs ? { content: chunk.logprobs } : null }],
-        });
-        first = false;
-      },
-      (r, m) => {
-        push({ id, object: "chat.completion.chunk", created, model: m, choices: [{ index: 0, delta: {}, finish_reason: r.finishReason, logprobs: null }] });
-        if (req.stream_options?.include_usage) push({ id, object: "chat.completion.chunk", created, model: m, choices: [], usage: usageOf(r) });
-      },
-    ).then(
-      () => { done = true; wake?.(); },
-      (e) => { failure = e; done = true; wake?.(); },
+    return pump<ChatCompletionChunk>((push) =>
+      this.run(
+        req,
+        (chunk, model) => {
+          if (chunk.text.length === 0 && !first) return;
+          push({
+            id, object: "chat.completion.chunk", created, model,
+            choices: [{ index: 0, delta: first ? { role: "assistant", content: chunk.text } : { content: chunk.text }, finish_reason: null, logprobs: req.logprobs && chunk.logprobs ? { content: chunk.logprobs } : null }],
+          });
+          first = false;
+        },
+        (r, model) => {
+          push({ id, object: "chat.completion.chunk", created, model, choices: [{ index: 0, delta: {}, finish_reason: r.finishReason, logprobs: null }] });
+          if (req.stream_options?.include_usage) push({ id, object: "chat.completion.chunk", created, model, choices: [], usage: usageOf(r) });
+        },
+      ),
     );
-    try {
-      for (;;) {
-        while (pending.length > 0) yield pending.shift()!;
-        if (done) break;
-        await new Promise<void>((r) => (wake = r));
-        wake = null;
-      }
-      if (failure) throw failure;
-    } finally {
-      await job;
-    }
   }
 
   /** Validates, queues and runs one request, streaming chunks to onChunk. */

@@ -1,11 +1,11 @@
 // Turns a request's image sources into RGB8 pixels, in Node or in a browser.
 // Node decoders (and node:fs) load through a computed import so browser bundles never include them.
 import { WebvlmError } from "../api/errors.ts";
+import { isNode } from "../platform.ts";
 import type { DecodedImage } from "../vision/decode_node.ts";
 import type * as DecodeNodeModule from "../vision/decode_node.ts";
 import { decodeImageBrowser, type BrowserImageInput } from "../vision/decode_browser.ts";
 
-const isNode = typeof process !== "undefined" && typeof process.versions?.node === "string" && typeof window === "undefined";
 const DECODE_NODE = "../vision/decode_node.ts";
 
 async function nodeDecoder(): Promise<typeof DecodeNodeModule> {

@@ -9,6 +9,7 @@
 //   "/abs/dir", "./rel", "C:\dir"   -> local directory (Node only)
 // In Node an "owner/name"-shaped string that is an existing directory is read
 // locally, as transformers' from_pretrained does.
+import { isNode } from "../platform.ts";
 import { WebvlmError } from "../api/errors.ts";
 import { bf16BitsToF32, fromF16Bits } from "../quant/f16.ts";
 import { resolveChatTemplate } from "../tokenizer/chat_template.ts";
@@ -83,7 +84,6 @@ export interface OpenCheckpointOptions extends HttpOptions {
 
 export type LocationKind = "hub" | "url" | "path" | "store";
 
-const isNode = typeof process !== "undefined" && typeof process.versions?.node === "string";
 
 // Hidden from bundlers: browser builds must not pull in node:fs.
 const FILE_NODE = "./file_node.ts";
