@@ -52,6 +52,8 @@ export class FileProgress {
 
   /** Sets item `key`'s loaded bytes (ignored if lower than before) and emits. */
   update(key: string, loadedBytes: number, tensor?: string): void {
+    // A phase with nothing in it (no cached bytes on a first load) reports nothing.
+    if (this.totalBytes === 0) return;
     const prev = this.items.get(key) ?? 0;
     if (loadedBytes <= prev && this.items.has(key)) return;
     this.items.set(key, Math.max(prev, loadedBytes));

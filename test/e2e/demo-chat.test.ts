@@ -1,41 +1,45 @@
-// The chat demo end to end in Chromium (WebGPU) with a tiny checkpoint: load with progress,
-// images by file picker and by a real drop, streamed answers with stats, a second turn,
-// Stop mid-answer, deleting the stored model; screenshots at desktop and phone size.
-// Also: the <script type="module"> embed page answers a question about its <img>.
+// The built chat demo (npm run build -> dist/, served by a plain static server under a
+// sub-path with a strict CSP) end to end in Chromium (WebGPU) with the tiny checkpoint
+// the build ships: load with progress, images by file picker, a real drop and a paste,
+// streamed multi-turn answers with stats, Stop mid-answer, deleting the stored model;
+// screenshots at desktop and phone size. Also: the built embed page (dist/embed.html,
+// `import { createEngine } from "./webvlm.js"`) answers a question about its <img>.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Browser, Page } from "playwright-core";
-import type { ViteDevServer } from "vite";
-import { makeTinyQwen2VL } from "../../scripts/make_tiny_qwen2vl.ts";
-import { StaticServer } from "../util/static_server.ts";
-import { launchChromium, repoRoot, startViteServer } from "./browser.ts";
+import { launchChromium, repoRoot } from "./browser.ts";
+import { buildSite, embedCsp, serveSite, STRICT_CSP, type ServedSite } from "./site.ts";
 
 const IMAGE = "test/fixtures/vision/resize_src_160x120.png";
 
-let dir = "";
-let models: StaticServer;
-let vite: ViteDevServer;
-let url = "";
+let site: ServedSite;
+let embedSite: ServedSite;
 let browser: Browser;
 
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), "webvlm-demo-"));
-  await makeTinyQwen2VL(join(dir, "tiny-b"), "tiny-b");
-  models = await StaticServer.start({ root: dir });
-  ({ server: vite, url } = await startViteServer());
+  const dist = buildSite();
+  site = await serveSite(dist, { "Content-Security-Policy": STRICT_CSP });
+  embedSite = await serveSite(dist, { "Content-Security-Policy": embedCsp() });
   browser = await launchChromium();
   mkdirSync(join(repoRoot, "test-results"), { recursive: true });
 });
 after(async () => {
   await browser?.close();
-  await vite?.close();
-  await models?.close();
-  if (dir) await rm(dir, { recursive: true, force: true });
+  await site?.close();
+  await embedSite?.close();
 });
+
+/** A DataTransfer holding the test image as a PNG file, made in the page. */
+async function imageTransfer(page: Page, name: string) {
+  const bytes = [...readFileSync(join(repoRoot, IMAGE))];
+  return page.evaluateHandle(({ bytes, name }) => {
+    const d = new DataTransfer();
+    d.items.add(new File([new Uint8Array(bytes)], name, { type: "image/png" }));
+    return d;
+  }, { bytes, name });
+}
 
 /** Sends the prompt with Enter and records every length the newest answer had while streaming. */
 async function ask(page: Page, question: string): Promise<void> {
@@ -57,8 +61,11 @@ test("chat demo: load, images by picker and drop, streamed multi-turn answers, s
   const page = await browser.newPage({ viewport: { width: 1280, height: 860 } });
   const errors: string[] = [];
   page.on("pageerror", (e) => errors.push(String(e)));
-  await page.goto(`${url}/index.html?${new URLSearchParams({ model: models.url("tiny-b"), quant: "q4" })}`);
-  assert.equal(await page.locator("#model").inputValue(), "tiny", "?model=<url> picks the tiny model");
+  page.on("console", (m) => {
+    if (/Content.Security.Policy/i.test(m.text())) errors.push(m.text());
+  });
+  await page.goto(`${site.url}?${new URLSearchParams({ model: "tiny", quant: "q4" })}`);
+  assert.equal(await page.locator("#model").inputValue(), "tiny", "?model=tiny picks the tiny model");
   await page.locator("#gpu-status.ok").waitFor({ timeout: 30_000 });
 
   await page.locator("#load").click();
@@ -79,16 +86,20 @@ test("chat demo: load, images by picker and drop, streamed multi-turn answers, s
   await page.locator("#thumbs .thumb").nth(1).waitFor();
   await page.locator("#thumbs .thumb .remove").nth(1).click();
   assert.equal(await page.locator("#thumbs .thumb").count(), 1);
-  const dt = await page.evaluateHandle(async (src) => {
-    const bytes = await (await fetch(src)).arrayBuffer();
-    const d = new DataTransfer();
-    d.items.add(new File([bytes], "dropped.png", { type: "image/png" }));
-    return d;
-  }, `/${IMAGE}`);
+  const dt = await imageTransfer(page, "dropped.png");
   await page.dispatchEvent("body", "dragover", { dataTransfer: dt });
   await page.dispatchEvent("body", "drop", { dataTransfer: dt });
   await page.locator("#thumbs .thumb").nth(1).waitFor();
   assert.equal(await page.locator("#thumbs img[alt='dropped.png']").count(), 1, "the dropped image is a thumbnail");
+  // Paste: a clipboard event carrying an image file, as Ctrl+V with a copied image sends.
+  const clip = await imageTransfer(page, "pasted.png");
+  await page.locator("#prompt").evaluate((el, data) => {
+    el.dispatchEvent(new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true }));
+  }, clip);
+  await page.locator("#thumbs .thumb").nth(2).waitFor();
+  assert.equal(await page.locator("#thumbs img[alt='pasted.png']").count(), 1, "the pasted image is a thumbnail");
+  await page.locator("#thumbs .thumb .remove").nth(2).click();
+  assert.equal(await page.locator("#thumbs .thumb").count(), 2);
 
   // First question: streamed, then the stats line.
   await page.locator("#max-tokens").fill("12");
@@ -153,12 +164,33 @@ test("chat demo: load, images by picker and drop, streamed multi-turn answers, s
 });
 
 test("the embed page answers a question about its <img>", { timeout: 180_000 }, async (t) => {
+  // Control: the CSP is enforced. Without the script's hash the inline script never runs.
+  const blocked = await browser.newPage();
+  const violations: string[] = [];
+  blocked.on("console", (m) => {
+    if (/Content.Security.Policy/i.test(m.text())) violations.push(m.text());
+  });
+  await blocked.goto(`${site.url}embed.html?model=./models/tiny-b-bf16/`);
+  await blocked.waitForFunction(() => document.readyState === "complete");
+  assert.equal(await blocked.locator("#answer").innerText(), "loading…");
+  assert.ok(violations.length > 0, "the browser reports the blocked inline script");
+  await blocked.close();
+
   const page = await browser.newPage();
-  await page.goto(`${url}/demo/embed.html?${new URLSearchParams({ model: models.url("tiny-b") })}`);
+  const errors: string[] = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  // The embed page is the README's snippet: one inline module script importing ./webvlm.js.
+  page.on("console", (m) => {
+    if (/Content.Security.Policy/i.test(m.text())) errors.push(m.text());
+  });
+  await page.goto(`${embedSite.url}embed.html?${new URLSearchParams({ model: "./models/tiny-b-bf16/" })}`);
   await page.waitForFunction(() => document.getElementById("answer")!.dataset.done, undefined, { timeout: 150_000 });
   const answer = await page.locator("#answer").innerText();
   t.diagnostic(`embed answer: ${JSON.stringify(answer)}`);
   assert.equal(await page.locator("#answer").getAttribute("data-done"), "1", answer);
   assert.ok(answer.length > 0);
+  assert.deepEqual(errors, []);
+  const scripts = await page.evaluate(() => [...document.scripts].map((s) => s.textContent ?? ""));
+  assert.ok(scripts.some((t) => t.includes('import { createEngine } from "./webvlm.js"')), "the page imports the built library");
   await page.close();
 });

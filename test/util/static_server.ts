@@ -35,6 +35,8 @@ export interface StaticServerOptions {
    * one revision) -> directory. /{repo}/resolve/{rev}/{file} serves dir/file.
    */
   repos?: Record<string, string>;
+  /** Extra headers on every file response (e.g. a Content-Security-Policy). */
+  headers?: Record<string, string>;
 }
 
 export interface DropRule {
@@ -53,7 +55,17 @@ export interface FailRule {
   headers?: Record<string, string>;
 }
 
-const TYPES: Record<string, string> = { json: "application/json", jinja: "text/plain; charset=utf-8", txt: "text/plain; charset=utf-8" };
+const TYPES: Record<string, string> = {
+  json: "application/json",
+  jinja: "text/plain; charset=utf-8",
+  txt: "text/plain; charset=utf-8",
+  html: "text/html; charset=utf-8",
+  js: "text/javascript; charset=utf-8",
+  css: "text/css; charset=utf-8",
+  map: "application/json",
+  png: "image/png",
+  ts: "text/plain; charset=utf-8",
+};
 
 function matches(m: PathMatch, path: string): boolean {
   return typeof m === "string" ? m === path : m(path);
@@ -150,7 +162,8 @@ export class StaticServer {
       fail.times = (fail.times ?? Infinity) - 1;
       return finish(fail.status, `injected ${fail.status}`, fail.headers);
     }
-    const loc = this.locate(path);
+    // Like any static host: a directory URL serves its index.html.
+    const loc = this.locate(path.endsWith("/") ? `${path}index.html` : path);
     if (!loc || this.notFound.some((m) => matches(m, path))) return finish(404, "not found", { "X-Error-Code": "EntryNotFound" });
     entry.file = loc.file;
     let st;
@@ -167,6 +180,7 @@ export class StaticServer {
       "Content-Type": TYPES[ext] ?? "application/octet-stream",
       "Accept-Ranges": this.ignoreRange ? "none" : "bytes",
       ETag: etag,
+      ...this.opts.headers,
     };
     if (req.headers["if-none-match"] === etag && !range) return finish(304, "", { ETag: etag });
 
