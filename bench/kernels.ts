@@ -3,15 +3,13 @@
 // `--reduced` (default on software adapters) shrinks sizes to run in minutes on SwiftShader;
 // `--full` forces the real sizes. Prints a table and writes bench/results/kernels.json.
 import { mkdirSync, writeFileSync } from "node:fs";
-import copyCode from "./copy.wgsl?raw";
 import { acquireNodeGpu } from "../src/gpu/node.ts";
-import type { GpuContext } from "../src/gpu/device.ts";
-import { grid2d } from "../src/gpu/recorder.ts";
 import { allocTensor, uploadTensor } from "../src/gpu/transfer.ts";
 import { linear } from "../src/ops/linear.ts";
 import { uploadWeight } from "../src/quant/pack.ts";
 import type { WeightFormat } from "../src/quant/formats.ts";
 import { benchAttentionDecode } from "./attention.ts";
+import { copyBandwidth } from "./limits.ts";
 import { timeGpu } from "./timing.ts";
 import { randomArray } from "../test/util/compare.ts";
 
@@ -35,27 +33,7 @@ const add = (r: Row): void => {
 console.log(`adapter: ${gpu.adapter.vendor} ${gpu.adapter.architecture} ${gpu.adapter.description}`);
 console.log(`mode: ${reduced ? "reduced sizes (software adapter or --reduced)" : "full Qwen2-VL-2B sizes"}\n`);
 
-async function copyBandwidth(ctx: GpuContext, bytes: number): Promise<number> {
-  const src = ctx.pool.acquire(bytes);
-  const dst = ctx.pool.acquire(bytes);
-  const vec4s = bytes / 16;
-  const t = await timeGpu(
-    ctx,
-    (rec) =>
-      rec.dispatch({
-        code: copyCode,
-        bindings: [{ buffer: src, size: bytes }, { buffer: dst, size: bytes }],
-        workgroups: grid2d(Math.ceil(vec4s / 256), ctx.limits.maxComputeWorkgroupsPerDimension),
-        label: "copy",
-      }),
-    reduced ? 4 : 50,
-  );
-  ctx.pool.release(src);
-  ctx.pool.release(dst);
-  return (2 * bytes) / (t.ms * 1e6); // read + write, GB/s
-}
-
-const copyGBs = await copyBandwidth(gpu, reduced ? 32 << 20 : 256 << 20);
+const copyGBs = await copyBandwidth(gpu, reduced ? 32 << 20 : 256 << 20, reduced ? 4 : 50);
 add({ name: "copy kernel bandwidth (read+write)", value: copyGBs, unit: "GB/s" });
 
 // Qwen2-VL-2B MLP shapes: up/gate 1536 -> 8960 ([8960, 1536] weights), down 8960 -> 1536.

@@ -1,5 +1,6 @@
 import { WebvlmError } from "../api/errors.ts";
 import { BufferPool } from "./pool.ts";
+import type { DispatchTimer } from "./recorder.ts";
 import { PipelineCache } from "./pipelines.ts";
 
 /** Optional features the kernels can use when present; none is required. */
@@ -51,6 +52,10 @@ export interface GpuContext {
   readonly uncapturedErrors: string[];
   /** Set once the device is lost; every later GPU call should throw it. */
   lostError: WebvlmError | null;
+  /** Dispatches recorded and submits made by every Recorder on this device (benchmarks diff them). */
+  readonly stats: { dispatches: number; submits: number };
+  /** When set, every Recorder times its dispatches with it (benchmarks' per-kernel time shares). */
+  dispatchTimer: DispatchTimer | null;
   destroy(): void;
 }
 
@@ -109,6 +114,8 @@ export async function acquireGpu(options: AcquireOptions = {}): Promise<GpuConte
     pipelines: new PipelineCache(device),
     lostError: null,
     uncapturedErrors: [],
+    stats: { dispatches: 0, submits: 0 },
+    dispatchTimer: null,
     lost: device.lost.then((info) => {
       const err = new WebvlmError("device_lost", `GPU device lost (${info.reason}): ${info.message}`, {
         reason: info.reason,

@@ -22,14 +22,16 @@ export class TimestampProfiler implements DispatchTimer {
 
   constructor(
     private readonly ctx: GpuContext,
-    private readonly capacity = 4096,
+    private capacity = 2048,
   ) {
     if (!ctx.features.has("timestamp-query")) {
       throw new WebvlmError("unsupported_feature", "this adapter has no timestamp-query");
     }
-    this.querySet = ctx.device.createQuerySet({ type: "timestamp", count: 2 * capacity });
+    // A query set holds at most 4096 queries (WebGPU limit): 2048 timed dispatches.
+    this.capacity = Math.min(capacity, 2048);
+    this.querySet = ctx.device.createQuerySet({ type: "timestamp", count: 2 * this.capacity });
     this.resolveBuffer = ctx.device.createBuffer({
-      size: 16 * capacity,
+      size: 16 * this.capacity,
       usage: 0x200 | 0x04, // QUERY_RESOLVE | COPY_SRC
     });
   }

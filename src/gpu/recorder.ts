@@ -85,7 +85,7 @@ export class Recorder {
     }
     if (x === 0 || y === 0 || z === 0) return;
 
-    const timestamps = this.timer?.next(spec.label ?? spec.entryPoint ?? "kernel");
+    const timestamps = (this.timer ?? this.ctx.dispatchTimer)?.next(spec.label ?? spec.entryPoint ?? "kernel");
     if (timestamps) {
       this.endPass();
       const pass = this.encoder.beginComputePass({ timestampWrites: timestamps });
@@ -100,6 +100,7 @@ export class Recorder {
       pass.dispatchWorkgroups(x, y, z);
     }
     this.dispatchCount++;
+    this.ctx.stats.dispatches++;
   }
 
   /** Copies bytes between tensors (same byte size) inside the recorded stream. */
@@ -126,6 +127,7 @@ export class Recorder {
     device.queue.submit([this.encoder.finish()]);
     this.ctx.pool.markSubmitted();
     this.submitCount++;
+    this.ctx.stats.submits++;
     const pool = chunkPools.get(this.ctx) ?? [];
     for (const c of this.chunks) {
       c.used = 0;

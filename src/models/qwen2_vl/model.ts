@@ -81,6 +81,12 @@ export class Qwen2VLCache {
   }
 }
 
+function checkSupported(config: Qwen2VLConfig): void {
+  if (config.vision.hiddenAct !== "quick_gelu") {
+    throw new WebvlmError("unsupported_feature", `vision hidden_act ${config.vision.hiddenAct} is not supported (quick_gelu only)`);
+  }
+}
+
 const MAP_READ = 0x0001;
 const COPY_DST = 0x0008;
 
@@ -94,10 +100,14 @@ export class Qwen2VLModel {
   ) {}
 
   static async load(gpu: GpuContext, config: Qwen2VLConfig, source: TensorSource, opts: WeightLoadOptions = {}): Promise<Qwen2VLModel> {
-    if (config.vision.hiddenAct !== "quick_gelu") {
-      throw new WebvlmError("unsupported_feature", `vision hidden_act ${config.vision.hiddenAct} is not supported (quick_gelu only)`);
-    }
+    checkSupported(config);
     return new Qwen2VLModel(gpu, config, await loadQwen2VLWeights(gpu, config, source, opts));
+  }
+
+  /** A model over weights already on the GPU (benchmarks build random ones of a real shape). */
+  static fromWeights(gpu: GpuContext, config: Qwen2VLConfig, weights: Qwen2VLWeights): Qwen2VLModel {
+    checkSupported(config);
+    return new Qwen2VLModel(gpu, config, weights);
   }
 
   createCache(maxSeq: number): Qwen2VLCache {

@@ -180,12 +180,25 @@ function sameShape(a: readonly number[], b: readonly number[]): boolean {
 }
 
 /** Tensors to upload as one row-stacked matrix (fused q|k|v, gate|up). */
-interface MatrixPart {
+export interface MatrixPart {
   canonical: string;
   rows: number;
 }
 
-class WeightLoader {
+/**
+ * Makes the GPU tensors of a weight set by canonical name: WeightLoader reads them from a
+ * checkpoint; benchmarks fill them with random values on the GPU (bench/random_weights.ts).
+ */
+export interface WeightMaker {
+  /** Bytes of the tensors made so far (before pool rounding). */
+  readonly gpuBytes: number;
+  /** An f32 vector (norm weight or bias), or several concatenated (fused biases). */
+  vector(canonicals: string[], lengths: number[], label: string): Promise<Tensor>;
+  /** A [sum rows, cols] matrix in `format` from row-stacked tensors; `alt`: another accepted stored shape. */
+  matrix(parts: MatrixPart[], cols: number, format: WeightFormat, label: string, alt?: readonly number[]): Promise<LinearWeight>;
+}
+
+class WeightLoader implements WeightMaker {
   readonly maxBytes: number;
   gpuBytes = 0;
   done = 0;
@@ -398,6 +411,14 @@ export async function loadQwen2VLWeights(
   const L = new WeightLoader(gpu, source, table.length, opts);
   // Every name and shape first: a bad checkpoint fails before anything is read or uploaded.
   for (const spec of table) L.check(spec.name, spec.shape, spec.alt);
+  return buildQwen2VLWeights(gpu, config, L, formats);
+}
+
+/**
+ * The weight set's structure: every tensor made by `L` in load order (fused q|k|v and gate|up,
+ * tied lm_head shared). On failure, tensors already made are returned to the pool.
+ */
+export async function buildQwen2VLWeights(gpu: GpuContext, config: Qwen2VLConfig, L: WeightMaker, formats: WeightFormats): Promise<Qwen2VLWeights> {
   const uploaded: (Tensor | LinearWeight)[] = [];
   const keep = <T extends Tensor | LinearWeight>(x: T): T => (uploaded.push(x), x);
   try {

@@ -1,0 +1,80 @@
+// The end-to-end benchmark's result shape (written as JSON) and its terminal table.
+import type { AdapterReport } from "../src/gpu/device.ts";
+import type { KernelTime } from "../src/gpu/profiler.ts";
+import type { WeightFormats } from "../src/models/qwen2_vl/weights.ts";
+
+export interface FormatResult {
+  format: "q4" | "f16";
+  formats: WeightFormats;
+  /** Bytes of all weights on the GPU. */
+  weightBytes: number;
+  /** Weight bytes one decode step reads: decoder linears, lm_head, norms. */
+  weightBytesPerToken: number;
+  vision: { width: number; height: number; resized: [number, number]; llmTokens: number; ms: number; gflops: number; ofPeak: number }[];
+  prefill: { tokens: number; ms: number; tokensPerSec: number; gflops: number; ofPeak: number };
+  decode: {
+    context: number;
+    steps: number;
+    msPerToken: number;
+    tokensPerSec: number;
+    /** Weights plus the KV rows read per token. */
+    bytesPerToken: number;
+    /** copy bandwidth / bytesPerToken */
+    rooflineTokensPerSec: number;
+    ofRoofline: number;
+    dispatchesPerToken: number;
+    submitsPerToken: number;
+  }[];
+  ttft: { image: [number, number]; questionTokens: number; promptTokens: number; ms: number };
+  /** Peak bytes of pooled GPU buffers (weights, KV cache, activations) during this format's run. */
+  peakBytes: number;
+  /** Timestamp-query time per kernel label; null where the adapter has no timestamp-query. */
+  profiles: { decode: KernelTime[] | null; prefill: KernelTime[] | null };
+}
+
+export interface Report {
+  date: string;
+  mode: "tiny" | "qwen2-vl-2b";
+  command: string;
+  adapter: AdapterReport;
+  limits: { copyGBs: number; peakGFLOPS: number };
+  config: unknown;
+  results: FormatResult[];
+}
+
+const pct = (x: number): string => `${(100 * x).toFixed(x < 0.1 ? 1 : 0)}%`;
+const gib = (b: number): string => `${(b / 2 ** 30).toFixed(2)} GiB`;
+
+function shares(times: KernelTime[] | null, top: number): string[] {
+  if (!times) return ["  (no timestamp-query on this adapter)"];
+  const total = times.reduce((a, t) => a + t.ns, 0);
+  return times.slice(0, top).map((t) => `  ${pct(t.ns / total).padStart(6)}  ${(t.ns / 1e6).toFixed(3).padStart(9)} ms  x${String(t.count).padEnd(4)} ${t.label}`);
+}
+
+export function printReport(r: Report): void {
+  const a = r.adapter;
+  const lines: string[] = [
+    `webvlm end-to-end benchmark (${r.mode}), ${r.date}`,
+    `adapter: ${a.vendor} ${a.architecture} ${a.description}`.trim(),
+    `measured limits: copy ${r.limits.copyGBs.toFixed(2)} GB/s (read+write), FMA peak ${r.limits.peakGFLOPS.toFixed(1)} GFLOPS`,
+  ];
+  for (const f of r.results) {
+    lines.push("", `== ${f.format} (linear ${f.formats.textLinear}, embedding ${f.formats.embedding}, vision ${f.formats.vision}): weights ${gib(f.weightBytes)}, peak GPU memory ${gib(f.peakBytes)}`);
+    for (const v of f.vision) {
+      lines.push(`vision encode ${v.width}x${v.height} (${v.resized.join("x")}, ${v.llmTokens} tokens)`.padEnd(58) + `${v.ms.toFixed(1).padStart(9)} ms   ${v.gflops.toFixed(1)} GFLOPS = ${pct(v.ofPeak)} of peak`);
+    }
+    const p = f.prefill;
+    lines.push(`prefill ${p.tokens} tokens`.padEnd(58) + `${p.tokensPerSec.toFixed(1).padStart(9)} tok/s  ${p.gflops.toFixed(1)} GFLOPS = ${pct(p.ofPeak)} of peak`);
+    for (const d of f.decode) {
+      lines.push(
+        `decode at context ${d.context}`.padEnd(58) +
+          `${d.tokensPerSec.toFixed(2).padStart(9)} tok/s  ${pct(d.ofRoofline)} of roofline ${d.rooflineTokensPerSec.toFixed(1)} tok/s ` +
+          `(${(d.bytesPerToken / 2 ** 20).toFixed(0)} MiB/token); ${d.dispatchesPerToken} dispatches, ${d.submitsPerToken} submits per token`,
+      );
+    }
+    lines.push(`time to first token, ${f.ttft.image.join("x")} image + ${f.ttft.questionTokens}-token question (${f.ttft.promptTokens} tokens)`.padEnd(58) + `${f.ttft.ms.toFixed(1).padStart(9)} ms`);
+    lines.push(`GPU time shares, one decode step (context ${f.decode[0]?.context}):`, ...shares(f.profiles.decode, 10));
+    lines.push(`GPU time shares, prefill of ${p.tokens} tokens:`, ...shares(f.profiles.prefill, 10));
+  }
+  console.log(lines.join("\n"));
+}
