@@ -39,11 +39,11 @@ export const QWEN2VL_2B_CONFIG = {
 
 export const TINY_CONFIG = {
   ...QWEN2VL_2B_CONFIG,
-  hidden_size: 256,
-  intermediate_size: 512,
+  hidden_size: 128,
+  intermediate_size: 256,
   num_hidden_layers: 2,
-  num_attention_heads: 2,
+  num_attention_heads: 1,
   num_key_value_heads: 1,
   rope_scaling: { type: "mrope", mrope_section: [16, 24, 24] },
-  vision_config: { ...QWEN2VL_2B_CONFIG.vision_config, depth: 2, embed_dim: 160, num_heads: 2, hidden_size: 256 },
+  vision_config: { ...QWEN2VL_2B_CONFIG.vision_config, depth: 2, embed_dim: 80, num_heads: 1, hidden_size: 128 },
 };

@@ -32,7 +32,7 @@ const option = (name: string): string | undefined => {
 
 const tiny = flag("--tiny");
 const plan = tiny
-  ? { images: [[112, 112], [224, 168]] as [number, number][], prefill: 128, contexts: [32, 256], steps: 4, question: 20, repeats: 2 }
+  ? { images: [[56, 56], [112, 84]] as [number, number][], prefill: 64, contexts: [32, 256], steps: 4, question: 20, repeats: 1 }
   : { images: [[448, 448], [1288, 966]] as [number, number][], prefill: 1024, contexts: [128, 4096], steps: 32, question: 20, repeats: 3 };
 const steps = Number(option("--steps") ?? plan.steps);
 const formats = (option("--formats") ?? "q4,f16").split(",") as ("q4" | "f16")[];
@@ -136,7 +136,7 @@ async function benchFormat(format: "q4" | "f16"): Promise<FormatResult> {
     format, formats: formatsUsed, weightBytes: weights.gpuBytes, weightBytesPerToken,
     vision: [], prefill: { tokens: plan.prefill, ms: 0, tokensPerSec: 0, gflops: 0, ofPeak: 0 }, decode: [],
     ttft: { image: plan.images[0], questionTokens: plan.question, promptTokens: 0, ms: 0 },
-    peakBytes: 0, profiles: { decode: null, prefill: null },
+    peakBytes: 0, profiles: { decode: null, prefill: null, vision: null },
   };
   try {
     // Vision encode, one image at a time (pixels preprocessed beforehand, not timed).
@@ -214,6 +214,13 @@ async function benchFormat(format: "q4" | "f16"): Promise<FormatResult> {
     result.profiles.decode = await profile(async () => void (await model.decode(1000, cache)));
     cache.truncate(0);
     result.profiles.prefill = await profile(async () => void (await model.prefill(ids, {}, cache)));
+    const [vw, vh] = plan.images[0];
+    const img0 = preprocessImage(randomRgb(vw, vh, 7), vw, vh);
+    result.profiles.vision = await profile(async () => {
+      const emb = model.encodeVision(img0.pixelValues, [img0.grid]);
+      await gpu.device.queue.onSubmittedWorkDone();
+      gpu.pool.release(emb.buffer);
+    });
     result.peakBytes = gpu.pool.peakBytes;
   } finally {
     cache.dispose();

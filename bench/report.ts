@@ -29,7 +29,7 @@ export interface FormatResult {
   /** Peak bytes of pooled GPU buffers (weights, KV cache, activations) during this format's run. */
   peakBytes: number;
   /** Timestamp-query time per kernel label; null where the adapter has no timestamp-query. */
-  profiles: { decode: KernelTime[] | null; prefill: KernelTime[] | null };
+  profiles: { decode: KernelTime[] | null; prefill: KernelTime[] | null; vision: KernelTime[] | null };
 }
 
 export interface Report {
@@ -42,6 +42,7 @@ export interface Report {
   results: FormatResult[];
 }
 
+const num = (x: number): string => x.toPrecision(3);
 const pct = (x: number): string => `${(100 * x).toFixed(x < 0.1 ? 1 : 0)}%`;
 const gib = (b: number): string => `${(b / 2 ** 30).toFixed(2)} GiB`;
 
@@ -56,15 +57,15 @@ export function printReport(r: Report): void {
   const lines: string[] = [
     `webvlm end-to-end benchmark (${r.mode}), ${r.date}`,
     `adapter: ${a.vendor} ${a.architecture} ${a.description}`.trim(),
-    `measured limits: copy ${r.limits.copyGBs.toFixed(2)} GB/s (read+write), FMA peak ${r.limits.peakGFLOPS.toFixed(1)} GFLOPS`,
+    `measured limits: copy ${r.limits.copyGBs.toFixed(2)} GB/s (read+write), FMA peak ${num(r.limits.peakGFLOPS)} GFLOPS`,
   ];
   for (const f of r.results) {
     lines.push("", `== ${f.format} (linear ${f.formats.textLinear}, embedding ${f.formats.embedding}, vision ${f.formats.vision}): weights ${gib(f.weightBytes)}, peak GPU memory ${gib(f.peakBytes)}`);
     for (const v of f.vision) {
-      lines.push(`vision encode ${v.width}x${v.height} (${v.resized.join("x")}, ${v.llmTokens} tokens)`.padEnd(58) + `${v.ms.toFixed(1).padStart(9)} ms   ${v.gflops.toFixed(1)} GFLOPS = ${pct(v.ofPeak)} of peak`);
+      lines.push(`vision encode ${v.width}x${v.height} (${v.resized.join("x")}, ${v.llmTokens} tokens)`.padEnd(58) + `${v.ms.toFixed(1).padStart(9)} ms   ${num(v.gflops)} GFLOPS = ${pct(v.ofPeak)} of peak`);
     }
     const p = f.prefill;
-    lines.push(`prefill ${p.tokens} tokens`.padEnd(58) + `${p.tokensPerSec.toFixed(1).padStart(9)} tok/s  ${p.gflops.toFixed(1)} GFLOPS = ${pct(p.ofPeak)} of peak`);
+    lines.push(`prefill ${p.tokens} tokens`.padEnd(58) + `${p.tokensPerSec.toFixed(1).padStart(9)} tok/s  ${num(p.gflops)} GFLOPS = ${pct(p.ofPeak)} of peak`);
     for (const d of f.decode) {
       lines.push(
         `decode at context ${d.context}`.padEnd(58) +
@@ -75,6 +76,7 @@ export function printReport(r: Report): void {
     lines.push(`time to first token, ${f.ttft.image.join("x")} image + ${f.ttft.questionTokens}-token question (${f.ttft.promptTokens} tokens)`.padEnd(58) + `${f.ttft.ms.toFixed(1).padStart(9)} ms`);
     lines.push(`GPU time shares, one decode step (context ${f.decode[0]?.context}):`, ...shares(f.profiles.decode, 10));
     lines.push(`GPU time shares, prefill of ${p.tokens} tokens:`, ...shares(f.profiles.prefill, 10));
+    lines.push(`GPU time shares, vision encode of the ${f.vision[0]?.width}x${f.vision[0]?.height} image:`, ...shares(f.profiles.vision, 8));
   }
   console.log(lines.join("\n"));
 }
