@@ -1,7 +1,7 @@
-// Small-M linear with a dense f32 or f16 weight: y[m, out_col + n] = sum_k x[m, k] * W[n, k] (+ bias).
+// Small-M linear with a dense f32 or f16 weight: y[m, out_col + n] = sum_k x[m, k] * W[n, k] (+ bias) (+ y, with accumulate).
 // Requires K % 4 == 0 (f32) or K % 8 == 0 (f16) so every weight and x row starts on a vec4;
 // other K go to matmul.wgsl.
-// @binding(0) uniform Params { M, N, K, out_col, out_stride, has_bias }   (N = rows of this weight/shard)
+// @binding(0) uniform Params { M, N, K, out_col, out_stride, has_bias, accumulate }   (N = rows of this weight/shard)
 // (1) x: array<vec4<f32>> [M, K / 4]
 // (2) w: array<vec4<u32>> [N, K]: f32 bits (4 per vec4) or f16 pairs (8 per vec4, low half first)
 // (3) bias: array<f32>, indexed out_col + n (bind any read-only buffer when has_bias is 0)
@@ -12,7 +12,7 @@
 // Per-lane partials are tree-reduced in shared memory at the end.
 // Dispatch: (tiles_x, tiles_y, ceil(M / MROWS)), tiles_x * tiles_y >= ceil(N / (TEAMS * R)) (grid2d).
 
-struct Params { M: u32, N: u32, K: u32, out_col: u32, out_stride: u32, has_bias: u32 }
+struct Params { M: u32, N: u32, K: u32, out_col: u32, out_stride: u32, has_bias: u32, accumulate: u32 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -93,7 +93,10 @@ fn main(
     if (n < params.N && m < params.M) {
       var v = partial[(lane * TEAMS + team) * LANES];
       if (params.has_bias != 0u) { v += bias[params.out_col + n]; }
-      y[m * params.out_stride + params.out_col + n] = v;
+      let out_index = m * params.out_stride + params.out_col + n;
+      // accumulate: y += x W^T (the residual add fused into the projection).
+      if (params.accumulate != 0u) { v += y[out_index]; }
+      y[out_index] = v;
     }
   }
 }

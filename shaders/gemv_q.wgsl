@@ -1,9 +1,9 @@
-// Small-M linear with a q4/q8 weight: y[m, out_col + n] = sum_k x[m, k] * W[n, k] (+ bias[out_col + n]).
+// Small-M linear with a q4/q8 weight: y[m, out_col + n] = sum_k x[m, k] * W[n, k] (+ bias[out_col + n]) (+ y, with accumulate).
 // W layout (src/quant/formats.ts): groups of 32 along K; q4 = one vec4<u32> per group (nibble i at
 // bits 4*(i%8) of word i/8, value (q - 8) * scale), q8 = two vec4<u32> per group (signed byte i%4 of
 // word i/4, value q * scale). Scales: f16 pairs in u32, [N, groups]. Requires K % 4 == 0 (x rows
 // are read as vec4); other K go to matmul_q.wgsl.
-// @binding(0) uniform Params { M, N, K, out_col, out_stride, has_bias }   (N = rows of this weight/shard)
+// @binding(0) uniform Params { M, N, K, out_col, out_stride, has_bias, accumulate }   (N = rows of this weight/shard)
 // (1) x: array<vec4<f32>> [M, K / 4]
 // (2) w: array<vec4<u32>> [N, groups * BITS / 4]
 // (3) scales: array<u32> (f16 pairs) [N, groups]
@@ -16,7 +16,7 @@
 // Per-lane partials are tree-reduced in shared memory at the end.
 // Dispatch: (tiles_x, tiles_y, ceil(M / MROWS)), tiles_x * tiles_y >= ceil(N / (TEAMS * R)) (grid2d).
 
-struct Params { M: u32, N: u32, K: u32, out_col: u32, out_stride: u32, has_bias: u32 }
+struct Params { M: u32, N: u32, K: u32, out_col: u32, out_stride: u32, has_bias: u32, accumulate: u32 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -116,7 +116,10 @@ fn main(
     if (n < params.N && m < params.M) {
       var v = partial[(lane * TEAMS + team) * LANES];
       if (params.has_bias != 0u) { v += bias[params.out_col + n]; }
-      y[m * params.out_stride + params.out_col + n] = v;
+      let out_index = m * params.out_stride + params.out_col + n;
+      // accumulate: y += x W^T (the residual add fused into the projection).
+      if (params.accumulate != 0u) { v += y[out_index]; }
+      y[out_index] = v;
     }
   }
 }

@@ -4,14 +4,14 @@
 // a fiber switch), so linear() picks this for K up to ROWS_MAX_K.
 // Entry points (same bindings as gemv.wgsl / gemv_q.wgsl, so linear() binds them the same way):
 //   dense: f32 or f16 weights (WEIGHT_F16), K % 4 == 0 (f32) / K % 8 == 0 (f16).
-//     (0) Params { M, N, K, out_col, out_stride, has_bias } (1) x: array<vec4<f32>> [M, K/4]
+//     (0) Params { M, N, K, out_col, out_stride, has_bias, accumulate } (1) x: array<vec4<f32>> [M, K/4]
 //     (2) w: array<vec4<u32>> (3) bias: array<f32> (4) y: array<f32>
 //   quant: q4/q8 weights (BITS), layout of src/quant/formats.ts, K % 4 == 0.
 //     (1) x (2) w: array<vec4<u32>> [N, groups * BITS / 4] (3) scales: array<u32> f16 pairs [N, groups]
 //     (4) bias (5) y
 // Dispatch: (tiles_x, tiles_y, M), tiles_x * tiles_y * 64 >= N (grid2d).
 
-struct Params { M: u32, N: u32, K: u32, out_col: u32, out_stride: u32, has_bias: u32 }
+struct Params { M: u32, N: u32, K: u32, out_col: u32, out_stride: u32, has_bias: u32, accumulate: u32 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -48,7 +48,10 @@ fn dense(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     }
   }
   if (params.has_bias != 0u) { acc += dense_bias[params.out_col + n]; }
-  dense_y[m * params.out_stride + params.out_col + n] = acc;
+  let out_index = m * params.out_stride + params.out_col + n;
+  // accumulate: y += x W^T (the residual add fused into the projection).
+  if (params.accumulate != 0u) { acc += dense_y[out_index]; }
+  dense_y[out_index] = acc;
 }
 
 @group(0) @binding(3) var<storage, read> scales: array<u32>;
@@ -101,5 +104,8 @@ fn quant(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     acc += s * scale_of(n * groups + g);
   }
   if (params.has_bias != 0u) { acc += quant_bias[params.out_col + n]; }
-  quant_y[m * params.out_stride + params.out_col + n] = acc;
+  let out_index = m * params.out_stride + params.out_col + n;
+  // accumulate: y += x W^T (the residual add fused into the projection).
+  if (params.accumulate != 0u) { acc += quant_y[out_index]; }
+  quant_y[out_index] = acc;
 }

@@ -1,6 +1,6 @@
-// Tiled linear with a dense f32 or f16 weight: y[m, out_col + n] = sum_k x[m, k] * W[n, k] (+ bias).
+// Tiled linear with a dense f32 or f16 weight: y[m, out_col + n] = sum_k x[m, k] * W[n, k] (+ bias) (+ y, with accumulate).
 // Any M, N, K (bounds-checked element reads; also the small-M fallback when K is not vec4-aligned).
-// @binding(0) uniform Params { M, N, K, out_col, out_stride, has_bias }   (N = rows of this weight/shard)
+// @binding(0) uniform Params { M, N, K, out_col, out_stride, has_bias, accumulate }   (N = rows of this weight/shard)
 // (1) x: array<f32> [M, K]
 // (2) w: array<u32> [N, K]: f32 bits, or f16 pairs (element e in half e % 2 of word e / 2)
 // (3) bias: array<f32>, indexed out_col + n (bind any read-only buffer when has_bias is 0)
@@ -10,7 +10,7 @@
 // thread stages 4 x values and 4 weights (of one row) into shared memory, k-major.
 // Dispatch: (ceil(N / 64), ceil(M / 64)).
 
-struct Params { M: u32, N: u32, K: u32, out_col: u32, out_stride: u32, has_bias: u32 }
+struct Params { M: u32, N: u32, K: u32, out_col: u32, out_stride: u32, has_bias: u32, accumulate: u32 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -86,7 +86,10 @@ fn main(
       if (n < params.N) {
         var v = acc[i][j];
         if (params.has_bias != 0u) { v += bias[params.out_col + n]; }
-        y[m * params.out_stride + params.out_col + n] = v;
+        let out_index = m * params.out_stride + params.out_col + n;
+        // accumulate: y += x W^T (the residual add fused into the projection).
+        if (params.accumulate != 0u) { v += y[out_index]; }
+        y[out_index] = v;
       }
     }
   }

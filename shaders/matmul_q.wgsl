@@ -1,7 +1,7 @@
-// Tiled linear with a q4/q8 weight: y[m, out_col + n] = sum_k x[m, k] * W[n, k] (+ bias).
+// Tiled linear with a q4/q8 weight: y[m, out_col + n] = sum_k x[m, k] * W[n, k] (+ bias) (+ y, with accumulate).
 // W layout as in gemv_q.wgsl / src/quant/formats.ts (groups of 32 along K, f16 scales [N, groups]),
 // bound here as array<u32>; cols beyond K are zero-padded in W, and x is read bounds-checked.
-// @binding(0) uniform Params { M, N, K, out_col, out_stride, has_bias }   (N = rows of this weight/shard)
+// @binding(0) uniform Params { M, N, K, out_col, out_stride, has_bias, accumulate }   (N = rows of this weight/shard)
 // (1) x: array<f32> [M, K]
 // (2) w: array<u32> [N, groups * BITS]
 // (3) scales: array<u32> (f16 pairs) [N, groups]
@@ -11,7 +11,7 @@
 // scale per row per step). Each thread dequantizes 4 weights of one row into shared memory as f32.
 // Dispatch: (ceil(N / 64), ceil(M / 64)).
 
-struct Params { M: u32, N: u32, K: u32, out_col: u32, out_stride: u32, has_bias: u32 }
+struct Params { M: u32, N: u32, K: u32, out_col: u32, out_stride: u32, has_bias: u32, accumulate: u32 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -99,7 +99,10 @@ fn main(
       if (n < params.N) {
         var v = acc[i][j];
         if (params.has_bias != 0u) { v += bias[params.out_col + n]; }
-        y[m * params.out_stride + params.out_col + n] = v;
+        let out_index = m * params.out_stride + params.out_col + n;
+        // accumulate: y += x W^T (the residual add fused into the projection).
+        if (params.accumulate != 0u) { v += y[out_index]; }
+        y[out_index] = v;
       }
     }
   }

@@ -79,7 +79,15 @@ function checkWeight(name: string, w: Weight): void {
  * y = x @ W^T + bias. x: f32 [M, K]; W: [N, K] (PyTorch Linear layout) in any weight format, or
  * sharded along N (one dispatch per shard, each writing its column slice of y); bias: f32 [N].
  */
-export function linear(rec: Recorder, x: Tensor, w: Weight | ShardedWeight, bias?: Tensor, out?: Tensor): Tensor {
+export interface LinearOptions {
+  /**
+   * Add the product into `out` instead of overwriting it: out += x W^T (+ bias). The residual
+   * stream's add fused into o_proj / down_proj saves a dispatch and a pass over the row.
+   */
+  accumulate?: boolean;
+}
+
+export function linear(rec: Recorder, x: Tensor, w: Weight | ShardedWeight, bias?: Tensor, out?: Tensor, opts: LinearOptions = {}): Tensor {
   const N = w.rows;
   const K = w.cols;
   expectDtype("linear.x", x, ["f32"]);
@@ -101,6 +109,7 @@ export function linear(rec: Recorder, x: Tensor, w: Weight | ShardedWeight, bias
   }
   if (next !== N) throw new WebvlmError("shape_mismatch", `linear: shards cover ${next} of ${N} rows`);
 
+  if (opts.accumulate && !out) throw new WebvlmError("bad_request", "linear: accumulate needs an out tensor to add into");
   const y = out ?? allocTensor(rec.ctx, [M, N], "f32", "linear");
   expectDtype("linear.out", y, ["f32"]);
   expectShape("linear.out", y, [M, N]);
@@ -108,22 +117,22 @@ export function linear(rec: Recorder, x: Tensor, w: Weight | ShardedWeight, bias
     throw new WebvlmError("internal", "linear: out must not share a buffer with x or bias");
   }
   if (M === 0 || N === 0) return y;
-  for (const s of shards) dispatchShard(rec, x, s.weight, s.rowStart, bias, y, M, N);
+  for (const s of shards) dispatchShard(rec, x, s.weight, s.rowStart, bias, y, M, N, opts.accumulate ?? false);
   return y;
 }
 
-function dispatchShard(rec: Recorder, x: Tensor, w: Weight, col: number, bias: Tensor | undefined, y: Tensor, M: number, outStride: number): void {
+function dispatchShard(rec: Recorder, x: Tensor, w: Weight, col: number, bias: Tensor | undefined, y: Tensor, M: number, outStride: number, accumulate: boolean): void {
   const { limits } = rec.ctx;
   const N = w.rows;
   const K = w.cols;
   const quant = w.format === "q4" || w.format === "q8";
   // The bias flag is a uniform, not an override: half the pipelines for a negligible branch.
-  const uniforms = packUniforms("uuuuuu", M, N, K, col, outStride, bias ? 1 : 0);
+  const uniforms = packUniforms("uuuuuuu", M, N, K, col, outStride, bias ? 1 : 0, accumulate ? 1 : 0);
   const constants: Record<string, number | boolean> = quant ? { BITS: w.format === "q4" ? 4 : 8 } : { WEIGHT_F16: w.format === "f16" };
   // Without a bias the slot still has to be bound (layout "auto"); x is read-only, so reuse it.
   const weightBindings: Binding[] = quant ? [w.data, w.scales] : [w.data];
   const bindings: Binding[] = [x, ...weightBindings, bias ?? x, y];
-  const label = `linear ${w.format} ${M}x${N}x${K}`;
+  const label = `linear ${w.format} ${M}x${N}x${K}${accumulate ? " +=" : ""}`;
 
   const kernel = linearKernel(M, w);
   if (kernel === "gemv_rows") {

@@ -59,7 +59,7 @@ const SHAPES: Shape[] = [
   { M: 3, K: 72, N: 99 },
 ];
 
-/** Runs one shape and format with and without bias; checks both against the reference. */
+/** Runs one shape and format with and without bias, and accumulating into y; checks each against the reference. */
 function shapeCase(format: WeightFormat, { M, K, N }: Shape, seed: number): KernelCase {
   return {
     name: `linear ${format} M=${M} K=${K} N=${N}`,
@@ -73,21 +73,27 @@ function shapeCase(format: WeightFormat, { M, K, N }: Shape, seed: number): Kern
       if (kernel !== want) throw new Error(`expected the ${want} path, linearKernel chose ${kernel}`);
       const tx = uploadTensor(gpu, x, [M, K], "f32");
       const tb = uploadTensor(gpu, b, [N], "f32");
+      const r = randomArray(M * N, seed + 3);
+      const y2 = uploadTensor(gpu, r, [M, N], "f32");
       const rec = new Recorder(gpu);
       const y0 = linear(rec, tx, w);
       const y1 = linear(rec, tx, w, tb);
+      linear(rec, tx, w, tb, y2, { accumulate: true });
       rec.submit();
       const got0 = await readF32(gpu, y0);
       const got1 = await readF32(gpu, y1);
-      release(gpu, tx, tb, y0, y1);
+      const got2 = await readF32(gpu, y2);
+      release(gpu, tx, tb, y0, y1, y2);
       releaseWeight(gpu, w);
 
       const wr = roundTripValues(wv, N, K, format);
       const e0 = expectClose(`${format} no bias`, got0, linearReference(x, wr, M, N, K), TOL);
       const e1 = expectClose(`${format} bias`, got1, linearReference(x, wr, M, N, K, b), TOL);
+      const want2 = linearReference(x, wr, M, N, K, b).map((v, i) => v + r[i]);
+      const e2 = expectClose(`${format} accumulate`, got2, want2, TOL);
       const cfg = gemvConfig(M, N, format[0] === "q" ? Math.ceil(K / 32) : K / (format === "f16" ? 8 : 4));
       const how = kernel === "gemv" ? `gemv L${cfg.LANES}xT${cfg.TEAMS} R${cfg.R} MROWS${cfg.MROWS}` : kernel;
-      let info = `${how} nmse=${e0.toExponential(2)} (bias ${e1.toExponential(2)})`;
+      let info = `${how} nmse=${e0.toExponential(2)} (bias ${e1.toExponential(2)}, accumulate ${e2.toExponential(2)})`;
       if (format !== "f32") info += `; vs unquantized f32 weights nmse=${nmse(got0, linearReference(x, wv, M, N, K)).toExponential(2)}`;
       return info;
     },
@@ -113,13 +119,18 @@ function shardCase(format: WeightFormat, M: number): KernelCase {
       const rec = new Recorder(gpu);
       const ys = linear(rec, tx, sharded, tb);
       const yw = linear(rec, tx, whole, tb);
+      const r = randomArray(M * N, 53);
+      const ya = uploadTensor(gpu, r, [M, N], "f32");
+      linear(rec, tx, sharded, tb, ya, { accumulate: true });
       rec.submit();
       const gotS = await readF32(gpu, ys);
       const gotW = await readF32(gpu, yw);
-      release(gpu, tx, tb, ys, yw);
+      const gotA = await readF32(gpu, ya);
+      release(gpu, tx, tb, ys, yw, ya);
       releaseWeight(gpu, sharded);
       releaseWeight(gpu, whole);
       expectEqual("sharded vs whole", gotS, gotW);
+      expectEqual("sharded accumulate vs sharded + r", gotA, gotS.map((v, i) => v + r[i]));
       const e = expectClose("sharded", gotS, linearReference(x, roundTripValues(wv, N, K, format), M, N, K, b), TOL);
       return `${sharded.shards.length} shards, ${linearKernel(M, whole)}: identical to unsharded; nmse=${e.toExponential(2)}`;
     },

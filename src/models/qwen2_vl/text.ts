@@ -5,7 +5,6 @@ import type { Recorder } from "../../gpu/recorder.ts";
 import { expectDtype, expectShape, type Tensor } from "../../gpu/tensor.ts";
 import { allocTensor } from "../../gpu/transfer.ts";
 import { siluMulFused } from "../../ops/activation.ts";
-import { add } from "../../ops/add.ts";
 import { attentionDecode, attentionPrefill } from "../../ops/attention.ts";
 import { appendKv, type KvCache } from "../../ops/kv_cache.ts";
 import { linear } from "../../ops/linear.ts";
@@ -23,7 +22,8 @@ export interface TextForwardOptions {
 }
 
 /**
- * Runs L new tokens through the decoder. inputsEmbeds f32 [L, hidden] (not released);
+ * Runs L new tokens through the decoder. inputsEmbeds f32 [L, hidden] is the residual stream:
+ * o_proj and down_proj add into it in place (overwritten, not released);
  * positions i32 [3, L] (t, h, w rows); caches: one per layer, all holding the same `past`
  * rows (past = caches[0].length), to which this chunk's keys and values are appended.
  * L == 1 takes the decode attention kernel (split over the cache), L > 1 the causal prefill one.
@@ -61,7 +61,7 @@ export function textForward(
   }
   const free = (...ts: Tensor[]): void => ts.forEach((t) => ctx.pool.release(t.buffer));
 
-  let x = inputsEmbeds;
+  const x = inputsEmbeds;
   for (let li = 0; li < cfg.numLayers; li++) {
     const lw = w.layers[li];
     const cache = caches[li];
@@ -88,20 +88,16 @@ export function textForward(
         mask: { kind: "causal", past },
       });
     free(qkv);
-    const o = linear(rec, attn, lw.o);
+    // Residual adds fused into the projections: x += attn W_o^T, later x += act W_down^T.
+    linear(rec, attn, lw.o, undefined, x, { accumulate: true });
     free(attn);
-    const x1 = add(rec, x, o);
-    if (x !== inputsEmbeds) free(x);
-    free(o);
-    const h2 = rmsNorm(rec, x1, lw.postNorm, cfg.rmsNormEps);
+    const h2 = rmsNorm(rec, x, lw.postNorm, cfg.rmsNormEps);
     const gu = linear(rec, h2, lw.gateUp);
     free(h2);
     const act = siluMulFused(rec, gu);
     free(gu);
-    const down = linear(rec, act, lw.down);
+    linear(rec, act, lw.down, undefined, x, { accumulate: true });
     free(act);
-    x = add(rec, x1, down);
-    free(x1, down);
   }
 
   // Final norm and lm_head only on the rows whose logits are wanted.
@@ -112,7 +108,6 @@ export function textForward(
   }
   const normed = rmsNorm(rec, rows, w.norm, cfg.rmsNormEps);
   if (rows !== x) free(rows);
-  if (x !== inputsEmbeds) free(x);
   const logits = linear(rec, normed, w.lmHead);
   free(normed);
   return logits;
