@@ -7,6 +7,10 @@
 // @binding(2) pos: array<i32> — [numPosRows, posStride]; u32 positions < 2^31 read the same
 // Dispatch: ceil(S * numHeads * half / 256) workgroups, split over x and y
 //   (row width = num_workgroups.x * 256); one invocation rotates one pair.
+// Entry main_kv (a decoder layer's RoPE + KV append in one dispatch): x is a fused q|k|v row
+// with numHeads = Hq + Hkv rotated heads followed by Hkv v heads; pairs of k heads (head >= qHeads)
+// are also written, rotated, to kCache row position + s, and the v pair at the same place to vCache.
+// @binding(3) kCache, (4) vCache: array<f32> [maxSeq, Hkv * headDim].
 struct Params {
   rows: u32,        // S
   rowStride: u32,   // elements per row of x
@@ -17,7 +21,9 @@ struct Params {
   bound1: u32,      // first frequency of section 2 (half when absent)
   posStride: u32,   // elements per row of pos (>= S)
   opaque: u32,      // always 0: hides the angle's f32 rounding from the compiler (no fma contraction)
-  _p0: u32, _p1: u32, _p2: u32,
+  qHeads: u32,      // main_kv: heads before k's first head
+  position: u32,    // main_kv: cache row of the chunk's first token
+  _p2: u32,
   invFreq: array<vec4<f32>, 32>,  // inv_freq[j] = invFreq[j / 4][j % 4], j < half <= 128
 }
 @group(0) @binding(0) var<uniform> params: Params;
@@ -51,12 +57,10 @@ fn sincos(a: f32) -> vec2<f32> {
   }
 }
 
-@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let idx = gid.y * nwg.x * 256u + gid.x;
+/** Rotates pair j of head `head` in row s; returns the rotated (x0, x1) and the pair's base index. */
+fn rotate(idx: u32) -> vec4<u32> {
   let half = params.half;
   let perRow = params.numHeads * half;
-  if (idx >= params.rows * perRow) { return; }
   let s = idx / perRow;
   let rem = idx % perRow;
   let head = rem / half;
@@ -72,6 +76,40 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let base = s * params.rowStride + params.colOffset + head * 2u * half + j;
   let x0 = x[base];
   let x1 = x[base + half];
-  x[base] = x0 * sc.y - x1 * sc.x;
-  x[base + half] = x1 * sc.y + x0 * sc.x;
+  let y0 = x0 * sc.y - x1 * sc.x;
+  let y1 = x1 * sc.y + x0 * sc.x;
+  x[base] = y0;
+  x[base + half] = y1;
+  return vec4<u32>(bitcast<u32>(y0), bitcast<u32>(y1), s, head);
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let idx = gid.y * nwg.x * 256u + gid.x;
+  if (idx >= params.rows * params.numHeads * params.half) { return; }
+  _ = rotate(idx);
+}
+
+@group(0) @binding(3) var<storage, read_write> kCache: array<f32>;
+@group(0) @binding(4) var<storage, read_write> vCache: array<f32>;
+
+@compute @workgroup_size(256)
+fn main_kv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let idx = gid.y * nwg.x * 256u + gid.x;
+  let half = params.half;
+  if (idx >= params.rows * params.numHeads * half) { return; }
+  let r = rotate(idx);
+  let head = r.w;
+  if (head < params.qHeads) { return; }
+  let s = r.z;
+  let kvHead = head - params.qHeads;
+  let j = idx % half;
+  let kvWidth = (params.numHeads - params.qHeads) * 2u * half;
+  let dst = (params.position + s) * kvWidth + kvHead * 2u * half + j;
+  kCache[dst] = bitcast<f32>(r.x);
+  kCache[dst + half] = bitcast<f32>(r.y);
+  // v's heads follow the rotated heads in the fused row.
+  let v = s * params.rowStride + params.colOffset + params.numHeads * 2u * half + kvHead * 2u * half + j;
+  vCache[dst] = x[v];
+  vCache[dst + half] = x[v + half];
 }

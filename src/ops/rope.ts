@@ -2,6 +2,7 @@ import code from "../../shaders/rope.wgsl?raw";
 import { WebvlmError } from "../api/errors.ts";
 import { grid2d, type Recorder } from "../gpu/recorder.ts";
 import { expectDtype, numel, type Tensor } from "../gpu/tensor.ts";
+import type { KvCache } from "./kv_cache.ts";
 
 export interface RopeOptions {
   numHeads: number;
@@ -49,6 +50,55 @@ export function ropeInvFreq(theta: number, headDim: number, sections: readonly n
  * Accuracy: angles are reduced exactly up to ~51000 rad (positions to 32768 and beyond).
  */
 export function applyRope(rec: Recorder, x: Tensor, positions: Tensor, opts: RopeOptions): Tensor {
+  const { u, threads } = ropeUniforms(x, positions, opts, 0, 0);
+  rec.dispatch({
+    code,
+    uniforms: u,
+    bindings: [x, positions],
+    workgroups: grid2d(Math.ceil(threads / 256), rec.ctx.limits.maxComputeWorkgroupsPerDimension),
+    label: "rope",
+  });
+  return x;
+}
+
+export interface RopeKvOptions extends Omit<RopeOptions, "numHeads" | "colOffset"> {
+  numQHeads: number;
+}
+
+/**
+ * A decoder layer's RoPE and KV append in one dispatch: in fused q|k|v rows (x f32, S rows of
+ * rowStride; q's heads, then cache.numKvHeads k heads, then as many v heads), q and k are rotated
+ * in place, rotated k goes to cache rows [position, position + S) and v beside it. Same result as
+ * applyRope over q|k followed by appendKv.
+ */
+export function ropeAppendKv(rec: Recorder, x: Tensor, positions: Tensor, cache: KvCache, position: number, opts: RopeKvOptions): void {
+  const { numQHeads, headDim } = opts;
+  const Hkv = cache.numKvHeads;
+  if (cache.headDim !== headDim) throw new WebvlmError("shape_mismatch", `rope+kv: head dim ${headDim} vs the cache's ${cache.headDim}`);
+  const rowStride = opts.rowStride ?? numel(x.shape.slice(1));
+  if ((numQHeads + 2 * Hkv) * headDim > rowStride) {
+    throw new WebvlmError("shape_mismatch", `rope+kv: ${numQHeads} q + 2 x ${Hkv} kv heads of ${headDim} exceed row stride ${rowStride}`);
+  }
+  const { u, threads, S } = ropeUniforms(x, positions, { ...opts, numHeads: numQHeads + Hkv, colOffset: 0, rowStride }, numQHeads, position);
+  if (!Number.isInteger(position) || position < 0 || position > cache.length) {
+    throw new WebvlmError("bad_request", `kv cache: append at ${position} but only ${cache.length} rows are filled`);
+  }
+  if (position + S > cache.maxSeq) {
+    throw new WebvlmError("context_length_exceeded", `kv cache: ${position + S} tokens exceed the cache's ${cache.maxSeq}`, { needed: position + S, maxSeq: cache.maxSeq });
+  }
+  rec.dispatch({
+    code,
+    entryPoint: "main_kv",
+    uniforms: u,
+    bindings: [x, positions, cache.k, cache.v],
+    workgroups: grid2d(Math.ceil(threads / 256), rec.ctx.limits.maxComputeWorkgroupsPerDimension),
+    label: "rope+kv_append",
+  });
+  cache.length = position + S;
+}
+
+/** Checks shapes and packs rope.wgsl's uniform block (qHeads/position: main_kv only). */
+function ropeUniforms(x: Tensor, positions: Tensor, opts: RopeOptions, qHeads: number, position: number): { u: ArrayBuffer; threads: number; S: number } {
   const { numHeads, headDim, theta, sections } = opts;
   expectDtype("rope.x", x, ["f32"]);
   expectDtype("rope.positions", positions, ["i32", "u32"]);
@@ -81,16 +131,7 @@ export function applyRope(rec: Recorder, x: Tensor, positions: Tensor, opts: Rop
   const bound1 = nsec > 2 ? sections[0] + sections[1] : half;
   const u = new ArrayBuffer(48 + MAX_HALF * 4);
   const ui = new Uint32Array(u, 0, 12);
-  ui.set([S, rowStride, colOffset, numHeads, half, bound0, bound1, S, 0]);
+  ui.set([S, rowStride, colOffset, numHeads, half, bound0, bound1, S, 0, qHeads, position]);
   new Float32Array(u, 48, MAX_HALF).set(inv);
-
-  const threads = S * numHeads * half;
-  rec.dispatch({
-    code,
-    uniforms: u,
-    bindings: [x, positions],
-    workgroups: grid2d(Math.ceil(threads / 256), rec.ctx.limits.maxComputeWorkgroupsPerDimension),
-    label: "rope",
-  });
-  return x;
+  return { u, threads: S * numHeads * half, S };
 }

@@ -1,4 +1,5 @@
-import { applyRope, type RopeOptions } from "../../src/ops/rope.ts";
+import { applyRope, ropeAppendKv, type RopeOptions } from "../../src/ops/rope.ts";
+import { appendKv, createKvCache, releaseKvCache } from "../../src/ops/kv_cache.ts";
 import { Recorder } from "../../src/gpu/recorder.ts";
 import { readF32, uploadTensor } from "../../src/gpu/transfer.ts";
 import type { KernelCase } from "../util/cases.ts";
@@ -127,8 +128,70 @@ function run(c: RopeCase): KernelCase {
   };
 }
 
+/**
+ * RoPE + KV append in one dispatch on fused q|k|v rows (M-RoPE): q and k rotated in place as the
+ * reference says, cache rows [past, past + S) hold the rotated k and the unrotated v, rows before
+ * `past` keep what an earlier append wrote, and v's columns of x are untouched.
+ */
+function runKv(name: string, S: number, Hq: number, Hkv: number, past: number): KernelCase {
+  return {
+    name,
+    async run(gpu) {
+      const W = (Hq + 2 * Hkv) * D;
+      const width = Hkv * D;
+      const pos = [0, 1, 2].map((r) => Int32Array.from({ length: S }, (_, s) => 3000 + past + s + 7 * r * (s % 3)));
+      const flatPos = new Int32Array(3 * S);
+      pos.forEach((row, r) => flatPos.set(row, r * S));
+      const x = randomArray(S * W, 77 + S, -2, 2);
+      const earlier = randomArray(past * width * 2, 78);
+      const cache = createKvCache(gpu, { maxSeq: past + S + 3, numKvHeads: Hkv, headDim: D });
+      const rec = new Recorder(gpu);
+      // Rows before `past`: written by an ordinary append of (unrotated) rows.
+      if (past > 0) {
+        const tk = uploadTensor(gpu, earlier.subarray(0, past * width), [past, width], "f32");
+        const tv = uploadTensor(gpu, earlier.subarray(past * width), [past, width], "f32");
+        appendKv(rec, cache, { tensor: tk }, { tensor: tv }, 0);
+        rec.submit();
+        for (const t of [tk, tv]) gpu.pool.release(t.buffer);
+      }
+      const tx = uploadTensor(gpu, x, [S, W], "f32");
+      const tp = uploadTensor(gpu, flatPos, [3, S], "i32");
+      ropeAppendKv(rec, tx, tp, cache, past, { numQHeads: Hq, headDim: D, theta: 1e6, sections: [16, 24, 24], restartPerSection: false });
+      rec.submit();
+      const got = await readF32(gpu, tx);
+      const gotK = await readF32(gpu, cache.k);
+      const gotV = await readF32(gpu, cache.v);
+      if (cache.length !== past + S) throw new Error(`cache length ${cache.length}, expected ${past + S}`);
+      for (const t of [tx, tp]) gpu.pool.release(t.buffer);
+      releaseKvCache(gpu, cache);
+
+      const [cos, sin] = cosSin("mrope", pos, S, D, 1e6);
+      const ref = ropeReference(x, W, 0, Hq + Hkv, D, cos, sin, S);
+      const e = expectClose(`${name} q|k`, got, ref, TOL);
+      const refK = new Float32Array((past + S) * width);
+      const refV = new Float32Array((past + S) * width);
+      refK.set(earlier.subarray(0, past * width));
+      refV.set(earlier.subarray(past * width));
+      for (let s = 0; s < S; s++) {
+        refK.set(ref.subarray(s * W + Hq * D, s * W + (Hq + Hkv) * D), (past + s) * width);
+        refV.set(x.subarray(s * W + (Hq + Hkv) * D, (s + 1) * W), (past + s) * width);
+      }
+      // The cached k rows are bit for bit the k heads the kernel left rotated in x.
+      for (let s = 0; s < S; s++) {
+        expectEqual(`${name} k row ${past + s} = rotated k in x`, gotK.subarray((past + s) * width, (past + s + 1) * width), got.subarray(s * W + Hq * D, s * W + (Hq + Hkv) * D));
+      }
+      expectClose(`${name} k rows`, gotK.subarray(0, (past + S) * width), refK, TOL);
+      expectEqual(`${name} v rows`, gotV.subarray(0, (past + S) * width), refV);
+      return `q|k nmse=${e.toExponential(2)}; cache k/v rows ${past}..${past + S} exact`;
+    },
+  };
+}
+
 const D = 128;
 export const cases: KernelCase[] = [
+  runKv("rope+kv_append decode: 12 q / 2 kv heads, past 5", 1, 12, 2, 5),
+  runKv("rope+kv_append prefill: S=19, 3 q / 1 kv head, empty cache", 19, 3, 1, 0),
+  runKv("rope+kv_append chunk: S=4, 6 q / 2 kv heads after 9 rows", 4, 6, 2, 9),
   // Text M-RoPE, decode step: one row, large distinct t/h/w; q and k of a fused qkv row (2B: 12+2+2 heads scaled down).
   run({
     name: "mrope S=1 fused q+k (4+2 heads of 8) pos~20000",

@@ -6,10 +6,10 @@ import { expectDtype, expectShape, type Tensor } from "../../gpu/tensor.ts";
 import { allocTensor } from "../../gpu/transfer.ts";
 import { siluMulFused } from "../../ops/activation.ts";
 import { attentionDecode, attentionPrefill } from "../../ops/attention.ts";
-import { appendKv, type KvCache } from "../../ops/kv_cache.ts";
+import type { KvCache } from "../../ops/kv_cache.ts";
 import { linear } from "../../ops/linear.ts";
 import { rmsNorm } from "../../ops/rms_norm.ts";
-import { applyRope } from "../../ops/rope.ts";
+import { ropeAppendKv } from "../../ops/rope.ts";
 import type { Qwen2VLTextConfig } from "./config.ts";
 import type { TextWeights } from "./weights.ts";
 
@@ -68,16 +68,15 @@ export function textForward(
     const h = rmsNorm(rec, x, lw.inputNorm, cfg.rmsNormEps);
     const qkv = linear(rec, h, lw.qkv, lw.qkvBias);
     free(h);
-    // q's and k's heads are adjacent in the fused row: one M-RoPE dispatch rotates both.
-    applyRope(rec, qkv, positions, {
-      numHeads: Hq + Hkv,
+    // RoPE on q and k and the append of k and v to the cache: one dispatch over the fused row.
+    ropeAppendKv(rec, qkv, positions, cache, past, {
+      numQHeads: Hq,
       headDim: D,
       rowStride: W,
       theta: cfg.ropeTheta,
       sections: cfg.mropeSection,
       restartPerSection: false,
     });
-    appendKv(rec, cache, { tensor: qkv, rowStride: W, colOffset: Hq * D }, { tensor: qkv, rowStride: W, colOffset: (Hq + Hkv) * D }, past);
     const q = { tensor: qkv, rowStride: W, colOffset: 0 };
     const attn = L === 1
       ? attentionDecode(rec, q, cache, past + 1, { numHeads: Hq })
