@@ -3,12 +3,15 @@
 // bits 4*(i%8) of word i/8, value (q - 8) * scale), q8 = two vec4<u32> per group (signed byte i%4 of
 // word i/4, value q * scale). Scales: f16 pairs in u32, [N, groups]. Requires K % 4 == 0 (x rows
 // are read as vec4); other K go to matmul_q.wgsl.
-// @binding(0) uniform Params { M, N, K, out_col, out_stride, has_bias, accumulate }   (N = rows of this weight/shard)
+// With NORM (override): y = rmsnorm(x) W^T: x is scaled by norm_weight as it is read and the row's sum of
+// squares is reduced beside the dot products; the result is multiplied by inverseSqrt(mean + eps).
+// @binding(0) uniform Params { M, N, K, out_col, out_stride, has_bias, accumulate, eps }   (N = rows of this weight/shard)
 // (1) x: array<vec4<f32>> [M, K / 4]
 // (2) w: array<vec4<u32>> [N, groups * BITS / 4]
 // (3) scales: array<u32> (f16 pairs) [N, groups]
 // (4) bias: array<f32>, indexed out_col + n (bind any read-only buffer when has_bias is 0)
 // (5) y: array<f32>, element (m, out_col + n) at m * out_stride + out_col + n
+// (6) norm_weight: array<vec4<f32>> [K / 4] (bind any read-only buffer without NORM)
 // Workgroup (LANES, TEAMS). A team owns R consecutive output rows; its lanes walk K one group at a
 // time (lane l takes groups l, l + LANES, ...), so a team reads LANES consecutive 16/32-byte groups
 // of each row per step (coalesced). The lane's x values are read once from global memory (cached)
@@ -16,7 +19,7 @@
 // Per-lane partials are tree-reduced in shared memory at the end.
 // Dispatch: (tiles_x, tiles_y, ceil(M / MROWS)), tiles_x * tiles_y >= ceil(N / (TEAMS * R)) (grid2d).
 
-struct Params { M: u32, N: u32, K: u32, out_col: u32, out_stride: u32, has_bias: u32, accumulate: u32 }
+struct Params { M: u32, N: u32, K: u32, out_col: u32, out_stride: u32, has_bias: u32, accumulate: u32, eps: f32 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -24,8 +27,10 @@ struct Params { M: u32, N: u32, K: u32, out_col: u32, out_stride: u32, has_bias:
 @group(0) @binding(3) var<storage, read> scales: array<u32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(6) var<storage, read> norm_weight: array<vec4<f32>>;
 
-override BITS: u32 = 4u;        // 4 or 8
+override BITS: u32 = 4u;
+override NORM: bool = false;  // fused RMSNorm (a pipeline constant: no per-element branch without it)        // 4 or 8
 override LANES: u32 = 32u;      // threads along K per team; power of two, >= R * MROWS
 override TEAMS: u32 = 8u;       // teams per workgroup
 override R: u32 = 1u;           // output rows per team, R * MROWS <= MAX_RM
@@ -37,7 +42,8 @@ const MAX_R = 8u;
 const MAX_RM = 8u;
 const MAX_MROWS = 4u;
 
-var<workgroup> partial: array<f32, RM * TEAMS * LANES>;  // [rm][team][lane]
+override SLOTS: u32 = RM + MROWS;  // RM dot products, then MROWS sums of squares (norm)
+var<workgroup> partial: array<f32, SLOTS * TEAMS * LANES>;  // [slot][team][lane]
 
 @compute @workgroup_size(LANES, TEAMS)
 fn main(
@@ -55,6 +61,7 @@ fn main(
   let groups = (params.K + 31u) / 32u;
 
   var acc: array<f32, MAX_RM>;
+  var ss: array<f32, MAX_MROWS>;
   for (var g = lane; g < groups; g += LANES) {
     // This group of each of the team's rows; rows past N read as zero weights with zero scale.
     var q: array<vec4<u32>, MAX_R * 2u>;
@@ -75,8 +82,21 @@ fn main(
       for (var m = 0u; m < MROWS; m++) {
         let row = (m0 + m) * K4;
         if (m0 + m < params.M) {
-          if (k4 < K4) { xa[m] = x[row + k4]; }
-          if (BITS == 4u && k4 + 1u < K4) { xb[m] = x[row + k4 + 1u]; }
+          // Past K only padding (zero weights) follows; x there is never read, nor counted in ss.
+          if (k4 < K4) {
+            xa[m] = x[row + k4];
+            if (NORM) {
+              ss[m] += dot(xa[m], xa[m]);
+              xa[m] *= norm_weight[k4];
+            }
+          }
+          if (BITS == 4u && k4 + 1u < K4) {
+            xb[m] = x[row + k4 + 1u];
+            if (NORM) {
+              ss[m] += dot(xb[m], xb[m]);
+              xb[m] *= norm_weight[k4 + 1u];
+            }
+          }
         }
       }
       for (var r = 0u; r < R; r++) {
@@ -98,12 +118,16 @@ fn main(
     }
   }
 
-  // Tree reduction over the lanes of each team.
+  // Tree reduction over the lanes of each team (with norm, also the sums of squares).
+  let slots = select(RM, RM + MROWS, NORM);
   for (var i = 0u; i < RM; i++) { partial[(i * TEAMS + team) * LANES + lane] = acc[i]; }
+  if (NORM) {
+    for (var m = 0u; m < MROWS; m++) { partial[((RM + m) * TEAMS + team) * LANES + lane] = ss[m]; }
+  }
   workgroupBarrier();
   for (var stride = LANES / 2u; stride > 0u; stride >>= 1u) {
     if (lane < stride) {
-      for (var i = 0u; i < RM; i++) {
+      for (var i = 0u; i < slots; i++) {
         let p = (i * TEAMS + team) * LANES + lane;
         partial[p] += partial[p + stride];
       }
@@ -115,6 +139,10 @@ fn main(
     let m = m0 + lane % MROWS;
     if (n < params.N && m < params.M) {
       var v = partial[(lane * TEAMS + team) * LANES];
+      if (NORM) {
+        let sum_sq = partial[((RM + lane % MROWS) * TEAMS + team) * LANES];
+        v *= inverseSqrt(sum_sq / f32(params.K) + params.eps);
+      }
       if (params.has_bias != 0u) { v += bias[params.out_col + n]; }
       let out_index = m * params.out_stride + params.out_col + n;
       // accumulate: y += x W^T (the residual add fused into the projection).

@@ -4,28 +4,50 @@
 // a fiber switch), so linear() picks this for K up to ROWS_MAX_K.
 // Entry points (same bindings as gemv.wgsl / gemv_q.wgsl, so linear() binds them the same way):
 //   dense: f32 or f16 weights (WEIGHT_F16), K % 4 == 0 (f32) / K % 8 == 0 (f16).
-//     (0) Params { M, N, K, out_col, out_stride, has_bias, accumulate } (1) x: array<vec4<f32>> [M, K/4]
-//     (2) w: array<vec4<u32>> (3) bias: array<f32> (4) y: array<f32>
+//     (0) Params { M, N, K, out_col, out_stride, has_bias, accumulate, eps } (1) x: array<vec4<f32>> [M, K/4]
+//     (2) w: array<vec4<u32>> (3) bias: array<f32> (4) y: array<f32> (5) norm weight: array<vec4<f32>> [K/4]
 //   quant: q4/q8 weights (BITS), layout of src/quant/formats.ts, K % 4 == 0.
 //     (1) x (2) w: array<vec4<u32>> [N, groups * BITS / 4] (3) scales: array<u32> f16 pairs [N, groups]
-//     (4) bias (5) y
+//     (4) bias (5) y (6) norm weight
+// With NORM (override): y = rmsnorm(x) W^T (x scaled by the norm weight as read, the dot product times
+// inverseSqrt(mean(x^2) + eps) of the row).
 // Dispatch: (tiles_x, tiles_y, M), tiles_x * tiles_y * 64 >= N (grid2d).
 
-struct Params { M: u32, N: u32, K: u32, out_col: u32, out_stride: u32, has_bias: u32, accumulate: u32 }
+struct Params { M: u32, N: u32, K: u32, out_col: u32, out_stride: u32, has_bias: u32, accumulate: u32, eps: f32 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 
 override WEIGHT_F16: bool = true;
+override NORM: bool = false;  // fused RMSNorm (a pipeline constant: no per-element branch without it)
 override BITS: u32 = 4u;
 
 fn row_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
   return gid.y * nwg.x * 64u + gid.x;
 }
 
+// RMSNorm's factor for x row m: inverseSqrt(mean(x[m, :]^2) + eps).
+fn row_scale(m: u32) -> f32 {
+  let K4 = params.K / 4u;
+  var ss = 0.0;
+  for (var kv = 0u; kv < K4; kv++) {
+    let v = x[m * K4 + kv];
+    ss += dot(v, v);
+  }
+  return inverseSqrt(ss / f32(params.K) + params.eps);
+}
+
 @group(0) @binding(3) var<storage, read> dense_bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dense_y: array<f32>;
+@group(0) @binding(5) var<storage, read> dense_norm: array<vec4<f32>>;
+
+// x[m] vec4 kv, times the norm weight with norm.
+fn dense_x(m: u32, kv: u32) -> vec4<f32> {
+  let v = x[m * (params.K / 4u) + kv];
+  if (NORM) { return v * dense_norm[kv]; }
+  return v;
+}
 
 @compute @workgroup_size(64)
 fn dense(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -38,15 +60,15 @@ fn dense(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     let row_vecs = K4 / 2u;
     for (var kv = 0u; kv < row_vecs; kv++) {
       let q = w[n * row_vecs + kv];
-      let i = m * K4 + kv * 2u;
-      acc += dot(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)), x[i]);
-      acc += dot(vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)), x[i + 1u]);
+      acc += dot(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)), dense_x(m, kv * 2u));
+      acc += dot(vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)), dense_x(m, kv * 2u + 1u));
     }
   } else {
     for (var kv = 0u; kv < K4; kv++) {
-      acc += dot(bitcast<vec4<f32>>(w[n * K4 + kv]), x[m * K4 + kv]);
+      acc += dot(bitcast<vec4<f32>>(w[n * K4 + kv]), dense_x(m, kv));
     }
   }
+  if (NORM) { acc *= row_scale(m); }
   if (params.has_bias != 0u) { acc += dense_bias[params.out_col + n]; }
   let out_index = m * params.out_stride + params.out_col + n;
   // accumulate: y += x W^T (the residual add fused into the projection).
@@ -57,6 +79,7 @@ fn dense(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
 @group(0) @binding(3) var<storage, read> scales: array<u32>;
 @group(0) @binding(4) var<storage, read> quant_bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> quant_y: array<f32>;
+@group(0) @binding(6) var<storage, read> quant_norm: array<vec4<f32>>;
 
 fn scale_of(i: u32) -> f32 {
   return unpack2x16float(scales[i / 2u])[i % 2u];
@@ -66,7 +89,9 @@ fn scale_of(i: u32) -> f32 {
 // x past the row end is another row's data or out of bounds and must not meet them).
 fn x4(m: u32, k: u32) -> vec4<f32> {
   if (k >= params.K) { return vec4<f32>(0.0); }
-  return x[(m * params.K + k) / 4u];
+  let v = x[(m * params.K + k) / 4u];
+  if (NORM) { return v * quant_norm[k / 4u]; }
+  return v;
 }
 
 fn q4_dot(word: u32, k: u32, m: u32) -> f32 {
@@ -103,6 +128,7 @@ fn quant(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     }
     acc += s * scale_of(n * groups + g);
   }
+  if (NORM) { acc *= row_scale(m); }
   if (params.has_bias != 0u) { acc += quant_bias[params.out_col + n]; }
   let out_index = m * params.out_stride + params.out_col + n;
   // accumulate: y += x W^T (the residual add fused into the projection).

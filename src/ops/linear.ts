@@ -7,6 +7,7 @@ import { WebvlmError } from "../api/errors.ts";
 import { grid2d, packUniforms, type Binding, type Recorder } from "../gpu/recorder.ts";
 import { expectDtype, expectShape, type Tensor } from "../gpu/tensor.ts";
 import { allocTensor } from "../gpu/transfer.ts";
+import { rmsNorm } from "./rms_norm.ts";
 import { GROUP_SIZE, paddedCols, type ShardedWeight, type Weight } from "../quant/formats.ts";
 
 /** Largest M that takes the GEMV (weight-streaming) path; x rows go up to 4 per workgroup. */
@@ -85,6 +86,12 @@ export interface LinearOptions {
    * stream's add fused into o_proj / down_proj saves a dispatch and a pass over the row.
    */
   accumulate?: boolean;
+  /**
+   * y = rmsNorm(x, weight, eps) W^T: on the GEMV paths (decode) the norm is computed inside the
+   * kernel (x scaled by the weight as it is read, the row's mean square reduced beside the dot
+   * products), saving the norm's dispatch and its output; on the GEMM path rmsNorm runs first.
+   */
+  rmsNorm?: { weight: Tensor; eps: number };
 }
 
 export function linear(rec: Recorder, x: Tensor, w: Weight | ShardedWeight, bias?: Tensor, out?: Tensor, opts: LinearOptions = {}): Tensor {
@@ -110,6 +117,18 @@ export function linear(rec: Recorder, x: Tensor, w: Weight | ShardedWeight, bias
   if (next !== N) throw new WebvlmError("shape_mismatch", `linear: shards cover ${next} of ${N} rows`);
 
   if (opts.accumulate && !out) throw new WebvlmError("bad_request", "linear: accumulate needs an out tensor to add into");
+  const norm = opts.rmsNorm;
+  if (norm) {
+    expectDtype("linear.rmsNorm.weight", norm.weight, ["f32"]);
+    expectShape("linear.rmsNorm.weight", norm.weight, [K]);
+    if (M > 0 && shards.some((s) => linearKernel(M, s.weight) === "gemm")) {
+      // The tiled GEMM has no fused norm: normalize first (prefill; the norm is cheap next to it).
+      const normed = rmsNorm(rec, x, norm.weight, norm.eps);
+      const y = linear(rec, normed, w, bias, out, { accumulate: opts.accumulate });
+      rec.ctx.pool.release(normed.buffer);
+      return y;
+    }
+  }
   const y = out ?? allocTensor(rec.ctx, [M, N], "f32", "linear");
   expectDtype("linear.out", y, ["f32"]);
   expectShape("linear.out", y, [M, N]);
@@ -117,24 +136,31 @@ export function linear(rec: Recorder, x: Tensor, w: Weight | ShardedWeight, bias
     throw new WebvlmError("internal", "linear: out must not share a buffer with x or bias");
   }
   if (M === 0 || N === 0) return y;
-  for (const s of shards) dispatchShard(rec, x, s.weight, s.rowStart, bias, y, M, N, opts.accumulate ?? false);
+  for (const s of shards) dispatchShard(rec, x, s.weight, s.rowStart, bias, y, M, N, opts.accumulate ?? false, norm);
   return y;
 }
 
-function dispatchShard(rec: Recorder, x: Tensor, w: Weight, col: number, bias: Tensor | undefined, y: Tensor, M: number, outStride: number, accumulate: boolean): void {
+function dispatchShard(
+  rec: Recorder, x: Tensor, w: Weight, col: number, bias: Tensor | undefined, y: Tensor, M: number, outStride: number,
+  accumulate: boolean, norm: LinearOptions["rmsNorm"],
+): void {
   const { limits } = rec.ctx;
   const N = w.rows;
   const K = w.cols;
   const quant = w.format === "q4" || w.format === "q8";
   // The bias flag is a uniform, not an override: half the pipelines for a negligible branch.
-  const uniforms = packUniforms("uuuuuuu", M, N, K, col, outStride, bias ? 1 : 0, accumulate ? 1 : 0);
+  const uniforms = packUniforms("uuuuuuuf", M, N, K, col, outStride, bias ? 1 : 0, accumulate ? 1 : 0, norm?.eps ?? 0);
   const constants: Record<string, number | boolean> = quant ? { BITS: w.format === "q4" ? 4 : 8 } : { WEIGHT_F16: w.format === "f16" };
+  // The fused norm is a pipeline constant: its per-element scaling must cost nothing when off.
+  if (norm) constants.NORM = true;
   // Without a bias the slot still has to be bound (layout "auto"); x is read-only, so reuse it.
   const weightBindings: Binding[] = quant ? [w.data, w.scales] : [w.data];
-  const bindings: Binding[] = [x, ...weightBindings, bias ?? x, y];
-  const label = `linear ${w.format} ${M}x${N}x${K}${accumulate ? " +=" : ""}`;
-
   const kernel = linearKernel(M, w);
+  const bindings: Binding[] = [x, ...weightBindings, bias ?? x, y];
+  // The GEMV kernels bind the norm weight last (x again when there is none); the GEMM has no slot.
+  if (kernel !== "gemm") bindings.push(norm?.weight ?? x);
+  const label = `linear ${w.format} ${M}x${N}x${K}${norm ? " +norm" : ""}${accumulate ? " +=" : ""}`;
+
   if (kernel === "gemv_rows") {
     const [gx, gy] = grid2d(Math.ceil(N / 64), limits.maxComputeWorkgroupsPerDimension);
     rec.dispatch({

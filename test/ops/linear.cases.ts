@@ -59,7 +59,22 @@ const SHAPES: Shape[] = [
   { M: 3, K: 72, N: 99 },
 ];
 
-/** Runs one shape and format with and without bias, and accumulating into y; checks each against the reference. */
+/** Qwen2RMSNorm in f64: x * 1/sqrt(mean(x^2) + eps) * g, per row. */
+function rmsNormReference(x: Float32Array, g: Float32Array, M: number, K: number, eps: number): Float32Array {
+  const out = new Float64Array(M * K);
+  for (let m = 0; m < M; m++) {
+    let ss = 0;
+    for (let k = 0; k < K; k++) ss += x[m * K + k] ** 2;
+    const r = 1 / Math.sqrt(ss / K + eps);
+    for (let k = 0; k < K; k++) out[m * K + k] = x[m * K + k] * r * g[k];
+  }
+  return Float32Array.from(out);
+}
+
+/**
+ * Runs one shape and format with and without bias, accumulating into y, and with the RMSNorm
+ * fused in (GEMV paths; GEMM normalizes first); checks each against the reference.
+ */
 function shapeCase(format: WeightFormat, { M, K, N }: Shape, seed: number): KernelCase {
   return {
     name: `linear ${format} M=${M} K=${K} N=${N}`,
@@ -75,15 +90,19 @@ function shapeCase(format: WeightFormat, { M, K, N }: Shape, seed: number): Kern
       const tb = uploadTensor(gpu, b, [N], "f32");
       const r = randomArray(M * N, seed + 3);
       const y2 = uploadTensor(gpu, r, [M, N], "f32");
+      const g = randomArray(K, seed + 4, 0.5, 1.5);
+      const tg = uploadTensor(gpu, g, [K], "f32");
       const rec = new Recorder(gpu);
       const y0 = linear(rec, tx, w);
       const y1 = linear(rec, tx, w, tb);
       linear(rec, tx, w, tb, y2, { accumulate: true });
+      const y3 = linear(rec, tx, w, tb, undefined, { rmsNorm: { weight: tg, eps: 1e-6 } });
       rec.submit();
       const got0 = await readF32(gpu, y0);
       const got1 = await readF32(gpu, y1);
       const got2 = await readF32(gpu, y2);
-      release(gpu, tx, tb, y0, y1, y2);
+      const got3 = await readF32(gpu, y3);
+      release(gpu, tx, tb, y0, y1, y2, tg, y3);
       releaseWeight(gpu, w);
 
       const wr = roundTripValues(wv, N, K, format);
@@ -91,9 +110,10 @@ function shapeCase(format: WeightFormat, { M, K, N }: Shape, seed: number): Kern
       const e1 = expectClose(`${format} bias`, got1, linearReference(x, wr, M, N, K, b), TOL);
       const want2 = linearReference(x, wr, M, N, K, b).map((v, i) => v + r[i]);
       const e2 = expectClose(`${format} accumulate`, got2, want2, TOL);
+      const e3 = expectClose(`${format} rmsNorm fused`, got3, linearReference(rmsNormReference(x, g, M, K, 1e-6), wr, M, N, K, b), TOL);
       const cfg = gemvConfig(M, N, format[0] === "q" ? Math.ceil(K / 32) : K / (format === "f16" ? 8 : 4));
       const how = kernel === "gemv" ? `gemv L${cfg.LANES}xT${cfg.TEAMS} R${cfg.R} MROWS${cfg.MROWS}` : kernel;
-      let info = `${how} nmse=${e0.toExponential(2)} (bias ${e1.toExponential(2)}, accumulate ${e2.toExponential(2)})`;
+      let info = `${how} nmse=${e0.toExponential(2)} (bias ${e1.toExponential(2)}, accumulate ${e2.toExponential(2)}, norm ${e3.toExponential(2)})`;
       if (format !== "f32") info += `; vs unquantized f32 weights nmse=${nmse(got0, linearReference(x, wv, M, N, K)).toExponential(2)}`;
       return info;
     },

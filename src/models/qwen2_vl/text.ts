@@ -65,9 +65,8 @@ export function textForward(
   for (let li = 0; li < cfg.numLayers; li++) {
     const lw = w.layers[li];
     const cache = caches[li];
-    const h = rmsNorm(rec, x, lw.inputNorm, cfg.rmsNormEps);
-    const qkv = linear(rec, h, lw.qkv, lw.qkvBias);
-    free(h);
+    // input_layernorm fused into the q|k|v projection (decode; prefill normalizes first).
+    const qkv = linear(rec, x, lw.qkv, lw.qkvBias, undefined, { rmsNorm: { weight: lw.inputNorm, eps: cfg.rmsNormEps } });
     // RoPE on q and k and the append of k and v to the cache: one dispatch over the fused row.
     ropeAppendKv(rec, qkv, positions, cache, past, {
       numQHeads: Hq,
@@ -90,9 +89,7 @@ export function textForward(
     // Residual adds fused into the projections: x += attn W_o^T, later x += act W_down^T.
     linear(rec, attn, lw.o, undefined, x, { accumulate: true });
     free(attn);
-    const h2 = rmsNorm(rec, x, lw.postNorm, cfg.rmsNormEps);
-    const gu = linear(rec, h2, lw.gateUp);
-    free(h2);
+    const gu = linear(rec, x, lw.gateUp, undefined, undefined, { rmsNorm: { weight: lw.postNorm, eps: cfg.rmsNormEps } });
     const act = siluMulFused(rec, gu);
     free(gu);
     linear(rec, act, lw.down, undefined, x, { accumulate: true });
@@ -105,6 +102,8 @@ export function textForward(
     rows = allocTensor(ctx, [1, H], "f32", "text.last_row");
     rec.copy({ buffer: x.buffer, offset: x.offset + (L - 1) * H * 4, size: H * 4 }, rows);
   }
+  // The final norm stays a dispatch of its own: fused, each of lm_head's ~152k/R row teams would
+  // recompute the mean square and re-read the norm weight.
   const normed = rmsNorm(rec, rows, w.norm, cfg.rmsNormEps);
   if (rows !== x) free(rows);
   const logits = linear(rec, normed, w.lmHead);
