@@ -34,6 +34,12 @@ const tiny = flag("--tiny");
 const plan = tiny
   ? { images: [[56, 56], [112, 84]] as [number, number][], prefill: 64, contexts: [32, 256], steps: 4, question: 20, repeats: 1 }
   : { images: [[448, 448], [1288, 966]] as [number, number][], prefill: 1024, contexts: [128, 4096], steps: 32, question: 20, repeats: 3 };
+// Overrides (e.g. a quick check of the full shapes on a slow adapter):
+//   --images 448x448,1288x966|none  --prefill N  --contexts 128,4096
+const images = option("--images");
+if (images !== undefined) plan.images = images === "none" ? [] : images.split(",").map((s) => s.split("x").map(Number) as [number, number]);
+if (option("--prefill")) plan.prefill = Number(option("--prefill"));
+if (option("--contexts")) plan.contexts = option("--contexts")!.split(",").map(Number);
 const steps = Number(option("--steps") ?? plan.steps);
 const formats = (option("--formats") ?? "q4,f16").split(",") as ("q4" | "f16")[];
 const out = option("--out") ?? new URL(`./results/model${tiny ? "-tiny" : ""}.json`, import.meta.url).pathname;
@@ -135,7 +141,7 @@ async function benchFormat(format: "q4" | "f16"): Promise<FormatResult> {
   const result: FormatResult = {
     format, formats: formatsUsed, weightBytes: weights.gpuBytes, weightBytesPerToken,
     vision: [], prefill: { tokens: plan.prefill, ms: 0, tokensPerSec: 0, gflops: 0, ofPeak: 0 }, decode: [],
-    ttft: { image: plan.images[0], questionTokens: plan.question, promptTokens: 0, ms: 0 },
+    ttft: { image: plan.images[0] ?? [0, 0], questionTokens: plan.question, promptTokens: 0, ms: 0 },
     peakBytes: 0, profiles: { decode: null, prefill: null, vision: null },
   };
   try {
@@ -192,10 +198,11 @@ async function benchFormat(format: "q4" | "f16"): Promise<FormatResult> {
     }
 
     // Time to first token: raw image pixels + question -> first sampled id (tokenization excluded).
-    const [iw, ih] = plan.images[0];
+    // Skipped with --images none (ttft.ms stays 0).
+    const [iw, ih] = plan.images[0] ?? [0, 0];
     const rgb = randomRgb(iw, ih, 5);
     let promptTokens = 0;
-    const ttftMs = await median(plan.repeats, async () => {
+    const ttftMs = plan.images.length === 0 ? 0 : await median(plan.repeats, async () => {
       cache.truncate(0);
       const img = preprocessImage(rgb, iw, ih);
       const pads = (img.grid[0] * img.grid[1] * img.grid[2]) / 4;
@@ -214,13 +221,15 @@ async function benchFormat(format: "q4" | "f16"): Promise<FormatResult> {
     result.profiles.decode = await profile(async () => void (await model.decode(1000, cache)));
     cache.truncate(0);
     result.profiles.prefill = await profile(async () => void (await model.prefill(ids, {}, cache)));
-    const [vw, vh] = plan.images[0];
-    const img0 = preprocessImage(randomRgb(vw, vh, 7), vw, vh);
-    result.profiles.vision = await profile(async () => {
-      const emb = model.encodeVision(img0.pixelValues, [img0.grid]);
-      await gpu.device.queue.onSubmittedWorkDone();
-      gpu.pool.release(emb.buffer);
-    });
+    if (plan.images.length > 0) {
+      const [vw, vh] = plan.images[0];
+      const img0 = preprocessImage(randomRgb(vw, vh, 7), vw, vh);
+      result.profiles.vision = await profile(async () => {
+        const emb = model.encodeVision(img0.pixelValues, [img0.grid]);
+        await gpu.device.queue.onSubmittedWorkDone();
+        gpu.pool.release(emb.buffer);
+      });
+    }
     result.peakBytes = gpu.pool.peakBytes;
   } finally {
     cache.dispose();

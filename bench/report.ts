@@ -73,10 +73,10 @@ export function printReport(r: Report): void {
           `(${(d.bytesPerToken / 2 ** 20).toFixed(0)} MiB/token); ${d.dispatchesPerToken} dispatches, ${d.submitsPerToken} submits per token`,
       );
     }
-    lines.push(`time to first token, ${f.ttft.image.join("x")} image + ${f.ttft.questionTokens}-token question (${f.ttft.promptTokens} tokens)`.padEnd(58) + `${f.ttft.ms.toFixed(1).padStart(9)} ms`);
+    if (f.ttft.ms > 0) lines.push(`time to first token, ${f.ttft.image.join("x")} image + ${f.ttft.questionTokens}-token question (${f.ttft.promptTokens} tokens)`.padEnd(58) + `${f.ttft.ms.toFixed(1).padStart(9)} ms`);
     lines.push(`GPU time shares, one decode step (context ${f.decode[0]?.context}):`, ...shares(f.profiles.decode, 10));
     lines.push(`GPU time shares, prefill of ${p.tokens} tokens:`, ...shares(f.profiles.prefill, 10));
-    lines.push(`GPU time shares, vision encode of the ${f.vision[0]?.width}x${f.vision[0]?.height} image:`, ...shares(f.profiles.vision, 8));
+    if (f.vision.length > 0) lines.push(`GPU time shares, vision encode of the ${f.vision[0].width}x${f.vision[0].height} image:`, ...shares(f.profiles.vision, 8));
   }
   console.log(lines.join("\n"));
 }
