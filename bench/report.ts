@@ -10,6 +10,7 @@ export interface FormatResult {
   weightBytes: number;
   /** Weight bytes one decode step reads: decoder linears, lm_head, norms. */
   weightBytesPerToken: number;
+  /** gflops: the linear layers' FLOPs per second (attention not counted); ofPeak: / FMA peak. */
   vision: { width: number; height: number; resized: [number, number]; llmTokens: number; ms: number; gflops: number; ofPeak: number }[];
   prefill: { tokens: number; ms: number; tokensPerSec: number; gflops: number; ofPeak: number };
   decode: {
@@ -62,10 +63,10 @@ export function printReport(r: Report): void {
   for (const f of r.results) {
     lines.push("", `== ${f.format} (linear ${f.formats.textLinear}, embedding ${f.formats.embedding}, vision ${f.formats.vision}): weights ${gib(f.weightBytes)}, peak GPU memory ${gib(f.peakBytes)}`);
     for (const v of f.vision) {
-      lines.push(`vision encode ${v.width}x${v.height} (${v.resized.join("x")}, ${v.llmTokens} tokens)`.padEnd(58) + `${v.ms.toFixed(1).padStart(9)} ms   ${num(v.gflops)} GFLOPS = ${pct(v.ofPeak)} of peak`);
+      lines.push(`vision encode ${v.width}x${v.height} (${v.resized.join("x")}, ${v.llmTokens} tokens)`.padEnd(58) + `${v.ms.toFixed(1).padStart(9)} ms   ${num(v.gflops)} linear GFLOPS = ${pct(v.ofPeak)} of peak`);
     }
     const p = f.prefill;
-    lines.push(`prefill ${p.tokens} tokens`.padEnd(58) + `${p.tokensPerSec.toFixed(1).padStart(9)} tok/s  ${num(p.gflops)} GFLOPS = ${pct(p.ofPeak)} of peak`);
+    lines.push(`prefill ${p.tokens} tokens`.padEnd(58) + `${p.tokensPerSec.toFixed(1).padStart(9)} tok/s  ${num(p.gflops)} linear GFLOPS = ${pct(p.ofPeak)} of peak`);
     for (const d of f.decode) {
       lines.push(
         `decode at context ${d.context}`.padEnd(58) +
