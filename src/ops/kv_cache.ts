@@ -60,12 +60,10 @@ export function releaseKvCache(ctx: GpuContext, cache: KvCache): void {
 }
 
 /**
- * Writes S new rows (S = k.tensor.shape[0] unless `rows` is given) of K and V into cache rows
- * [position, position + S). k and v may be column ranges of one fused qkv tensor.
- * Throws context_length_exceeded past maxSeq; position may not leave a gap after `length`.
+ * Whether S rows may be written at `position` (every writer of the cache calls this): no gap
+ * after `length`, and context_length_exceeded past maxSeq.
  */
-export function appendKv(rec: Recorder, cache: KvCache, k: RowView, v: RowView, position: number, rows?: number): void {
-  const S = rows ?? k.tensor.shape[0];
+export function checkAppend(cache: KvCache, position: number, S: number): void {
   if (!Number.isInteger(position) || position < 0 || position > cache.length) {
     throw new WebvlmError("bad_request", `kv cache: append at ${position} but only ${cache.length} rows are filled`);
   }
@@ -76,6 +74,16 @@ export function appendKv(rec: Recorder, cache: KvCache, k: RowView, v: RowView, 
       { needed: position + S, maxSeq: cache.maxSeq },
     );
   }
+}
+
+/**
+ * Writes S new rows (S = k.tensor.shape[0] unless `rows` is given) of K and V into cache rows
+ * [position, position + S). k and v may be column ranges of one fused qkv tensor.
+ * Throws context_length_exceeded past maxSeq; position may not leave a gap after `length`.
+ */
+export function appendKv(rec: Recorder, cache: KvCache, k: RowView, v: RowView, position: number, rows?: number): void {
+  const S = rows ?? k.tensor.shape[0];
+  checkAppend(cache, position, S);
   const width = cache.numKvHeads * cache.headDim;
   const kv = resolveView("kv_cache.k", k, S, width);
   const vv = resolveView("kv_cache.v", v, S, width);

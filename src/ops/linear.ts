@@ -76,10 +76,6 @@ function checkWeight(name: string, w: Weight): void {
   }
 }
 
-/**
- * y = x @ W^T + bias. x: f32 [M, K]; W: [N, K] (PyTorch Linear layout) in any weight format, or
- * sharded along N (one dispatch per shard, each writing its column slice of y); bias: f32 [N].
- */
 export interface LinearOptions {
   /**
    * Add the product into `out` instead of overwriting it: out += x W^T (+ bias). The residual
@@ -94,6 +90,10 @@ export interface LinearOptions {
   rmsNorm?: { weight: Tensor; eps: number };
 }
 
+/**
+ * y = x @ W^T + bias. x: f32 [M, K]; W: [N, K] (PyTorch Linear layout) in any weight format, or
+ * sharded along N (one dispatch per shard, each writing its column slice of y); bias: f32 [N].
+ */
 export function linear(rec: Recorder, x: Tensor, w: Weight | ShardedWeight, bias?: Tensor, out?: Tensor, opts: LinearOptions = {}): Tensor {
   const N = w.rows;
   const K = w.cols;

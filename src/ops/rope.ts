@@ -2,7 +2,7 @@ import code from "../../shaders/rope.wgsl?raw";
 import { WebvlmError } from "../api/errors.ts";
 import { grid2d, type Recorder } from "../gpu/recorder.ts";
 import { expectDtype, numel, type Tensor } from "../gpu/tensor.ts";
-import type { KvCache } from "./kv_cache.ts";
+import { checkAppend, type KvCache } from "./kv_cache.ts";
 
 export interface RopeOptions {
   numHeads: number;
@@ -80,12 +80,7 @@ export function ropeAppendKv(rec: Recorder, x: Tensor, positions: Tensor, cache:
     throw new WebvlmError("shape_mismatch", `rope+kv: ${numQHeads} q + 2 x ${Hkv} kv heads of ${headDim} exceed row stride ${rowStride}`);
   }
   const { u, threads, S } = ropeUniforms(x, positions, { ...opts, numHeads: numQHeads + Hkv, colOffset: 0, rowStride }, numQHeads, position);
-  if (!Number.isInteger(position) || position < 0 || position > cache.length) {
-    throw new WebvlmError("bad_request", `kv cache: append at ${position} but only ${cache.length} rows are filled`);
-  }
-  if (position + S > cache.maxSeq) {
-    throw new WebvlmError("context_length_exceeded", `kv cache: ${position + S} tokens exceed the cache's ${cache.maxSeq}`, { needed: position + S, maxSeq: cache.maxSeq });
-  }
+  checkAppend(cache, position, S);
   rec.dispatch({
     code,
     entryPoint: "main_kv",

@@ -6,7 +6,6 @@ import type { Recorder } from "../../gpu/recorder.ts";
 import { reshape, type Tensor } from "../../gpu/tensor.ts";
 import { uploadTensor } from "../../gpu/transfer.ts";
 import { gelu, quickGelu } from "../../ops/activation.ts";
-import { add } from "../../ops/add.ts";
 import { attentionPrefill } from "../../ops/attention.ts";
 import { layerNorm } from "../../ops/layer_norm.ts";
 import { linear } from "../../ops/linear.ts";
@@ -99,7 +98,7 @@ export function encodeVision(
   const positions = uploadTensor(ctx, visionRotaryPositions(grids, merge), [2, n], "i32", "vision.rope_pos");
   const cu = uploadTensor(ctx, visionCuSeqlens(grids), [grids.reduce((a, g) => a + g[0], 0) + 1], "u32", "vision.cu_seqlens");
 
-  let x = linear(rec, pixelValues, w.patchEmbed);
+  const x = linear(rec, pixelValues, w.patchEmbed);
   for (const b of w.blocks) {
     const h = layerNorm(rec, x, b.norm1.weight, b.norm1.bias, LN_EPS);
     const qkv = linear(rec, h, b.qkv, b.qkvBias); // [n, 3e]: q | k | v, heads contiguous in each
@@ -121,19 +120,16 @@ export function encodeVision(
       mask: { kind: "segments", cuSeqlens: cu },
     });
     free(qkv);
-    const proj = linear(rec, attn, b.proj, b.projBias);
+    // Residual adds fused into the projections: x += attn W_proj^T + b, x += act W_fc2^T + b.
+    linear(rec, attn, b.proj, b.projBias, x, { accumulate: true });
     free(attn);
-    const x1 = add(rec, x, proj);
-    free(x, proj);
-    const h2 = layerNorm(rec, x1, b.norm2.weight, b.norm2.bias, LN_EPS);
+    const h2 = layerNorm(rec, x, b.norm2.weight, b.norm2.bias, LN_EPS);
     const f1 = linear(rec, h2, b.fc1, b.fc1Bias);
     free(h2);
     const act = quickGelu(rec, f1);
     free(f1);
-    const f2 = linear(rec, act, b.fc2, b.fc2Bias);
+    linear(rec, act, b.fc2, b.fc2Bias, x, { accumulate: true });
     free(act);
-    x = add(rec, x1, f2);
-    free(x1, f2);
   }
   free(positions, cu);
   // PatchMerger: LayerNorm per patch, then 4 consecutive rows side by side (a free view).
