@@ -7,7 +7,8 @@ import type { GpuContext } from "../src/gpu/device.ts";
 import { grid2d, packUniforms, Recorder } from "../src/gpu/recorder.ts";
 import { byteSize, type Tensor } from "../src/gpu/tensor.ts";
 import { allocTensor } from "../src/gpu/transfer.ts";
-import { paddedCols, GROUP_SIZE, type ShardedWeight, type Weight, type WeightFormat } from "../src/quant/formats.ts";
+import { paddedCols, rowsPerShard, GROUP_SIZE, type ShardedWeight, type Weight, type WeightFormat } from "../src/quant/formats.ts";
+import { maxWeightBytes } from "../src/quant/pack.ts";
 import type { Qwen2VLConfig } from "../src/models/qwen2_vl/config.ts";
 import {
   buildQwen2VLWeights, type LinearWeight, type MatrixPart, type Qwen2VLWeights, type WeightFormats, type WeightMaker,
@@ -25,8 +26,7 @@ class RandomWeightMaker implements WeightMaker {
 
   constructor(private readonly gpu: GpuContext) {
     this.rec = new Recorder(gpu);
-    const lim = gpu.limits;
-    this.maxBytes = Math.min(lim.maxStorageBufferBindingSize, Math.floor((lim.maxBufferSize * 8) / 9));
+    this.maxBytes = maxWeightBytes(gpu);
   }
 
   /** Fills a tensor's words; submits every few hundred MB so recorded work stays bounded. */
@@ -57,7 +57,7 @@ class RandomWeightMaker implements WeightMaker {
 
   async matrix(parts: MatrixPart[], cols: number, format: WeightFormat, label: string): Promise<LinearWeight> {
     const rows = parts.reduce((a, p) => a + p.rows, 0);
-    const perShard = Math.floor((Math.floor(this.maxBytes / 4) * 4) / rowBytes(cols, format));
+    const perShard = rowsPerShard(this.maxBytes, cols, format, label);
     if (rows <= perShard) return this.weight(rows, cols, format, label);
     const shards: ShardedWeight["shards"][number][] = [];
     for (let r = 0; r < rows; r += perShard) {
@@ -80,12 +80,6 @@ class RandomWeightMaker implements WeightMaker {
     const scales = this.fill(allocTensor(this.gpu, [rows, pc / GROUP_SIZE], "f16", `${label}.scales`), F16_PAIRS, 0.5 * scale, scale);
     return { format, rows, cols, paddedCols: pc, data, scales };
   }
-}
-
-function rowBytes(cols: number, format: WeightFormat): number {
-  if (format === "f32") return cols * 4;
-  if (format === "f16") return cols * 2;
-  return (paddedCols(cols) * (format === "q4" ? 4 : 8)) / 8;
 }
 
 /** Every tensor of a Qwen2-VL model of `config`'s shapes, random, in `formats`, on the GPU. */

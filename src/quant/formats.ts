@@ -1,3 +1,4 @@
+import { WebvlmError } from "../api/errors.ts";
 import type { Tensor } from "../gpu/tensor.ts";
 
 /**
@@ -50,4 +51,22 @@ export interface ShardedWeight {
 
 export function paddedCols(cols: number): number {
   return Math.ceil(cols / GROUP_SIZE) * GROUP_SIZE;
+}
+
+/** Bytes of the largest tensor one row of a weight in `format` adds (data; scales are smaller). */
+export function rowBytes(cols: number, format: WeightFormat): number {
+  if (format === "f32") return cols * 4;
+  if (format === "f16") return cols * 2;
+  return (paddedCols(cols) * (format === "q4" ? 4 : 8)) / 8;
+}
+
+/**
+ * Rows per shard when a [rows, cols] weight is split so every tensor stays within maxBytes (tensor
+ * sizes round up to whole u32 words, so the limit is rounded down to one). limit_exceeded when
+ * not even one row fits.
+ */
+export function rowsPerShard(maxBytes: number, cols: number, format: WeightFormat, name: string): number {
+  const perShard = Math.floor((Math.floor(maxBytes / 4) * 4) / rowBytes(cols, format));
+  if (perShard < 1) throw new WebvlmError("limit_exceeded", `${name}: one row of ${cols} ${format} values exceeds ${maxBytes} bytes`);
+  return perShard;
 }

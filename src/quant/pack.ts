@@ -3,7 +3,7 @@ import type { GpuContext } from "../gpu/device.ts";
 import type { Tensor } from "../gpu/tensor.ts";
 import { uploadTensor } from "../gpu/transfer.ts";
 import { f16BitsToF32, f32ToF16Bits } from "./f16.ts";
-import { GROUP_SIZE, paddedCols, type QuantizedWeight, type ShardedWeight, type Weight, type WeightFormat } from "./formats.ts";
+import { GROUP_SIZE, paddedCols, rowsPerShard, type QuantizedWeight, type ShardedWeight, type Weight, type WeightFormat } from "./formats.ts";
 
 /** CPU-side packed form of a quantized [rows, cols] matrix (layout in formats.ts). */
 export interface PackedQuant {
@@ -120,11 +120,12 @@ export function weightTensors(w: Weight): Tensor[] {
   return w.format === "q4" || w.format === "q8" ? [w.data, w.scales] : [w.data];
 }
 
-/** Bytes of the largest tensor one row of a weight in `format` adds (data; scales are smaller). */
-function rowBytes(cols: number, format: WeightFormat): number {
-  if (format === "f32") return cols * 4;
-  if (format === "f16") return cols * 2;
-  return (paddedCols(cols) * (format === "q4" ? 4 : 8)) / 8;
+/**
+ * The largest weight tensor to put in one binding: maxStorageBufferBindingSize, capped at 8/9 of
+ * maxBufferSize for the pool's size-class rounding. Larger matrices are split into row shards.
+ */
+export function maxWeightBytes(ctx: GpuContext): number {
+  return Math.min(ctx.limits.maxStorageBufferBindingSize, Math.floor((ctx.limits.maxBufferSize * 8) / 9));
 }
 
 /**
@@ -141,11 +142,7 @@ export function shardWeight(
   label = "weight",
 ): ShardedWeight {
   if (values.length !== rows * cols) throw new WebvlmError("shape_mismatch", `shardWeight: ${values.length} != ${rows}x${cols}`);
-  // Tensor sizes round up to whole u32 words, so compare against the limit rounded down to one.
-  const perShard = Math.floor((Math.floor(maxBytes / 4) * 4) / rowBytes(cols, format));
-  if (perShard < 1) {
-    throw new WebvlmError("limit_exceeded", `shardWeight: one row of ${cols} ${format} values exceeds ${maxBytes} bytes`);
-  }
+  const perShard = rowsPerShard(maxBytes, cols, format, "shardWeight");
   const shards: { rowStart: number; weight: Weight }[] = [];
   for (let r = 0; r < rows; r += perShard) {
     const n = Math.min(perShard, rows - r);

@@ -6,8 +6,8 @@ import type { GpuContext } from "../../gpu/device.ts";
 import { byteSize, type Tensor } from "../../gpu/tensor.ts";
 import { uploadTensor } from "../../gpu/transfer.ts";
 import type { SafetensorsCheckpoint } from "../../loader/safetensors.ts";
-import { paddedCols, type ShardedWeight, type Weight, type WeightFormat } from "../../quant/formats.ts";
-import { quantize, shardWeight, uploadQuantized, uploadWeight, weightTensors } from "../../quant/pack.ts";
+import { rowsPerShard, type ShardedWeight, type Weight, type WeightFormat } from "../../quant/formats.ts";
+import { maxWeightBytes, quantize, shardWeight, uploadQuantized, uploadWeight, weightTensors } from "../../quant/pack.ts";
 import type { PackedWeightCache } from "../../quant/packed_cache.ts";
 import type { Qwen2VLConfig } from "./config.ts";
 
@@ -169,12 +169,6 @@ export const qwen2VLNames = {
 
 // ---------------------------------------------------------------- loader
 
-function formatRowBytes(cols: number, format: WeightFormat): number {
-  if (format === "f32") return cols * 4;
-  if (format === "f16") return cols * 2;
-  return (paddedCols(cols) * (format === "q4" ? 4 : 8)) / 8;
-}
-
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
 }
@@ -209,8 +203,7 @@ class WeightLoader implements WeightMaker {
     readonly total: number,
     readonly opts: WeightLoadOptions,
   ) {
-    const lim = gpu.limits;
-    this.maxBytes = opts.maxBindingBytes ?? Math.min(lim.maxStorageBufferBindingSize, Math.floor((lim.maxBufferSize * 8) / 9));
+    this.maxBytes = opts.maxBindingBytes ?? maxWeightBytes(gpu);
   }
 
   /** The checkpoint's name for a canonical one; missing_tensor naming it otherwise. */
@@ -285,10 +278,9 @@ class WeightLoader implements WeightMaker {
   async matrix(parts: MatrixPart[], cols: number, format: WeightFormat, label: string, alt?: readonly number[]): Promise<LinearWeight> {
     const names = parts.map((p) => this.check(p.canonical, [p.rows, cols], alt));
     const rows = parts.reduce((a, p) => a + p.rows, 0);
-    const rowBytes = formatRowBytes(cols, format);
-    const fits = rows * rowBytes <= Math.floor(this.maxBytes / 4) * 4;
+    const fits = rows <= rowsPerShard(this.maxBytes, cols, format, names[0]);
     if (!fits && parts.length === 1 && this.source.readRows) {
-      return this.countWeight(await this.streamShards(names[0], rows, cols, format, rowBytes, label));
+      return this.countWeight(await this.streamShards(names[0], rows, cols, format, label));
     }
     const quantized = format === "q4" || format === "q8";
     const cache = quantized && fits ? this.opts.packedCache : undefined;
@@ -319,9 +311,8 @@ class WeightLoader implements WeightMaker {
   }
 
   /** Row shards read and uploaded one at a time (same split as shardWeight). */
-  private async streamShards(name: string, rows: number, cols: number, format: WeightFormat, rowBytes: number, label: string): Promise<ShardedWeight> {
-    const perShard = Math.floor((Math.floor(this.maxBytes / 4) * 4) / rowBytes);
-    if (perShard < 1) throw new WebvlmError("limit_exceeded", `${name}: one row of ${cols} ${format} values exceeds ${this.maxBytes} bytes`);
+  private async streamShards(name: string, rows: number, cols: number, format: WeightFormat, label: string): Promise<ShardedWeight> {
+    const perShard = rowsPerShard(this.maxBytes, cols, format, name);
     const shards: { rowStart: number; weight: Weight }[] = [];
     for (let r = 0; r < rows; r += perShard) {
       const n = Math.min(perShard, rows - r);
