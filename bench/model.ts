@@ -14,13 +14,12 @@ import { acquireNodeGpu } from "../src/gpu/node.ts";
 import { TimestampProfiler, type KernelTime } from "../src/gpu/profiler.ts";
 import { parseQwen2VLConfig } from "../src/models/qwen2_vl/config.ts";
 import { Qwen2VLModel, type Qwen2VLCache } from "../src/models/qwen2_vl/model.ts";
-import type { WeightFormats } from "../src/models/qwen2_vl/weights.ts";
-import { weightTensors } from "../src/quant/pack.ts";
-import type { LinearWeight } from "../src/models/qwen2_vl/weights.ts";
+import { tensorsOf, type LinearWeight, type WeightFormats } from "../src/models/qwen2_vl/weights.ts";
 import { byteSize } from "../src/gpu/tensor.ts";
 import { preprocessImage } from "../src/vision/processor.ts";
 import { QWEN2VL_2B_CONFIG, TINY_CONFIG } from "./configs.ts";
 import { copyBandwidth, peakFlops } from "./limits.ts";
+import { randomQwen2VLWeights } from "./random_weights.ts";
 import { printReport, type FormatResult, type Report } from "./report.ts";
 
 const argv = process.argv.slice(2);
@@ -71,9 +70,7 @@ async function median(n: number, fn: () => Promise<void>): Promise<number> {
 }
 
 function weightBytes(ws: readonly LinearWeight[]): number {
-  let n = 0;
-  for (const w of ws) for (const part of "shards" in w ? w.shards.map((s) => s.weight) : [w]) for (const t of weightTensors(part)) n += byteSize(t);
-  return n;
+  return tensorsOf(ws).reduce((n, t) => n + byteSize(t), 0);
 }
 
 /** Multiply-adds of the text decoder's linear layers for one token (lm_head counted separately). */
@@ -127,7 +124,6 @@ async function profile(run: () => Promise<void>): Promise<KernelTime[] | null> {
 }
 
 async function benchFormat(format: "q4" | "f16"): Promise<FormatResult> {
-  const { randomQwen2VLWeights } = await import("./random_weights.ts");
   const formatsUsed: WeightFormats = { textLinear: format, embedding: "f16", vision: "f16" };
   gpu.pool.peakBytes = gpu.pool.allocatedBytes;
   const t0 = performance.now();

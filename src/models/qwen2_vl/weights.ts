@@ -490,7 +490,7 @@ function isLinearWeight(x: Tensor | LinearWeight): x is LinearWeight {
 }
 
 /** Every GPU tensor behind a list of tensors / weights. */
-function tensorsOf(items: readonly (Tensor | LinearWeight)[]): Tensor[] {
+export function tensorsOf(items: readonly (Tensor | LinearWeight)[]): Tensor[] {
   const out: Tensor[] = [];
   for (const x of items) {
     if (!isLinearWeight(x)) out.push(x);
