@@ -3,6 +3,7 @@
 // `--reduced` (default on software adapters) shrinks sizes to run in minutes on SwiftShader;
 // `--full` forces the real sizes. Prints a table and writes bench/results/kernels.json.
 import { mkdirSync, writeFileSync } from "node:fs";
+import { dirname } from "node:path";
 import { acquireNodeGpu } from "../src/gpu/node.ts";
 import { allocTensor, uploadTensor } from "../src/gpu/transfer.ts";
 import { linear } from "../src/ops/linear.ts";
@@ -20,7 +21,9 @@ interface Row {
   note?: string;
 }
 
-const args = new Set(process.argv.slice(2));
+const argv = process.argv.slice(2);
+const args = new Set(argv);
+const outArg = argv.indexOf("--out") >= 0 ? argv[argv.indexOf("--out") + 1] : undefined;
 const gpu = await acquireNodeGpu();
 const software = /swiftshader|llvmpipe|software/i.test(`${gpu.adapter.vendor} ${gpu.adapter.architecture} ${gpu.adapter.description}`);
 const reduced = args.has("--reduced") || (software && !args.has("--full"));
@@ -81,8 +84,8 @@ const context = reduced ? 512 : 4096;
 const attn = await benchAttentionDecode(gpu, context, reduced);
 add({ name: `attention decode, context ${context} (12 q / 2 kv heads, d=128)`, value: attn.ms * 1000, unit: "us", note: `${attn.gbs.toFixed(2)} GB/s of KV read` });
 
-mkdirSync(new URL("./results/", import.meta.url), { recursive: true });
-const out = new URL("./results/kernels.json", import.meta.url);
+const out = outArg ?? new URL("./results/kernels.json", import.meta.url).pathname;
+mkdirSync(dirname(out), { recursive: true });
 writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), adapter: gpu.adapter, reduced, rows }, null, 2));
-console.log(`\nwrote ${out.pathname}`);
+console.log(`\nwrote ${out}`);
 gpu.destroy();

@@ -4,8 +4,9 @@
 // linux-x64 dawn.node, the Vulkan loader, and the benchmark bundled into one file
 // (vite SSR build: WGSL and the config inlined), node and dawn.node xz-compressed: about 30 MB. On the machine:
 //   bash .device/run.sh [--tiny] [--formats q4,f16]   (the report lands in $OUT when set)
+//   bash .device/run.sh kernels [--full]               (kernel benchmark)
 import { execFileSync } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, openSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, openSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { build } from "vite";
 
@@ -20,11 +21,15 @@ await build({
   publicDir: false,
   logLevel: "warn",
   build: {
-    ssr: "bench/model.ts",
+    ssr: true,
     outDir: join(out, "bench"),
     emptyOutDir: true,
     target: "node20",
-    rollupOptions: { external: ["webgpu"], output: { entryFileNames: "model.mjs" } },
+    rollupOptions: {
+      input: { model: "bench/model.ts", kernels: "bench/kernels.ts" },
+      external: ["webgpu"],
+      output: { entryFileNames: "[name].mjs" },
+    },
   },
 });
 
@@ -34,20 +39,31 @@ mkdirSync(join(out, "node_modules/webgpu/dist/linux-x64"));
 const xz = (src, dst) => execFileSync("xz", ["-T0", "-6", "-c", src], { stdio: ["ignore", openSync(dst, "w"), "inherit"] });
 xz(process.execPath, join(out, "node.xz"));
 xz(join(wg, "dist/linux-x64/dawn.node"), join(out, "dawn.node.xz"));
-const vulkan = ["/usr/lib/x86_64-linux-gnu/libvulkan.so.1", "/lib/x86_64-linux-gnu/libvulkan.so.1"].find((p) => existsSync(p));
-if (!vulkan) throw new Error("libvulkan.so.1 not found: apt-get install libvulkan1");
+// The Vulkan loader and the GL-vendor-neutral dispatch libraries NVIDIA's Vulkan driver
+// (libGLX_nvidia.so.0) needs but a bare CUDA image lacks: Debian's amd64 packages, unpacked.
+const debs = join(out, "debs");
 mkdirSync(join(out, "lib"));
-cpSync(vulkan, join(out, "lib/libvulkan.so.1"), { dereference: true });
+mkdirSync(join(debs, "partial"), { recursive: true });
+const apt = ["-oAPT::Architecture=amd64", "-oAPT::Architectures=amd64", `-oDir::State::Lists=${debs}`];
+execFileSync("apt-get", [...apt, "update"], { stdio: "ignore" });
+execFileSync("apt-get", [...apt, "download", "libvulkan1", "libglvnd0", "libglx0", "libegl1"], { cwd: debs, stdio: "ignore" });
+for (const deb of execFileSync("sh", ["-c", `ls ${debs}/*.deb`], { encoding: "utf8" }).trim().split("\n")) {
+  execFileSync("dpkg", ["-x", deb, join(debs, "root")]);
+}
+execFileSync("sh", ["-c", `cp -a ${debs}/root/usr/lib/x86_64-linux-gnu/*.so* ${join(out, "lib")}/`]);
+rmSync(debs, { recursive: true, force: true });
 writeFileSync(join(out, "run.sh"), `#!/bin/bash
 # Runs the packed benchmark with the machine's Vulkan driver (NVIDIA ICD when present).
 set -e
 here="$(cd "$(dirname "$0")" && pwd)"
 dawn="$here/node_modules/webgpu/dist/linux-x64/dawn.node"
-[ -x "$here/node" ] || { xz -d -c "$here/node.xz" > "$here/node" && chmod +x "$here/node"; }
-[ -f "$dawn" ] || xz -d -c "$here/dawn.node.xz" > "$dawn"
+# xz, or Python's lzma where the machine has no xz.
+unxz_to() { if command -v xz >/dev/null; then xz -d -c "$1" > "$2"; else python3 -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2"; fi; }
+[ -x "$here/node" ] || { unxz_to "$here/node.xz" "$here/node" && chmod +x "$here/node"; }
+[ -f "$dawn" ] || unxz_to "$here/dawn.node.xz" "$dawn"
 export LD_LIBRARY_PATH="$here/lib:\${LD_LIBRARY_PATH:-}"
 if [ -z "\${VK_ICD_FILENAMES:-}" ]; then
-  for icd in /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json; do
+  for icd in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json; do
     [ -f "$icd" ] && export VK_ICD_FILENAMES="$icd" && break
   done
 fi
@@ -62,7 +78,12 @@ fi
 cd "$here"
 out="\${OUT:-$here/results}"
 mkdir -p "$out"
-./node bench/model.mjs "$@" --out "$out/model$([[ " $* " == *" --tiny "* ]] && echo -tiny).json"
+if [ "\${1:-}" = "kernels" ]; then
+  shift
+  ./node bench/kernels.mjs "$@" --out "$out/kernels.json"
+else
+  ./node bench/model.mjs "$@" --out "$out/model$([[ " $* " == *" --tiny "* ]] && echo -tiny).json"
+fi
 `);
 execFileSync("chmod", ["+x", join(out, "run.sh")]);
 console.log(execFileSync("du", ["-sh", out], { encoding: "utf8" }).trim());
