@@ -32,6 +32,26 @@ interface UniformChunk {
 
 const chunkPools = new WeakMap<GpuContext, UniformChunk[]>();
 
+/**
+ * Bind groups reused across submits, keyed by pipeline and bound ranges. A decode step records
+ * the same dispatches over the same pooled buffers and uniform chunks every token, and creating
+ * ~230 bind groups per token was a large part of its host time. Buffers get small ids (a
+ * destroyed buffer's id is never seen again); the map is dropped whole when it grows large.
+ */
+const bindGroupCaches = new WeakMap<GpuContext, Map<string, GPUBindGroup>>();
+const MAX_BIND_GROUPS = 4096;
+const bufferIds = new WeakMap<GPUBuffer, number>();
+let nextBufferId = 1;
+
+function bufferId(b: GPUBuffer): number {
+  let id = bufferIds.get(b);
+  if (id === undefined) {
+    id = nextBufferId++;
+    bufferIds.set(b, id);
+  }
+  return id;
+}
+
 /** Optional per-dispatch GPU timing (timestamp-query), for benchmarks. */
 export interface DispatchTimer {
   /** Timestamp writes for the next dispatch's pass, labelled. */
@@ -59,11 +79,14 @@ export class Recorder {
   dispatch(spec: DispatchSpec): void {
     assertAlive(this.ctx);
     const { device, pipelines, limits } = this.ctx;
-    const pipeline = pipelines.get(spec.code, spec.constants, spec.entryPoint ?? "main");
+    const { pipeline, layout, id } = pipelines.entry(spec.code, spec.constants, spec.entryPoint ?? "main");
     const entries: GPUBindGroupEntry[] = [];
+    let key = String(id);
     let binding = 0;
     if (spec.uniforms) {
-      entries.push({ binding: binding++, resource: this.uniform(spec.uniforms) });
+      const u = this.uniform(spec.uniforms);
+      entries.push({ binding: binding++, resource: u });
+      key += `|${bufferId(u.buffer)}@${u.offset}+${u.size}`;
     }
     for (const b of spec.bindings) {
       const resource = toBufferBinding(b);
@@ -76,8 +99,18 @@ export class Recorder {
         );
       }
       entries.push({ binding: binding++, resource });
+      key += `|${bufferId(resource.buffer)}@${resource.offset ?? 0}+${size}`;
     }
-    const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+    let cache = bindGroupCaches.get(this.ctx);
+    if (!cache || cache.size >= MAX_BIND_GROUPS) {
+      cache = new Map();
+      bindGroupCaches.set(this.ctx, cache);
+    }
+    let bindGroup = cache.get(key);
+    if (!bindGroup) {
+      bindGroup = device.createBindGroup({ layout, entries });
+      cache.set(key, bindGroup);
+    }
     const [x, y = 1, z = 1] = spec.workgroups;
     const maxDim = limits.maxComputeWorkgroupsPerDimension;
     if (x > maxDim || y > maxDim || z > maxDim) {
@@ -145,7 +178,7 @@ export class Recorder {
     }
   }
 
-  private uniform(data: ArrayBuffer): GPUBufferBinding {
+  private uniform(data: ArrayBuffer): { buffer: GPUBuffer; offset: number; size: number } {
     const size = Math.ceil(data.byteLength / 16) * 16;
     if (size > UNIFORM_SLOT * 16) throw new WebvlmError("internal", "uniform block too large");
     let chunk = this.chunks[this.chunks.length - 1];
