@@ -146,7 +146,7 @@ export class Engine {
           tokenizer,
           template,
           defaults: sampling,
-          eosTokenIds: eosTokenIds.length ? eosTokenIds : [tokenizer.qwen.imEnd, tokenizer.qwen.endOfText],
+          eosTokenIds: eosTokenIds.length ? eosTokenIds : [...tokenizer.eosTokenIds],
           preprocess: { minPixels: num(pp.min_pixels), maxPixels: num(pp.max_pixels) },
           cache: model.createCache(contextLength),
           cachedKeys: [],
@@ -246,11 +246,10 @@ export class Engine {
       if (!L) throw new WebvlmError("model_not_found", "no model loaded: call engine.load() first");
       if (req.signal?.aborted) throw new WebvlmError("aborted", "the request was aborted before it started");
       const media = await prepareMedia(collectMedia(req.messages), L.preprocess, L.model.config.vision, req.signal);
-      const prompt = buildChatPrompt(L.tokenizer, L.template, req.messages as unknown as TemplateMessage[], {
-        images: media.filter((m) => m.kind === "image").map((m) => m.grid),
-        videos: media.filter((m) => m.kind === "video").map((m) => m.grid),
-        mergeSize: L.model.config.vision.spatialMergeSize,
-      }, { addGenerationPrompt: true, addVisionId: req.add_vision_id ?? false });
+      const pads = (kind: "image" | "video", tokenId: number) => ({ kind, tokenId, counts: media.filter((m) => m.kind === kind).map((m) => m.tokens) });
+      const prompt = buildChatPrompt(L.tokenizer, L.template, req.messages as unknown as TemplateMessage[],
+        [pads("image", L.model.config.imageTokenId), pads("video", L.model.config.videoTokenId)],
+        { addGenerationPrompt: true, addVisionId: req.add_vision_id ?? false });
       if (prompt.ids.length >= L.info.contextLength) {
         throw new WebvlmError("context_length_exceeded", `the prompt has ${prompt.ids.length} tokens; the context holds ${L.info.contextLength}`, {
           promptTokens: prompt.ids.length,

@@ -1,12 +1,15 @@
-// Chat prompt construction, as transformers' processor does it:
+// Chat prompt construction, as transformers' processors do it:
 // 1. render the checkpoint's own Jinja chat template (never a hard-coded copy)
 //    over OpenAI/HF-shaped messages;
-// 2. expand each <|image_pad|> / <|video_pad|> into t*h*w/merge^2 copies
-//    (processing_qwen2_vl.py does this on the text, before tokenizing);
-// 3. tokenize.
+// 2. tokenize;
+// 3. expand each media placeholder token into as many copies as the model
+//    family's processor says the item takes (Qwen2-VL: t*h*w/merge^2 per
+//    grid, computed by the family, not here).
+// Nothing here knows a model family: placeholder ids and counts are the
+// caller's, special-token strings come from the checkpoint's tokenizer.
 import { Template } from "@huggingface/jinja";
 import { WebvlmError } from "../api/errors.ts";
-import { QWEN_SPECIAL_TOKENS, type TextTokenizer } from "./tokenizer.ts";
+import type { TextTokenizer } from "./tokenizer.ts";
 
 export type ContentPart =
   | { type: "text"; text: string }
@@ -24,14 +27,11 @@ export interface ChatMessage {
 
 export interface RenderOptions {
   addGenerationPrompt?: boolean;
-  /** Qwen2-VL: prefix "Picture N: " / "Video N: " to each media part. */
+  /** The template variable add_vision_id (Qwen2-VL's templates then write "Picture N: " before each image). */
   addVisionId?: boolean;
   /** Special-token strings (bos_token, eos_token, ...) and other template variables. */
   variables?: Record<string, unknown>;
 }
-
-/** (t, h, w) in patches, as the image processor returns image_grid_thw. */
-export type GridTHW = readonly [number, number, number];
 
 const bad = (msg: string, details?: Record<string, unknown>): WebvlmError => new WebvlmError("bad_request", msg, details);
 
@@ -102,16 +102,19 @@ export class ChatTemplate {
   }
 }
 
-/**
- * Picks the template the processor would: chat_template.jinja text, then
- * chat_template.json's "chat_template", then tokenizer_config.json's (the
- * "default" entry when it holds several named templates).
- */
-export function resolveChatTemplate(files: {
+/** The files a chat template can come from, parsed (JSON) or as text (Jinja). */
+export interface ChatTemplateFiles {
   chatTemplateJinja?: string;
   chatTemplateJson?: unknown;
   tokenizerConfig?: unknown;
-}): string {
+}
+
+/**
+ * The template transformers would use, or null: chat_template.jinja's text,
+ * then chat_template.json's "chat_template", then tokenizer_config.json's
+ * (a string, or a list of {name, template}: the "default" one).
+ */
+export function findChatTemplate(files: ChatTemplateFiles): string | null {
   if (typeof files.chatTemplateJinja === "string" && files.chatTemplateJinja.length > 0) return files.chatTemplateJinja;
   const fromJson = (files.chatTemplateJson as Record<string, unknown> | undefined)?.chat_template;
   if (typeof fromJson === "string") return fromJson;
@@ -121,24 +124,41 @@ export function resolveChatTemplate(files: {
     const d = (t as { name?: unknown; template?: unknown }[]).find((e) => e?.name === "default");
     if (typeof d?.template === "string") return d.template;
   }
-  throw new WebvlmError("unsupported_feature", "checkpoint has no chat template (chat_template.json / tokenizer_config.json)");
+  return null;
 }
 
-export interface VisionGrids {
-  images?: readonly GridTHW[];
-  videos?: readonly GridTHW[];
-  /** spatial_merge_size; 2 for Qwen2-VL. */
-  mergeSize?: number;
-  imagePad?: string;
-  videoPad?: string;
+/** findChatTemplate, for callers that need one: a checkpoint without any is unsupported_feature. */
+export function resolveChatTemplate(files: ChatTemplateFiles): string {
+  const t = findChatTemplate(files);
+  if (t === null) throw new WebvlmError("unsupported_feature", "checkpoint has no chat template (chat_template.jinja / chat_template.json / tokenizer_config.json)");
+  return t;
 }
 
-/** LLM tokens one grid becomes: t*h*w / merge^2. */
-export function tokensForGrid(grid: GridTHW, mergeSize = 2): number {
-  const [t, h, w] = grid;
-  for (const d of grid) if (!Number.isSafeInteger(d) || d < 1) throw bad(`bad grid ${JSON.stringify(grid)}`);
-  if (h % mergeSize !== 0 || w % mergeSize !== 0) throw bad(`grid ${JSON.stringify(grid)} not divisible by merge size ${mergeSize}`);
-  return (t * h * w) / (mergeSize * mergeSize);
+/**
+ * One kind of media placeholder: the token the template writes once per
+ * item, and how many copies of it each item becomes in the prompt. The model
+ * family's processor computes the counts (and owns the placeholder id, e.g.
+ * config.json's image_token_id); this layer checks that placeholders and
+ * items agree, and repeats.
+ */
+export interface MediaPlaceholder {
+  /** The placeholder's token id; an added token, so the template's text holds it whole. */
+  tokenId: number;
+  /** Copies each item becomes (>= 1), one entry per item, in prompt order. */
+  counts: readonly number[];
+  /** What the items are, for error messages ("image", "video"). */
+  kind?: string;
+}
+
+function checkCounts(p: MediaPlaceholder): void {
+  for (const n of p.counts) {
+    if (!Number.isSafeInteger(n) || n < 1) throw bad(`bad token count ${n} for a ${p.kind ?? "media"} item`, { count: n });
+  }
+}
+
+function mismatch(found: number, p: MediaPlaceholder, what: string): WebvlmError {
+  const kind = p.kind ?? "media";
+  return bad(`prompt has ${found} ${what} placeholders but ${p.counts.length} ${kind} item(s) were given`, { placeholders: found, items: p.counts.length, kind });
 }
 
 function countOf(text: string, token: string): number {
@@ -147,61 +167,63 @@ function countOf(text: string, token: string): number {
   return n;
 }
 
-function expandOne(text: string, token: string, grids: readonly GridTHW[], mergeSize: number, kind: string): string {
+/** Expands each occurrence of `token` in rendered text, in order: the k-th becomes counts[k] copies. */
+export function expandPlaceholderText(text: string, token: string, p: MediaPlaceholder): string {
+  checkCounts(p);
   const found = countOf(text, token);
-  if (found !== grids.length) {
-    throw bad(`prompt has ${found} ${token} placeholders but ${grids.length} ${kind} grid(s) were given`, { placeholders: found, grids: grids.length });
-  }
+  if (found !== p.counts.length) throw mismatch(found, p, token);
   if (found === 0) return text;
   let k = 0;
-  return text.split(token).reduce((acc, piece, i) => (i === 0 ? piece : acc + token.repeat(tokensForGrid(grids[k++], mergeSize)) + piece), "");
-}
-
-/** Expands pads in rendered text, in order, one grid per placeholder. */
-export function expandVisionPads(text: string, g: VisionGrids): string {
-  const m = g.mergeSize ?? 2;
-  const out = expandOne(text, g.imagePad ?? QWEN_SPECIAL_TOKENS.imagePad, g.images ?? [], m, "image");
-  return expandOne(out, g.videoPad ?? QWEN_SPECIAL_TOKENS.videoPad, g.videos ?? [], m, "video");
+  return text.split(token).reduce((acc, piece, i) => (i === 0 ? piece : acc + token.repeat(p.counts[k++]) + piece), "");
 }
 
 /**
- * Same expansion on token ids (one id per placeholder -> n ids). Equivalent
- * to expanding the text first, since the pads are atomic added tokens, and
- * cheaper: a 2691-token image is not re-scanned by the BPE.
+ * The same expansion on token ids (one id per placeholder -> n ids), for
+ * several placeholder kinds at once. Equivalent to expanding the text first,
+ * since placeholders are atomic added tokens, and cheaper: a 2691-token image
+ * is not re-scanned by the BPE.
  */
-export function expandVisionPadIds(ids: readonly number[], imagePadId: number, videoPadId: number, g: VisionGrids): number[] {
-  const images = g.images ?? [];
-  const videos = g.videos ?? [];
-  const m = g.mergeSize ?? 2;
-  const ni = ids.filter((x) => x === imagePadId).length;
-  const nv = ids.filter((x) => x === videoPadId).length;
-  if (ni !== images.length) throw bad(`prompt has ${ni} image placeholders but ${images.length} image grid(s) were given`);
-  if (nv !== videos.length) throw bad(`prompt has ${nv} video placeholders but ${videos.length} video grid(s) were given`);
+export function expandPlaceholderIds(ids: readonly number[], placeholders: readonly MediaPlaceholder[]): number[] {
+  const byId = new Map<number, { p: MediaPlaceholder; next: number }>();
+  for (const p of placeholders) {
+    checkCounts(p);
+    if (byId.has(p.tokenId)) throw bad(`placeholder token ${p.tokenId} given twice`, { tokenId: p.tokenId });
+    byId.set(p.tokenId, { p, next: 0 });
+  }
+  for (const [id, e] of byId) {
+    const found = ids.reduce((n, x) => n + (x === id ? 1 : 0), 0);
+    if (found !== e.p.counts.length) throw mismatch(found, e.p, `${e.p.kind ?? "media"} (id ${id})`);
+  }
   const out: number[] = [];
-  let ki = 0;
-  let kv = 0;
   for (const id of ids) {
-    const n = id === imagePadId ? tokensForGrid(images[ki++], m) : id === videoPadId ? tokensForGrid(videos[kv++], m) : 1;
+    const e = byId.get(id);
+    const n = e ? e.p.counts[e.next++] : 1;
     for (let j = 0; j < n; j++) out.push(id);
   }
   return out;
 }
 
 export interface ChatPrompt {
+  /** The rendered prompt with placeholders expanded (for logs and tests). */
   text: string;
   ids: number[];
 }
 
-/** Render -> expand -> tokenize: the input_ids the processor would produce. */
+/** Render -> tokenize -> expand: the input_ids the processor would produce. */
 export function buildChatPrompt(
   tokenizer: TextTokenizer,
   template: ChatTemplate,
   messages: readonly ChatMessage[],
-  grids: VisionGrids = {},
+  media: readonly MediaPlaceholder[] = [],
   opts: RenderOptions = {},
 ): ChatPrompt {
   const rendered = template.render(messages, { ...opts, variables: { ...tokenizer.templateTokens(), ...opts.variables } });
-  const text = expandVisionPads(rendered, grids);
-  const ids = expandVisionPadIds(tokenizer.encode(rendered), tokenizer.qwen.imagePad, tokenizer.qwen.videoPad, grids);
+  const ids = expandPlaceholderIds(tokenizer.encode(rendered), media);
+  let text = rendered;
+  for (const p of media) {
+    const token = tokenizer.addedTokens.get(p.tokenId)?.content;
+    if (token === undefined) throw bad(`placeholder id ${p.tokenId} is not an added token of this tokenizer`, { tokenId: p.tokenId });
+    text = expandPlaceholderText(text, token, p);
+  }
   return { text, ids };
 }

@@ -13,6 +13,7 @@ import { decodeImageNode } from "../../src/vision/decode_node.ts";
 import { preprocessImage } from "../../src/vision/processor.ts";
 import { buildChatPrompt, ChatTemplate } from "../../src/tokenizer/chat_template.ts";
 import { TextTokenizer } from "../../src/tokenizer/tokenizer.ts";
+import { visionTokenCount } from "../../src/models/qwen2_vl/vision.ts";
 import { greedyGenerate, loadReferenceModel } from "../reference/qwen2vl_reference.ts";
 
 const run = promisify(execFile);
@@ -37,7 +38,7 @@ before(async () => {
   const template = new ChatTemplate(JSON.parse(await readFile(join(model, "chat_template.json"), "utf8")).chat_template);
   const img = await decodeImageNode(new Uint8Array(await readFile(IMAGE)));
   const pre = preprocessImage(img.rgb, img.width, img.height);
-  const prompt = buildChatPrompt(tok, template, [{ role: "user", content: [{ type: "image" }, { type: "text", text: QUESTION }] }], { images: [pre.grid] }, { addGenerationPrompt: true });
+  const prompt = buildChatPrompt(tok, template, [{ role: "user", content: [{ type: "image" }, { type: "text", text: QUESTION }] }], [{ kind: "image", tokenId: 151655, counts: [visionTokenCount([pre.grid], 2)] }], { addGenerationPrompt: true });
   expectedPromptTokens = prompt.ids.length;
   const ref = greedyGenerate(loadReferenceModel(model), prompt.ids, pre.pixelValues, [pre.grid], MAX_TOKENS, [151645, 151643]);
   expectedText = tok.decode(ref.tokens.filter((t) => t !== 151645 && t !== 151643), { skipSpecialTokens: true });

@@ -185,7 +185,7 @@ test("a video given as frames is answered as the reference model answers it", { 
   assert.deepEqual(grid, [2, 4, 4]);
   const tok = new TextTokenizer(JSON.parse(await readFile(join(model, "tokenizer.json"), "utf8")), JSON.parse(await readFile(join(model, "tokenizer_config.json"), "utf8")));
   const template = new ChatTemplate(JSON.parse(await readFile(join(model, "chat_template.json"), "utf8")).chat_template);
-  const prompt = buildChatPrompt(tok, template, [{ role: "user", content: [{ type: "video" }, { type: "text", text: question }] }], { videos: [grid] }, { addGenerationPrompt: true });
+  const prompt = buildChatPrompt(tok, template, [{ role: "user", content: [{ type: "video" }, { type: "text", text: question }] }], [{ kind: "video", tokenId: 151656, counts: [(grid[0] * grid[1] * grid[2]) / 4] }], { addGenerationPrompt: true });
   assert.equal(r.usage.prompt_tokens, prompt.ids.length);
   const ref = greedyGenerate(loadReferenceModel(model), prompt.ids, null, [], 5, [151645, 151643], { videoPixelValues: pixelValues, videoGrids: [grid] });
   const expected = tok.decode(ref.tokens.filter((t) => t !== 151645 && t !== 151643), { skipSpecialTokens: true });

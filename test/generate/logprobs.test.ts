@@ -59,7 +59,7 @@ test("token strings and exact bytes, including tokens that hold part of a charac
   assert.deepEqual(info.get(a), { token: "\uFFFD", bytes: [0xf0, 0x9d, 0x84] });
   assert.deepEqual(info.get(b), { token: "\uFFFD", bytes: [0x9e] });
   assert.equal(new TextDecoder().decode(Uint8Array.from([...info.get(a).bytes!, ...info.get(b).bytes!])), "𝄞");
-  const imEnd = tok.qwen.imEnd;
+  const imEnd = tok.requireId("<|im_end|>");
   assert.deepEqual(info.get(imEnd), { token: "<|im_end|>", bytes: enc("<|im_end|>") });
   const cjk = tok.encode("你好")[0];
   assert.deepEqual(info.get(cjk).bytes, enc("你好"));

@@ -27,6 +27,7 @@ import { resolveModelBuilder } from "../../src/models/registry.ts";
 import { roundTripValues } from "../../src/quant/pack.ts";
 import { buildChatPrompt, ChatTemplate, resolveChatTemplate } from "../../src/tokenizer/chat_template.ts";
 import { TextTokenizer } from "../../src/tokenizer/tokenizer.ts";
+import { visionTokenCount } from "../../src/models/qwen2_vl/vision.ts";
 import { normalizeRgb8ToChw } from "../../src/vision/normalize.ts";
 import { patchify } from "../../src/vision/patchify.ts";
 import { preprocessImage, type PreprocessedImage } from "../../src/vision/processor.ts";
@@ -187,6 +188,13 @@ function assertWebvlmError(code: string, includes: string): (e: unknown) => bool
   };
 }
 
+/** Qwen2-VL's placeholders (<|image_pad|> 151655, <|video_pad|> 151656), t*h*w/4 copies per grid. */
+const qwenPads = (images: readonly Grid3[], videos: readonly Grid3[] = []) => [
+  { kind: "image", tokenId: 151655, counts: images.map((g) => visionTokenCount([g], 2)) },
+  { kind: "video", tokenId: 151656, counts: videos.map((g) => visionTokenCount([g], 2)) },
+];
+type Grid3 = readonly [number, number, number];
+
 before(async () => {
   root = await mkdtemp(join(tmpdir(), "webvlm-gpu-model-"));
   await makeTinyQwen2VL(join(root, "tiny-a"), "tiny-a");
@@ -208,7 +216,7 @@ before(async () => {
       { type: "text" as const, text: "with this one. What differs? Describe the colours, shapes and textures of both, then say which looks more like a photograph." },
     ],
   }];
-  ids = buildChatPrompt(tok, tpl, messages, { images: [imgA.grid, imgB.grid] }, { addGenerationPrompt: true }).ids;
+  ids = buildChatPrompt(tok, tpl, messages, qwenPads([imgA.grid, imgB.grid]), { addGenerationPrompt: true }).ids;
 });
 
 after(async () => {
@@ -378,7 +386,7 @@ for (const shape of ["tiny-a", "tiny-b"] as const) {
           { type: "image" as const },
           { type: "text" as const, text: "Same scene?" },
         ] }];
-        const vids = buildChatPrompt(tok, tpl, messages, { images: [imgA.grid], videos: [video.grid] }, { addGenerationPrompt: true }).ids;
+        const vids = buildChatPrompt(tok, tpl, messages, qwenPads([imgA.grid], [video.grid]), { addGenerationPrompt: true }).ids;
         const got = model.ropeIndex(vids, [imgA.grid], [video.grid]);
         const want = refRopeIndex(vids, [[...imgA.grid]], ref.config, [video.grid]);
         assert.deepEqual(Array.from(got.positions), want.positions.flat());

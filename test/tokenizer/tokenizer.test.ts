@@ -10,10 +10,9 @@ import { WebvlmError } from "../../src/api/errors.ts";
 import {
   ChatTemplate,
   buildChatPrompt,
-  expandVisionPadIds,
-  expandVisionPads,
+  expandPlaceholderIds,
+  expandPlaceholderText,
   resolveChatTemplate,
-  tokensForGrid,
   type ChatMessage,
 } from "../../src/tokenizer/chat_template.ts";
 import { TextTokenizer } from "../../src/tokenizer/tokenizer.ts";
@@ -38,10 +37,7 @@ test("special-token ids match QWEN2VL.md", () => {
   assert.equal(tok.requireId("<|vision_end|>"), 151653);
   assert.equal(tok.requireId("<|image_pad|>"), 151655);
   assert.equal(tok.requireId("<|video_pad|>"), 151656);
-  assert.deepEqual(tok.qwen, {
-    endOfText: 151643, imStart: 151644, imEnd: 151645, visionStart: 151652,
-    visionEnd: 151653, visionPad: 151654, imagePad: 151655, videoPad: 151656,
-  });
+  assert.equal(tok.requireId("<|vision_pad|>"), 151654);
   assert.equal(tok.eosTokenId, 151645);
   assert.equal(tok.padTokenId, 151643);
   // Each special token is one id when encoded in text.
@@ -60,8 +56,8 @@ test("added-token differences from Qwen2-VL's own tokenizer are what we document
   assert.ok(!tok.specialIds.has(151667), "<think> is not special: skipSpecialTokens keeps it");
   for (let id = 151643; id <= 151656; id++) assert.ok(tok.specialIds.has(id), `id ${id} special`);
   // The Qwen3 package's tokenizer_config carries Qwen3's template, not Qwen2-VL's.
-  assert.equal(typeof tok.configChatTemplate, "string");
-  assert.ok(!(tok.configChatTemplate as string).includes("image_count"));
+  assert.equal(typeof tok.chatTemplate, "string");
+  assert.ok(!(tok.chatTemplate as string).includes("image_count"));
 });
 
 test("known ids: the default system turn and plain text", () => {
@@ -163,17 +159,18 @@ test("bad messages are bad_request", () => {
     "<|im_start|>system\ns<|im_end|>\n<|im_start|>assistant\n<|im_end|>\n");
 });
 
-test("pads expand to t*h*w/4 copies, in order, in text and in ids", () => {
-  assert.equal(tokensForGrid([1, 4, 6]), 6);
-  assert.equal(tokensForGrid([2, 4, 4]), 8);
+// Qwen2-VL's count per grid, written out here: the tokenizer layer takes counts, it does not compute them.
+const qwenCount = ([t, h, w]: readonly [number, number, number]): number => (t * h * w) / 4;
+
+test("placeholders expand to the caller's counts, in order, in text and in ids", () => {
   // QWEN2VL.md: 1080x1920 -> 78x138 patches -> 2691 tokens; 480x640 -> 34x46 -> 391.
-  assert.equal(tokensForGrid([1, 78, 138]), 2691);
-  assert.equal(tokensForGrid([1, 34, 46]), 391);
-  assert.throws(() => tokensForGrid([1, 3, 4]), WebvlmError);
+  assert.equal(qwenCount([1, 78, 138]), 2691);
+  assert.equal(qwenCount([1, 34, 46]), 391);
 
   const text = `${SYS}<|im_start|>user\n${IMG}${VID}${IMG}hi<|im_end|>\n${GEN}`;
-  const grids = { images: [[1, 4, 6], [1, 2, 2]] as [number, number, number][], videos: [[2, 4, 4]] as [number, number, number][] };
-  const expanded = expandVisionPads(text, grids);
+  const images = { kind: "image", tokenId: 151655, counts: [qwenCount([1, 4, 6]), qwenCount([1, 2, 2])] };
+  const videos = { kind: "video", tokenId: 151656, counts: [qwenCount([2, 4, 4])] };
+  const expanded = expandPlaceholderText(expandPlaceholderText(text, "<|image_pad|>", images), "<|video_pad|>", videos);
   assert.equal(expanded,
     `${SYS}<|im_start|>user\n<|vision_start|>${"<|image_pad|>".repeat(6)}<|vision_end|>` +
     `<|vision_start|>${"<|video_pad|>".repeat(8)}<|vision_end|>` +
@@ -182,16 +179,24 @@ test("pads expand to t*h*w/4 copies, in order, in text and in ids", () => {
   assert.equal(ids.filter((x) => x === 151655).length, 7);
   assert.equal(ids.filter((x) => x === 151656).length, 8);
   // Expanding ids gives exactly the ids of the expanded text.
-  assert.deepEqual(expandVisionPadIds(tok.encode(text), 151655, 151656, grids), ids);
-  // Placeholder and grid counts must agree.
-  assert.throws(() => expandVisionPads(text, { images: [[1, 2, 2]], videos: [[2, 4, 4]] }), WebvlmError);
-  assert.throws(() => expandVisionPads(text, { images: grids.images }), WebvlmError);
-  assert.throws(() => expandVisionPadIds(tok.encode(text), 151655, 151656, { images: grids.images }), WebvlmError);
+  assert.deepEqual(expandPlaceholderIds(tok.encode(text), [images, videos]), ids);
+  // Placeholder and item counts must agree; counts must be positive integers; one entry per id.
+  const code = (fn: () => unknown): void => assert.throws(fn, (e: unknown) => e instanceof WebvlmError && e.code === "bad_request");
+  code(() => expandPlaceholderText(text, "<|image_pad|>", { tokenId: 151655, counts: [1] }));
+  code(() => expandPlaceholderIds(tok.encode(text), [images, { ...videos, counts: [] }]));
+  // A placeholder kind not given is not the caller's concern: its ids pass through.
+  assert.equal(expandPlaceholderIds(tok.encode(text), [images]).filter((x) => x === 151656).length, 1);
+  code(() => expandPlaceholderIds(tok.encode(text), [images, { ...videos, counts: [1, 1] }]));
+  code(() => expandPlaceholderIds(tok.encode(text), [images, { ...videos, counts: [0] }]));
+  code(() => expandPlaceholderIds(tok.encode(text), [images, { ...videos, counts: [1.5] }]));
+  code(() => expandPlaceholderIds(tok.encode(text), [images, videos, images]));
+  // No placeholders given: ids pass through unchanged.
+  assert.deepEqual(expandPlaceholderIds([1, 2, 3], []), [1, 2, 3]);
 });
 
 test("buildChatPrompt: render, expand, tokenize", () => {
   const p = buildChatPrompt(tok, tpl, [{ role: "user", content: [{ type: "image" }, { type: "text", text: "Describe." }] }],
-    { images: [[1, 78, 138]] }, { addGenerationPrompt: true });
+    [{ kind: "image", tokenId: 151655, counts: [2691] }], { addGenerationPrompt: true });
   assert.equal(p.ids.filter((x) => x === 151655).length, 2691);
   const start = p.ids.indexOf(151652);
   assert.equal(p.ids[start + 2692], 151653, "vision_end right after the 2691 pads");
