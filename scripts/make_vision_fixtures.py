@@ -2,6 +2,10 @@
 """Writes test/fixtures/vision/: test images and what the reference pipeline
 (PIL + numpy, following transformers' Qwen2VLImageProcessor step by step) makes
 of them. Deterministic: run it again and the files come out the same.
+Also the family-neutral primitives' references: resample.{json,bin} (Pillow
+BICUBIC/BILINEAR resize of generated images), normalize.{json,bin} (numpy
+rescale + normalize as transformers does it), canvas.{json,bin} (numpy pad,
+crop, tiles).
 
 Usage: /usr/bin/python3 scripts/make_vision_fixtures.py   (needs python3-pil, python3-numpy)
 """
@@ -225,6 +229,9 @@ def main():
     with open(os.path.join(OUT, "expected.json"), "w") as f:
         json.dump(meta, f, indent=1)
         f.write("\n")
+    resample_fixtures()
+    normalize_fixtures()
+    canvas_fixtures()
     total = sum(os.path.getsize(os.path.join(OUT, n)) for n in os.listdir(OUT))
     print(f"wrote {len(os.listdir(OUT))} files, {total} bytes, to {os.path.normpath(OUT)}")
 
@@ -250,6 +257,193 @@ def write_png16(rng):
         write(fname + ".rgb.bin", rgb.tobytes())
         out.append({"file": fname, "width": w, "height": h, "mode": Image.open(os.path.join(OUT, fname)).mode})
     return out
+
+
+# ---- family-neutral primitives (src/vision/resize.ts, normalize.ts, canvas.ts) ----
+def lcg_image(w, h, c, seed, kind):
+    """HWC uint8 pixels that test/vision/synth.ts generates the same way, so the
+    fixtures hold Pillow's outputs but not the (up to 640x480) sources.
+    noise: an LCG; about 1/6 of the values 0 and 1/6 255 (hard edges make bicubic
+    overshoot, which clip8 must clamp). ramp: diagonal ramps that wrap 255 -> 0."""
+    if kind == "ramp":
+        yy, xx, cc = np.mgrid[0:h, 0:w, 0:c]
+        return ((xx * 5 + yy * 3 + cc * 60 + seed) % 256).astype(np.uint8)
+    out = bytearray(w * h * c)
+    s = seed & 0xFFFFFFFF
+    for i in range(w * h * c):
+        s = (s * 1664525 + 1013904223) & 0xFFFFFFFF
+        a = s >> 24
+        if a < 40:
+            v = 0
+        elif a >= 216:
+            v = 255
+        else:
+            s = (s * 1664525 + 1013904223) & 0xFFFFFFFF
+            v = s >> 24
+        out[i] = v
+    return np.frombuffer(bytes(out), dtype=np.uint8).reshape(h, w, c)
+
+
+class Blob:
+    """Arrays back to back in one .bin; each add() returns where (float32 4-aligned, little-endian)."""
+
+    def __init__(self):
+        self.parts, self.size = [], 0
+
+    def add(self, arr):
+        arr = np.ascontiguousarray(arr)
+        data = arr.astype("<f4").tobytes() if arr.dtype == np.float32 else arr.astype(np.uint8).tobytes()
+        pad = (-self.size) % 4
+        if pad:
+            self.parts.append(b"\0" * pad)
+            self.size += pad
+        entry = {"offset": self.size, "length": len(data), "dtype": str(arr.dtype), "shape": list(arr.shape)}
+        self.parts.append(data)
+        self.size += len(data)
+        return entry
+
+    def save(self, name):
+        write(name, b"".join(self.parts))
+
+
+def resample_fixtures():
+    """Pillow's Image.resize (reducing_gap=None, its default) for BICUBIC and BILINEAR."""
+    sources = {  # name: width, height, channels, kind, seed
+        "n37x23": (37, 23, 3, "noise", 1), "n640x480": (640, 480, 3, "noise", 2), "n1x1": (1, 1, 3, "noise", 3),
+        "n7x5": (7, 5, 3, "noise", 4), "n1x7": (1, 7, 3, "noise", 5), "r50x40": (50, 40, 3, "ramp", 6),
+        "n30x90": (30, 90, 3, "noise", 7), "l64x48": (64, 48, 1, "noise", 8), "c45x31": (45, 31, 4, "noise", 9),
+        "n60x40": (60, 40, 3, "noise", 10), "n3x2": (3, 2, 3, "noise", 11),
+    }
+    cases = [  # source, width, height, box
+        ("n37x23", 100, 61, None), ("n640x480", 97, 131, None), ("n640x480", 2, 2, None),
+        ("n640x480", 640, 7, None), ("n1x1", 1, 1, None), ("n1x1", 5, 3, None), ("n1x1", 1, 9, None),
+        ("n7x5", 1, 1, None), ("n1x7", 1, 3, None), ("n1x7", 4, 7, None), ("r50x40", 50, 17, None),
+        ("r50x40", 123, 40, None), ("r50x40", 49, 41, None), ("n30x90", 71, 13, None), ("l64x48", 33, 100, None),
+        ("c45x31", 20, 70, None), ("n3x2", 640, 3, None),
+        ("n60x40", 33, 21, (3.5, 2.25, 47.75, 39.9)), ("n60x40", 30, 20, (10, 5, 40, 25)),
+        ("n60x40", 30, 20, (10.5, 5, 40.5, 25)), ("n60x40", 60, 40, (7.25, 0, 50, 40)),
+        ("n60x40", 60, 40, (0, 0.1, 60, 40)), ("n60x40", 13, 9, (0.3, 0.7, 59.9, 39.2)),
+        ("n60x40", 20, 10, (20, 10, 20, 20)),
+    ]
+    modes = {1: "L", 3: "RGB", 4: "CMYK"}  # CMYK: 4 independent bands (RGBA would be premultiplied)
+    blob = Blob()
+    meta = {"pillow": PIL.__version__, "sources": {}, "cases": []}
+    images = {}
+    for name, (w, h, c, kind, seed) in sources.items():
+        images[name] = Image.frombytes(modes[c], (w, h), lcg_image(w, h, c, seed, kind).tobytes())
+        meta["sources"][name] = {"width": w, "height": h, "channels": c, "kind": kind, "seed": seed,
+                                 "sha256": sha256(images[name].tobytes())}
+    for src, nw, nh, box in cases:
+        for fname, f in (("bicubic", Image.BICUBIC), ("bilinear", Image.BILINEAR)):
+            out = np.array(images[src].resize((nw, nh), resample=f, box=box))
+            meta["cases"].append({"source": src, "filter": fname, "width": nw, "height": nh,
+                                  "box": list(box) if box else None, **blob.add(out)})
+    blob.save("resample.bin")
+    with open(os.path.join(OUT, "resample.json"), "w") as fh:
+        json.dump(meta, fh, indent=1)
+        fh.write("\n")
+
+
+# transformers.image_transforms.rescale / normalize (numpy path), channels last.
+def tf_rescale(image, scale):
+    return (image.astype(np.float64) * scale).astype(np.float32)
+
+
+def tf_normalize(image, mean, std):
+    if not np.issubdtype(image.dtype, np.floating):
+        image = image.astype(np.float32)
+    c = image.shape[-1]
+    mean = np.array(mean if isinstance(mean, list) else [mean] * c, dtype=image.dtype)
+    std = np.array(std if isinstance(std, list) else [std] * c, dtype=image.dtype)
+    return (image - mean) / std
+
+
+def normalize_fixtures():
+    """Every uint8 value on every channel through BaseImageProcessor's rescale then normalize."""
+    rng = np.random.RandomState(20)
+    img = np.stack([rng.permutation(256).reshape(16, 16) for _ in range(3)], axis=-1).astype(np.uint8)
+    cases = [  # name, channels, do_rescale, rescale_factor, do_normalize, image_mean, image_std
+        ("clip", 3, True, 1 / 255, True, MEAN, STD),
+        ("siglip", 3, True, 1 / 255, True, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+        ("siglip_scalar", 3, True, 1 / 255, True, 0.5, 0.5),
+        ("imagenet", 3, True, 1 / 255, True, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ("no_rescale", 3, False, 1 / 255, True, [127.5, 127.5, 127.5], [127.5, 127.5, 127.5]),
+        ("rescale_only", 3, True, 1 / 255, False, MEAN, STD),
+        ("neither", 3, False, 1 / 255, False, MEAN, STD),
+        ("rescale_127", 3, True, 0.00784313725490196, True, 1.0, 1.0),
+        ("gray", 1, True, 1 / 255, True, [0.5], [0.25]),
+    ]
+    blob = Blob()
+    meta = {"numpy": np.__version__, "input": blob.add(img), "cases": []}
+    for name, c, do_rescale, factor, do_normalize, mean, std in cases:
+        x = img[..., :c]
+        if do_rescale:
+            x = tf_rescale(x, factor)
+        if do_normalize:
+            x = tf_normalize(x, mean, std)
+        x = x.astype(np.float32).transpose(2, 0, 1)  # channels first, as the processors return
+        meta["cases"].append({"name": name, "channels": c, "do_rescale": do_rescale, "rescale_factor": factor,
+                              "do_normalize": do_normalize, "image_mean": mean, "image_std": std, **blob.add(x)})
+    blob.save("normalize.bin")
+    with open(os.path.join(OUT, "normalize.json"), "w") as fh:
+        json.dump(meta, fh, indent=1)
+        fh.write("\n")
+
+
+def canvas_fixtures():
+    """numpy pad (np.pad / a filled canvas), slicing, and Mllama's split_to_tiles."""
+    blob = Blob()
+    hwc = lcg_image(7, 5, 3, 30, "noise")
+    chw = ((hwc.astype(np.float32) / 255 - 0.5) / 0.5).astype(np.float32).transpose(2, 0, 1).copy()
+    thwc = lcg_image(8, 6, 3, 31, "noise")
+    tchw = (thwc.astype(np.float32) / 7).transpose(2, 0, 1).copy()
+    meta = {"numpy": np.__version__, "hwc8": blob.add(hwc), "chw32": blob.add(chw),
+            "tiles_hwc8": blob.add(thwc), "tiles_chw32": blob.add(tchw), "pad": [], "mask": [], "crop": [], "tiles": []}
+
+    def offsets(w, h, cw, ch, position):
+        if position == "top-left":
+            return 0, 0
+        if position == "center":
+            return (cw - w) // 2, (ch - h) // 2
+        return position["left"], position["top"]
+
+    for layout, cw, ch, position, value in [
+        ("hwc8", 10, 9, "top-left", 0), ("hwc8", 10, 9, "center", [255, 128, 7]), ("hwc8", 7, 8, "center", 255),
+        ("hwc8", 8, 5, "center", 0), ("hwc8", 12, 6, {"left": 3, "top": 1}, 9),
+        ("chw32", 10, 9, "top-left", 0), ("chw32", 11, 10, "center", [-1, 0.5, 2]), ("chw32", 7, 5, "center", 0),
+    ]:
+        left, top = offsets(7, 5, cw, ch, position)
+        if layout == "hwc8":
+            if isinstance(value, list):
+                out = np.empty((ch, cw, 3), np.uint8)
+                out[...] = np.array(value, np.uint8)
+                out[top:top + 5, left:left + 7] = hwc
+            else:
+                out = np.pad(hwc, ((top, ch - 5 - top), (left, cw - 7 - left), (0, 0)), constant_values=value)
+        else:
+            out = np.empty((3, ch, cw), np.float32)
+            out[...] = np.array(value if isinstance(value, list) else [value] * 3, np.float32)[:, None, None]
+            out[:, top:top + 5, left:left + 7] = chw
+        meta["pad"].append({"layout": layout, "width": cw, "height": ch, "position": position, "value": value,
+                            **blob.add(out)})
+    for cw, ch, position in [(10, 9, "top-left"), (10, 9, "center"), (7, 5, "center")]:
+        left, top = offsets(7, 5, cw, ch, position)
+        m = np.zeros((ch, cw), np.uint8)
+        m[top:top + 5, left:left + 7] = 1
+        meta["mask"].append({"width": cw, "height": ch, "position": position, **blob.add(m)})
+    for x, y, w, h in [(2, 1, 4, 3), (0, 0, 7, 5), (6, 4, 1, 1), (0, 2, 7, 3)]:
+        meta["crop"].append({"rect": {"x": x, "y": y, "width": w, "height": h},
+                             "hwc8": blob.add(hwc[y:y + h, x:x + w]), "chw32": blob.add(chw[:, y:y + h, x:x + w])})
+    for rows, cols in [(2, 4), (3, 2), (1, 1), (6, 8), (1, 2)]:
+        th, tw = 6 // rows, 8 // cols
+        t_hwc = thwc.reshape(rows, th, cols, tw, 3).transpose(0, 2, 1, 3, 4).reshape(rows * cols, th, tw, 3)
+        # transformers image_processing_mllama.split_to_tiles
+        t_chw = tchw.reshape(3, rows, th, cols, tw).transpose(1, 3, 0, 2, 4).reshape(rows * cols, 3, th, tw)
+        meta["tiles"].append({"rows": rows, "cols": cols, "hwc8": blob.add(t_hwc), "chw32": blob.add(t_chw)})
+    blob.save("canvas.bin")
+    with open(os.path.join(OUT, "canvas.json"), "w") as fh:
+        json.dump(meta, fh, indent=1)
+        fh.write("\n")
 
 
 if __name__ == "__main__":
