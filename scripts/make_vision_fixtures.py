@@ -61,14 +61,14 @@ def smart_resize_qvu(height, width, factor=28, min_pixels=4 * 28 * 28, max_pixel
     return h_bar, w_bar
 
 
-def processor(rgb, min_pixels, max_pixels):
+def processor(rgb, min_pixels, max_pixels, mean=MEAN, std=STD):
     """Qwen2VLImageProcessor._preprocess for one image given as HWC uint8 RGB."""
     h, w = rgb.shape[:2]
     rh, rw = smart_resize(h, w, PATCH * MERGE, min_pixels, max_pixels)
     # transformers.image_transforms.resize: to_pil_image (uint8: no rescale), PIL resize
     resized = np.array(Image.fromarray(rgb).resize((rw, rh), resample=Image.BICUBIC, reducing_gap=None))
     x = (resized.astype(np.float64) * (1 / 255)).astype(np.float32)  # rescale
-    x = (x - np.array(MEAN, dtype=np.float32)) / np.array(STD, dtype=np.float32)  # normalize, float32
+    x = (x - np.array(mean, dtype=np.float32)) / np.array(std, dtype=np.float32)  # normalize, float32
     x = x.transpose(2, 0, 1)  # channels first
     patches = np.array([x])
     if patches.shape[0] % TEMPORAL != 0:
@@ -148,6 +148,17 @@ def main():
             "resized_width": resized.shape[1], "resized_height": resized.shape[0],
             "pixel_values_shape": list(flat.shape), "pixel_values_sha256": sha256(flat.astype("<f4").tobytes()),
         })
+
+    # ---- a SigLIP checkpoint's mean/std (Idefics 2, SigLIP towers) through the same pipeline:
+    # the engine must take them from preprocessor_config.json, not use CLIP's ----
+    rgb = pil_rgb(os.path.join(OUT, "square_84.png"))
+    _, flat, grid = processor(rgb, 3136, 12845056, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
+    pv = flat.astype("<f4")
+    meta["checkpoint_mean_std"] = {
+        "file": "square_84.png", "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "grid_thw": list(grid),
+        "pixel_values_sha256": sha256(pv.tobytes()), "first": pv.reshape(-1)[:8].tolist(),
+        "last": pv.reshape(-1)[-8:].tolist(),
+    }
 
     # ---- decoder variants: PIL's convert("RGB") is the expected RGB ----
     rng = np.random.RandomState(7)

@@ -17,7 +17,8 @@ import type { Qwen2VLCache, Qwen2VLModel, VisionItem } from "../models/qwen2_vl/
 import type { WeightFormat } from "../quant/formats.ts";
 import { buildChatPrompt, ChatTemplate, type ChatMessage as TemplateMessage } from "../tokenizer/chat_template.ts";
 import { TextTokenizer } from "../tokenizer/tokenizer.ts";
-import { prepareMedia, type PreparedMedia } from "./prepare.ts";
+import type { PreprocessOptions } from "../vision/processor.ts";
+import { checkpointPreprocess, prepareMedia, type PreparedMedia } from "./prepare.ts";
 import { collectMedia, generateParams, validateRequest } from "./request.ts";
 import { commonPrefix, mediaKeyedIds } from "./prefix.ts";
 import { pump } from "./pump.ts";
@@ -56,7 +57,7 @@ interface Loaded {
   template: ChatTemplate;
   defaults: GenerateParams;
   eosTokenIds: number[];
-  preprocess: { minPixels?: number; maxPixels?: number };
+  preprocess: PreprocessOptions;
   cache: Qwen2VLCache;
   /** Token keys (ids, with media content hashes at pad positions) of what the cache holds. */
   cachedKeys: (number | string)[];
@@ -138,7 +139,6 @@ export class Engine {
         const contextLength = Math.min(opts.contextLength ?? 4096, maxPos);
         const { sampling, eosTokenIds } = generationConfigDefaults(checkpoint.generationConfig);
         const pp = (checkpoint.preprocessorConfig ?? {}) as Record<string, unknown>;
-        const num = (v: unknown): number | undefined => (typeof v === "number" ? v : undefined);
         this.loaded = {
           info: { id: checkpoint.description, family: builder.family, contextLength, formats },
           checkpoint,
@@ -147,7 +147,7 @@ export class Engine {
           template,
           defaults: sampling,
           eosTokenIds: eosTokenIds.length ? eosTokenIds : [...tokenizer.eosTokenIds],
-          preprocess: { minPixels: num(pp.min_pixels), maxPixels: num(pp.max_pixels) },
+          preprocess: checkpointPreprocess(pp),
           cache: model.createCache(contextLength),
           cachedKeys: [],
         };

@@ -2,7 +2,7 @@
 // with a content hash per item so the KV cache can be reused across turns.
 import { WebvlmError } from "../api/errors.ts";
 import type { Qwen2VLVisionConfig } from "../models/qwen2_vl/config.ts";
-import { normalizeRgb8ToChw } from "../vision/normalize.ts";
+import { normalizeOptionsFromConfig, normalizeRgb8ToChw } from "../vision/normalize.ts";
 import { patchify } from "../vision/patchify.ts";
 import { preprocessImage, resizeForModel, type PreprocessOptions } from "../vision/processor.ts";
 import { smartResize } from "../vision/smart_resize.ts";
@@ -35,6 +35,16 @@ function contentHash(v: Float32Array): string {
   return `${(h1 >>> 0).toString(16)}${(h2 >>> 0).toString(16)}`;
 }
 
+/**
+ * The checkpoint's preprocessing defaults from its preprocessor_config.json:
+ * the smart_resize area bounds and the rescale/normalize constants
+ * (image_mean/image_std differ by vision tower: CLIP's, SigLIP's 0.5, ...).
+ */
+export function checkpointPreprocess(pp: Readonly<Record<string, unknown>>): PreprocessOptions {
+  const num = (v: unknown): number | undefined => (typeof v === "number" ? v : undefined);
+  return { minPixels: num(pp.min_pixels), maxPixels: num(pp.max_pixels), ...normalizeOptionsFromConfig(pp) };
+}
+
 function processorOptions(vc: Qwen2VLVisionConfig, defaults: PreprocessOptions, own: PreprocessOptions): PreprocessOptions {
   return {
     patchSize: vc.patchSize,
@@ -44,6 +54,12 @@ function processorOptions(vc: Qwen2VLVisionConfig, defaults: PreprocessOptions, 
     maxPixels: own.maxPixels ?? defaults.maxPixels,
     resizedHeight: own.resizedHeight,
     resizedWidth: own.resizedWidth,
+    // Rescale/normalize are the checkpoint's: a request cannot change them.
+    mean: defaults.mean,
+    std: defaults.std,
+    rescaleFactor: defaults.rescaleFactor,
+    doRescale: defaults.doRescale,
+    doNormalize: defaults.doNormalize,
   };
 }
 
@@ -77,7 +93,7 @@ export async function prepareMedia(
     const chw = decoded.map((d) => {
       if (d.width !== first.width || d.height !== first.height) throw new WebvlmError("bad_request", "video frames must all have the same size");
       const r = resizeForModel(d.rgb, d.width, d.height, size ? { ...opts, resizedHeight: size.height, resizedWidth: size.width } : opts);
-      return { chw: normalizeRgb8ToChw(r.rgb, r.width, r.height), h: r.height, w: r.width };
+      return { chw: normalizeRgb8ToChw(r.rgb, r.width, r.height, opts), h: r.height, w: r.width };
     });
     const { pixelValues, grid } = patchify(chw.map((c) => c.chw), chw[0].h, chw[0].w, {
       patchSize: vc.patchSize,
