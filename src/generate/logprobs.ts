@@ -11,8 +11,9 @@
 //
 // `token` is the token decoded on its own (special tokens kept, a token that
 // holds part of a character shows U+FFFD); `bytes` are the token's exact
-// UTF-8 bytes, recovered through the byte-level BPE alphabet when the token
-// is part of a character.
+// UTF-8 bytes, recovered through the tokenizer's rawBytes (byte-level BPE
+// alphabet, or a byte-fallback <0xHH> token) when the token is part of a
+// character.
 import { WebvlmError } from "../api/errors.ts";
 import type { TokenDecoder, TokenLogprob, TopLogprob } from "./types.ts";
 
@@ -86,6 +87,8 @@ export class TokenInfo {
     // A complete-text token: its UTF-8 is exact. Only partial characters
     // (decoded as U+FFFD) need the raw vocab string.
     if (!text.includes("\uFFFD")) return Array.from(this.enc.encode(text));
+    const own = this.tokenizer.rawBytes?.(id);
+    if (own) return own.slice();
     const raw = this.tokenizer.idToToken?.(id);
     if (raw !== undefined) {
       const dec = byteLevelDecoder();

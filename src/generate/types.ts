@@ -36,6 +36,12 @@ export interface TokenDecoder {
   decode(ids: ArrayLike<number>, opts?: { skipSpecialTokens?: boolean }): string;
   /** Raw vocab string (byte-level BPE alphabet for Qwen); used for logprobs' `bytes` of partial-character tokens. */
   idToToken?(id: number): string | undefined;
+  /**
+   * The bytes a token stands for when its vocab entry spells bytes (byte-level BPE, or a
+   * byte-fallback `<0xHH>` token), else null; preferred to idToToken for logprobs' `bytes`,
+   * since `<0xF0>` read through the byte-level alphabet would be the six bytes "<0xF0>".
+   */
+  rawBytes?(id: number): number[] | null;
 }
 
 /**
