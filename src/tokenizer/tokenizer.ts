@@ -1,11 +1,13 @@
 // A family-neutral wrapper over @huggingface/tokenizers: whatever
 // tokenizer.json a checkpoint ships (byte-level BPE as in Qwen and Llama 3,
-// sentencepiece-style BPE with byte fallback as in Llama 2 / Mistral / Phi-3,
-// Unigram, WordPiece) plus the checkpoint's own facts about it:
+// sentencepiece-style BPE with byte fallback as in Llama 2 / Mistral / Phi-3;
+// the library also runs Unigram and WordPiece models, untested here) plus the
+// checkpoint's own facts about it:
 // - added and special tokens: tokenizer.json's `added_tokens`, completed by
 //   tokenizer_config.json's `added_tokens_decoder` (transformers adds the ids
-//   the config names that tokenizer.json lacks; tokenizer.json wins where both
-//   name an id) and `additional_special_tokens`;
+//   the config names that tokenizer.json lacks; where both name an id the
+//   content must agree, and tokenizer.json's flags are kept) and
+//   `additional_special_tokens`;
 // - bos/eos/pad/unk: tokenizer_config.json's strings (or {content} objects);
 //   generation_config.json's eos_token_id (a number or a list), when given,
 //   is the stop set, as in transformers' generate();
