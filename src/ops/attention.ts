@@ -37,87 +37,181 @@ export type AttentionMask =
   | { kind: "causal"; past?: number }
   /**
    * Bidirectional inside each segment [cu[s], cu[s+1]) of the Sq rows, nothing across (u32 [n+1],
-   * cu[0] = 0, cu[n] = Sq; rows past cu[n] get zeros). k/v hold the same Sq rows.
+   * cu[0] = 0, cu[n] = Sq; rows past cu[n] get no keys). k/v hold the same Sq rows.
    */
-  | { kind: "segments"; cuSeqlens: Tensor };
+  | { kind: "segments"; cuSeqlens: Tensor }
+  /**
+   * Bidirectional over kvLength keys that need not be the query rows (Sq != Skv): a perceiver's
+   * latents over [image | latents] keys, CLIP/SigLIP encoders (kvLength = Sq).
+   */
+  | { kind: "full"; kvLength: number }
+  /**
+   * Query i sees keys [ranges[2i], ranges[2i+1]) of kvLength (u32 [Sq, 2]; hi <= lo is an empty
+   * row): cross-attention from text rows to the image(s) each may see (mllama).
+   */
+  | { kind: "ranges"; ranges: Tensor; kvLength: number };
+
+/** A per-key 0/1 mask, combined with the mask kind's key ranges. */
+export interface KeyMask {
+  /** u32 or i32 [>= Skv]: key j is visible only where keep[j] != 0 (padded patches / tiles are 0). */
+  keep: Tensor;
+  /**
+   * "all" (default): the mask applies to every query row (SigLIP's patch mask, idefics2's
+   * perceiver). "maskedRows": only to rows i whose own keep[i] is 0, real rows see every key
+   * (self-attention, Sq == Skv): mllama's vision encoder masks (1 - m_i)(1 - m_j), so padded
+   * queries see only real keys while real queries also see padding.
+   */
+  rows?: "all" | "maskedRows";
+}
+
+/**
+ * What a query row whose key range is empty gets. "zero" (default): a zero output, as Meta's
+ * reference mllama (and torchtune) give text rows before any image. "attendAll": softmax over every
+ * key [0, Skv) with the key mask ignored, which is what transformers' mllama computes (it multiplies
+ * such a row's additive mask by 0, leaving it unmasked, and zeroes only the MLP branch later).
+ * A row with a non-empty range whose keys are all removed by the key mask always gets zeros.
+ */
+export type EmptyRows = "zero" | "attendAll";
 
 export interface AttentionPrefillOptions {
   numHeads: number;
   numKvHeads: number;
+  /** Any head dim in [1, 256]. */
   headDim: number;
   /** Default headDim^-0.5. */
   scale?: number;
   mask: AttentionMask;
+  keyMask?: KeyMask;
+  emptyRows?: EmptyRows;
   /** [Sq, numHeads * headDim] f32, not aliasing q/k/v; allocated when absent. */
   out?: Tensor;
 }
 
-const BR = 16; // tile rows ((query, head-in-group) pairs) per workgroup
+const MAX_HEAD_DIM = 256;
 
-function checkHeads(numHeads: number, numKvHeads: number, headDim: number, maxGroup: number, multiple: number): number {
-  if (headDim % multiple !== 0 || headDim < multiple || headDim > 128) {
-    throw new WebvlmError("unsupported_feature", `attention: headDim ${headDim} must be a multiple of ${multiple} in [${multiple}, 128]`);
+function checkHeads(numHeads: number, numKvHeads: number, headDim: number): number {
+  if (!Number.isInteger(headDim) || headDim < 1 || headDim > MAX_HEAD_DIM) {
+    throw new WebvlmError("unsupported_feature", `attention: headDim ${headDim} must be an integer in [1, ${MAX_HEAD_DIM}]`);
   }
-  if (numKvHeads < 1 || numHeads % numKvHeads !== 0) {
+  if (!Number.isInteger(numKvHeads) || numKvHeads < 1 || numHeads % numKvHeads !== 0) {
     throw new WebvlmError("shape_mismatch", `attention: ${numHeads} heads not a multiple of ${numKvHeads} kv heads`);
   }
-  const group = numHeads / numKvHeads;
-  if (group > maxGroup) throw new WebvlmError("unsupported_feature", `attention: GQA group ${group} > ${maxGroup}`);
-  return group;
+  return numHeads / numKvHeads;
 }
 
-/** Largest key tile (32, 16, 8) whose workgroup memory fits the device limit. */
-function prefillKeyTile(rec: Recorder, D: number): number {
-  const limit = rec.ctx.limits.maxComputeWorkgroupStorageSize;
-  for (const bc of [32, 16, 8]) {
-    const bytes = 4 * (BR * (D + 4) + bc * (D + 4) + BR * (bc + 1) + 5 * BR); // vec4 rows + 1 pad
-    if (bytes <= limit) return bc;
+function checkLength(name: string, n: number): number {
+  if (!Number.isInteger(n) || n < 0) throw new WebvlmError("bad_request", `attention: ${name} ${n}`);
+  return n;
+}
+
+function checkKeep(keep: Tensor, need: number): void {
+  expectDtype("attention.keyMask", keep, ["u32", "i32"]);
+  if (numel(keep.shape) < need) {
+    throw new WebvlmError("shape_mismatch", `attention.keyMask: [${keep.shape}] has fewer than ${need} entries`);
+  }
+}
+
+/** Prefill tile shape: BR rows ((query, head) pairs) and BC keys per tile, TPR threads per row. */
+export interface PrefillTiles {
+  br: number;
+  bc: number;
+  tpr: number;
+}
+
+/** Workgroup bytes of attention_prefill.wgsl for a tile shape (each variable rounded to 16 bytes). */
+export function prefillWorkgroupBytes(D: number, t: PrefillTiles): number {
+  const rs = Math.ceil(D / 4) + 1;
+  const r16 = (bytes: number) => Math.ceil(bytes / 16) * 16;
+  return (
+    r16(16 * t.br * rs) + r16(16 * t.bc * rs) + r16(4 * t.br * (t.bc + 1)) + r16(4 * t.bc) +
+    6 * r16(4 * t.br) + 2 * 16
+  );
+}
+
+/**
+ * The prefill tile for head dim D under a workgroup-storage limit. Each thread owns at most 8
+ * vec4 output columns, so D <= 128 uses 4 threads per row and larger D 8. Tiles are tried from
+ * the fastest down: many rows per tile share each K/V tile load, many keys per tile mean fewer
+ * barriers. At D = 256 and the 16 KiB minimum limit this ends at 4 rows x 8 keys.
+ */
+export function prefillTiles(D: number, limit: number): PrefillTiles {
+  const tpr = Math.ceil(D / 4) <= 32 ? 4 : 8;
+  const shapes: [number, number][] = [[16, 32], [16, 16], [16, 8], [8, 16], [8, 8], [4, 8]];
+  for (const [br, bc] of shapes) {
+    const t = { br, bc, tpr };
+    if (bc >= tpr && prefillWorkgroupBytes(D, t) <= limit) return t;
   }
   throw new WebvlmError("limit_exceeded", `attention: workgroup storage ${limit} too small for headDim ${D}`);
 }
 
+const MASK_MODES = { causal: 0, segments: 1, full: 2, ranges: 3 } as const;
+
 /**
- * Prefill / encoder attention: out[i, h] = softmax(q_i . K^T * scale + mask) V over the kv head
- * h / group. Sq = q.tensor.shape[0]. Flash-attention kernel; one pass, f32.
+ * Prefill / encoder / cross attention: out[i, h] = softmax(q_i . K^T * scale + mask) V over the
+ * kv head h / group. Sq = q.tensor.shape[0]; Skv from the mask kind. Flash-attention kernel; one
+ * pass, f32.
  */
 export function attentionPrefill(rec: Recorder, q: RowView, k: RowView, v: RowView, opts: AttentionPrefillOptions): Tensor {
   const { numHeads, numKvHeads, headDim: D } = opts;
-  const group = checkHeads(numHeads, numKvHeads, D, Infinity, 16);
+  const group = checkHeads(numHeads, numKvHeads, D);
   const sq = q.tensor.shape[0];
   const mask = opts.mask;
   let past = 0;
+  let skv: number;
   let numSegments = 0;
-  let cu: Tensor = q.tensor; // bound but never read in causal mode
-  if (mask.kind === "causal") {
-    past = mask.past ?? 0;
-    if (!Number.isInteger(past) || past < 0) throw new WebvlmError("bad_request", `attention: past ${past}`);
-  } else {
-    expectDtype("attention.cuSeqlens", mask.cuSeqlens, ["u32", "i32"]);
-    if (mask.cuSeqlens.shape.length !== 1 || mask.cuSeqlens.shape[0] < 2) {
-      throw new WebvlmError("shape_mismatch", `attention.cuSeqlens: expected [numSegments + 1], got [${mask.cuSeqlens.shape}]`);
-    }
-    cu = mask.cuSeqlens;
-    numSegments = cu.shape[0] - 1;
+  let rows: Tensor = q.tensor; // bound but never read unless the kind has a rows table
+  switch (mask.kind) {
+    case "causal":
+      past = checkLength("past", mask.past ?? 0);
+      skv = past + sq;
+      break;
+    case "segments":
+      expectDtype("attention.cuSeqlens", mask.cuSeqlens, ["u32", "i32"]);
+      if (mask.cuSeqlens.shape.length !== 1 || mask.cuSeqlens.shape[0] < 2) {
+        throw new WebvlmError("shape_mismatch", `attention.cuSeqlens: expected [numSegments + 1], got [${mask.cuSeqlens.shape}]`);
+      }
+      rows = mask.cuSeqlens;
+      numSegments = rows.shape[0] - 1;
+      skv = sq;
+      break;
+    case "full":
+      skv = checkLength("kvLength", mask.kvLength);
+      break;
+    case "ranges":
+      expectDtype("attention.ranges", mask.ranges, ["u32", "i32"]);
+      expectShape("attention.ranges", mask.ranges, [sq, 2]);
+      rows = mask.ranges;
+      skv = checkLength("kvLength", mask.kvLength);
+      break;
   }
-  const skv = past + sq;
+  let maskMode = 0;
+  let keep: Tensor = q.tensor; // bound but never read without a key mask
+  if (opts.keyMask) {
+    keep = opts.keyMask.keep;
+    checkKeep(keep, skv);
+    maskMode = opts.keyMask.rows === "maskedRows" ? 2 : 1;
+    if (maskMode === 2 && (sq !== skv || mask.kind === "causal")) {
+      throw new WebvlmError("bad_request", `attention: keyMask rows "maskedRows" needs bidirectional self-attention (Sq ${sq}, Skv ${skv})`);
+    }
+  }
   const qv = resolveView("attention.q", q, sq, numHeads * D);
   const kv = resolveView("attention.k", k, skv, numKvHeads * D);
   const vv = resolveView("attention.v", v, skv, numKvHeads * D);
   const out = opts.out ?? allocTensor(rec.ctx, [sq, numHeads * D], "f32", "attention");
   expectDtype("attention.out", out, ["f32"]);
   expectShape("attention.out", out, [sq, numHeads * D]);
-  const bc = prefillKeyTile(rec, D);
-  const tiles = Math.ceil((sq * group) / BR);
+  const tiles = prefillTiles(D, rec.ctx.limits.maxComputeWorkgroupStorageSize);
   rec.dispatch({
     code: prefillCode,
-    constants: { D, BR, BC: bc },
+    constants: { D, BR: tiles.br, BC: tiles.bc, TPR: tiles.tpr },
     uniforms: packUniforms(
-      "uuuuuuuuuuuuuf",
+      "uuuuuuuuuuuuuuuf",
       sq, skv, numHeads, group, qv.stride, qv.off, kv.stride, kv.off, vv.stride, vv.off,
-      past, mask.kind === "causal" ? 0 : 1, numSegments, opts.scale ?? D ** -0.5,
+      past, MASK_MODES[mask.kind], numSegments, maskMode, opts.emptyRows === "attendAll" ? 1 : 0,
+      opts.scale ?? D ** -0.5,
     ),
-    bindings: [q.tensor, k.tensor, v.tensor, cu, out],
-    workgroups: [tiles, numKvHeads, 1],
+    bindings: [q.tensor, k.tensor, v.tensor, rows, keep, out],
+    workgroups: [Math.ceil((sq * group) / tiles.br), numKvHeads, 1],
     label: "attention_prefill",
   });
   return out;
@@ -127,13 +221,32 @@ export interface AttentionDecodeOptions {
   numHeads: number;
   /** Default headDim^-0.5. */
   scale?: number;
+  /** Keys [lo, hi) of the first `length` the row may see; default all of them. */
+  keyRange?: readonly [number, number];
+  /** u32 or i32 [>= length]: key j is visible only where keyMask[j] != 0. */
+  keyMask?: Tensor;
+  /** When keyRange is empty; see EmptyRows. */
+  emptyRows?: EmptyRows;
   /** [1, numHeads * headDim] f32; allocated when absent. */
   out?: Tensor;
 }
 
 const DECODE_WG = 64; // keys per sub-tile in the partial pass (shader constant WG)
 const MAX_CHUNKS = 256;
-const MAX_GROUP = 16;
+const MAX_GROUP = 16; // heads per decode workgroup (shader constant MAXG)
+
+/** Workgroup bytes of attention_decode.wgsl's partial entry with G heads per workgroup. */
+export function decodeWorkgroupBytes(D: number, G: number): number {
+  return 2 * 16 * G * Math.ceil(D / 4) + 4 * G * DECODE_WG + 4 * DECODE_WG + 3 * 4 * MAX_GROUP;
+}
+
+/** Heads per decode workgroup: the largest divisor of the group (<= 16) that fits the limit. */
+export function decodeHeadsPerWorkgroup(D: number, group: number, limit: number): number {
+  for (let g = Math.min(group, MAX_GROUP); g >= 1; g--) {
+    if (group % g === 0 && decodeWorkgroupBytes(D, g) <= limit) return g;
+  }
+  throw new WebvlmError("limit_exceeded", `attention: decode needs ${decodeWorkgroupBytes(D, 1)} bytes of workgroup storage`);
+}
 
 /** Decode attention of one query row (row 0 of q) over the cache's first `length` rows. */
 export function attentionDecode(rec: Recorder, q: RowView, cache: KvCache, length: number, opts: AttentionDecodeOptions): Tensor {
@@ -148,43 +261,54 @@ export function attentionDecode(rec: Recorder, q: RowView, cache: KvCache, lengt
 }
 
 /**
- * Flash-decoding over k/v views: pass 1 splits the `length` keys into chunks (multiples of 64,
- * at most 256 chunks) per kv head, pass 2 merges the chunks of each head.
+ * Flash-decoding over k/v views: pass 1 splits the visible keys into chunks (multiples of 64,
+ * at most 256 chunks) per kv head (per slice of its query heads when workgroup memory is short),
+ * pass 2 merges the chunks of each head.
  */
 export function attentionDecodeViews(
   rec: Recorder, q: RowView, k: RowView, v: RowView, length: number,
   opts: AttentionDecodeOptions & { numKvHeads: number; headDim: number },
 ): Tensor {
   const { numHeads, numKvHeads, headDim: D } = opts;
-  const group = checkHeads(numHeads, numKvHeads, D, MAX_GROUP, 4);
+  const group = checkHeads(numHeads, numKvHeads, D);
   if (!Number.isInteger(length) || length < 1) throw new WebvlmError("bad_request", `attention: decode length ${length}`);
+  let [lo, hi] = opts.keyRange ?? [0, length];
+  if (!Number.isInteger(lo) || !Number.isInteger(hi) || lo < 0 || hi > length) {
+    throw new WebvlmError("bad_request", `attention: decode keyRange [${lo}, ${hi}) outside [0, ${length})`);
+  }
+  let keep: Tensor | undefined = opts.keyMask;
+  if (hi <= lo) {
+    // The row's emptiness is known here, so attendAll is a host-side choice of range and mask.
+    if (opts.emptyRows === "attendAll") [lo, hi, keep] = [0, length, undefined];
+    else hi = lo;
+  }
+  if (keep) checkKeep(keep, length);
   const qv = resolveView("attention.q", q, 1, numHeads * D);
   const kv = resolveView("attention.k", k, length, numKvHeads * D);
   const vv = resolveView("attention.v", v, length, numKvHeads * D);
   const out = opts.out ?? allocTensor(rec.ctx, [1, numHeads * D], "f32", "attention");
   expectDtype("attention.out", out, ["f32"]);
   expectShape("attention.out", out, [1, numHeads * D]);
-  const shared = 4 * (2 * group * D + group * DECODE_WG + 3 * MAX_GROUP);
-  if (shared > rec.ctx.limits.maxComputeWorkgroupStorageSize) {
-    throw new WebvlmError("limit_exceeded", `attention: decode needs ${shared} bytes of workgroup storage`);
-  }
+  const G = decodeHeadsPerWorkgroup(D, group, rec.ctx.limits.maxComputeWorkgroupStorageSize);
 
-  const tilesPerChunk = Math.ceil(Math.ceil(length / DECODE_WG) / MAX_CHUNKS);
+  const keys = hi - lo;
+  const tilesPerChunk = Math.max(1, Math.ceil(Math.ceil(keys / DECODE_WG) / MAX_CHUNKS));
   const chunkSize = tilesPerChunk * DECODE_WG;
-  const numChunks = Math.ceil(length / chunkSize);
+  const numChunks = Math.max(1, Math.ceil(keys / chunkSize)); // an empty row still writes its zeros
   const uniforms = packUniforms(
-    "uuuuuuuuuf",
-    length, chunkSize, numChunks, numHeads, qv.off, kv.stride, kv.off, vv.stride, vv.off, opts.scale ?? D ** -0.5,
+    "uuuuuuuuuuuuf",
+    lo, hi, chunkSize, numChunks, numHeads, group / G, qv.off, kv.stride, kv.off, vv.stride, vv.off,
+    keep ? 1 : 0, opts.scale ?? D ** -0.5,
   );
   // Scratch partials; released once recorded: later users of the buffer come after us in stream order.
   const part = allocTensor(rec.ctx, [numHeads * numChunks * (D + 2)], "f32", "attention_partials");
   rec.dispatch({
     code: decodeCode,
     entryPoint: "partial",
-    constants: { D, GROUP: group },
+    constants: { D, GROUP: G },
     uniforms,
-    bindings: [part, q.tensor, k.tensor, v.tensor],
-    workgroups: [numChunks, numKvHeads, 1],
+    bindings: [part, q.tensor, k.tensor, v.tensor, keep ?? q.tensor],
+    workgroups: [numChunks, numHeads / G, 1],
     label: "attention_decode_partial",
   });
   rec.dispatch({
