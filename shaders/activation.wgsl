@@ -3,12 +3,15 @@
 //   1 quickGelu out = a * sigmoid(1.702 a)                  (Qwen2-VL vision MLP)
 //   2 gelu      out = 0.5 a (1 + erf(a / sqrt(2)))          (erf form, as torch; merger MLP)
 //   3 erf       out = erf(a)                                (exposes the approximation to tests)
+//   4 geluTanh  out = 0.5 a (1 + tanh(sqrt(2/pi) (a + 0.044715 a^3)))  (torch's approximate="tanh",
+//               transformers' gelu_pytorch_tanh: SigLIP / idefics2 vision)
+//   5 geluTanhMul out = geluTanh(a) * b                      (GeGLU with the tanh GELU)
 // The output is [rows, cols], row-major and contiguous; inputs are column windows
 // of row-strided tensors, so gate|up may be the two halves of one fused [rows, 2*cols]:
 //   r = i / cols, c = i % cols: a[r * a_stride + a_offset + c], b[r * b_stride + b_offset + c].
 // @binding(0) uniform Params { n, cols, a_stride, a_offset, b_stride, b_offset } (n = rows * cols)
 // @binding(1) a: array<f32>; @binding(2) b: array<f32> (unary ops bind a here too: every
-//   declared binding must be statically used, and b is only read when ACT == 0)
+//   declared binding must be statically used, and b is only read when ACT is 0 or 5)
 // @binding(3) out: array<f32> [rows, cols] (a separate buffer from a and b)
 // Dispatch: ceil(n / 256) workgroups split over x and y (grid2d); i = gid.y * nwg.x * 256 + gid.x.
 struct Params { n: u32, cols: u32, a_stride: u32, a_offset: u32, b_stride: u32, b_offset: u32 }
@@ -84,6 +87,16 @@ fn gelu_f32(x: f32) -> f32 {
   return 0.5 * x * (1.0 + erf_f32(u));
 }
 
+// GELU, tanh form, as x * sigmoid(2u): 0.5 (1 + tanh(u)) = sigmoid(2u) exactly, and the sigmoid
+// form does not cancel in the negative tail (torch's 1 + tanh does, to ~6e-8 absolute; both agree
+// to that). x is clamped to +-20 inside u only: beyond it the result is x or ~0 in f32, and the
+// cube would overflow for huge |x|.
+fn gelu_tanh_f32(x: f32) -> f32 {
+  let xc = clamp(x, -20.0, 20.0);
+  let u = 0.7978845608028654 * fma(0.044715 * xc * xc, xc, xc);
+  return x * sigmoid(2.0 * u);
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let i = gid.y * nwg.x * 256u + gid.x;
@@ -98,8 +111,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     y = v * sigmoid(1.702 * v);
   } else if (ACT == 2u) {
     y = gelu_f32(v);
-  } else {
+  } else if (ACT == 3u) {
     y = erf_f32(v);
+  } else if (ACT == 4u) {
+    y = gelu_tanh_f32(v);
+  } else {
+    y = gelu_tanh_f32(v) * b[r * params.b_stride + params.b_offset + c];
   }
   out[i] = y;
 }

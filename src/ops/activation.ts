@@ -5,7 +5,7 @@ import { expectDtype, expectShape, numel, type Tensor } from "../gpu/tensor.ts";
 import { allocTensor } from "../gpu/transfer.ts";
 
 /** Values of the shader's ACT override. */
-const ACT = { siluMul: 0, quickGelu: 1, gelu: 2, erf: 3 } as const;
+const ACT = { siluMul: 0, quickGelu: 1, gelu: 2, erf: 3, geluTanh: 4, geluTanhMul: 5 } as const;
 
 interface Window {
   t: Tensor;
@@ -39,17 +39,36 @@ function unary(rec: Recorder, act: number, label: string, x: Tensor, out?: Tenso
   return y;
 }
 
+/** act(gate) * up over same-shaped f32 tensors (separate gate and up). */
+function gatedMul(rec: Recorder, act: number, label: string, gate: Tensor, up: Tensor, out?: Tensor): Tensor {
+  expectDtype(`${label}.gate`, gate, ["f32"]);
+  expectDtype(`${label}.up`, up, ["f32"]);
+  expectShape(`${label}.up`, up, gate.shape);
+  const y = out ?? allocTensor(rec.ctx, gate.shape, "f32", label);
+  expectShape(`${label}.out`, y, gate.shape);
+  expectDtype(`${label}.out`, y, ["f32"]);
+  const n = numel(gate.shape);
+  run(rec, act, label, { t: gate, stride: n, offset: 0 }, { t: up, stride: n, offset: 0 }, 1, n, y);
+  return y;
+}
+
+/** act(gate) * up on a fused gate|up projection [rows, 2I] (gate columns [0, I), up [I, 2I)) -> [rows, I]. */
+function gatedMulFused(rec: Recorder, act: number, label: string, gateUp: Tensor, out?: Tensor): Tensor {
+  expectDtype(`${label}.gateUp`, gateUp, ["f32"]);
+  expectShape(`${label}.gateUp`, gateUp, [null, null]);
+  const [rows, twoI] = gateUp.shape;
+  if (twoI % 2 !== 0) throw new WebvlmError("shape_mismatch", `${label}: width ${twoI} is odd`);
+  const cols = twoI / 2;
+  const y = out ?? allocTensor(rec.ctx, [rows, cols], "f32", label);
+  expectShape(`${label}.out`, y, [rows, cols]);
+  expectDtype(`${label}.out`, y, ["f32"]);
+  run(rec, act, label, { t: gateUp, stride: twoI, offset: 0 }, { t: gateUp, stride: twoI, offset: cols }, rows, cols, y);
+  return y;
+}
+
 /** SwiGLU: silu(gate) * up, elementwise over same-shaped f32 [..., I] tensors. */
 export function siluMul(rec: Recorder, gate: Tensor, up: Tensor, out?: Tensor): Tensor {
-  expectDtype("siluMul.gate", gate, ["f32"]);
-  expectDtype("siluMul.up", up, ["f32"]);
-  expectShape("siluMul.up", up, gate.shape);
-  const y = out ?? allocTensor(rec.ctx, gate.shape, "f32", "siluMul");
-  expectShape("siluMul.out", y, gate.shape);
-  expectDtype("siluMul.out", y, ["f32"]);
-  const n = numel(gate.shape);
-  run(rec, ACT.siluMul, "siluMul", { t: gate, stride: n, offset: 0 }, { t: up, stride: n, offset: 0 }, 1, n, y);
-  return y;
+  return gatedMul(rec, ACT.siluMul, "siluMul", gate, up, out);
 }
 
 /**
@@ -57,25 +76,17 @@ export function siluMul(rec: Recorder, gate: Tensor, up: Tensor, out?: Tensor): 
  * and up in [I, 2I) of each row; returns silu(gate) * up as [rows, I].
  */
 export function siluMulFused(rec: Recorder, gateUp: Tensor, out?: Tensor): Tensor {
-  expectDtype("siluMulFused.gateUp", gateUp, ["f32"]);
-  expectShape("siluMulFused.gateUp", gateUp, [null, null]);
-  const [rows, twoI] = gateUp.shape;
-  if (twoI % 2 !== 0) throw new WebvlmError("shape_mismatch", `siluMulFused: width ${twoI} is odd`);
-  const cols = twoI / 2;
-  const y = out ?? allocTensor(rec.ctx, [rows, cols], "f32", "siluMulFused");
-  expectShape("siluMulFused.out", y, [rows, cols]);
-  expectDtype("siluMulFused.out", y, ["f32"]);
-  run(
-    rec,
-    ACT.siluMul,
-    "siluMulFused",
-    { t: gateUp, stride: twoI, offset: 0 },
-    { t: gateUp, stride: twoI, offset: cols },
-    rows,
-    cols,
-    y,
-  );
-  return y;
+  return gatedMulFused(rec, ACT.siluMul, "siluMulFused", gateUp, out);
+}
+
+/** GeGLU with the tanh GELU: geluTanh(gate) * up, elementwise over same-shaped f32 tensors. */
+export function geluTanhMul(rec: Recorder, gate: Tensor, up: Tensor, out?: Tensor): Tensor {
+  return gatedMul(rec, ACT.geluTanhMul, "geluTanhMul", gate, up, out);
+}
+
+/** geluTanh(gate) * up on a fused gate|up projection [rows, 2I]; returns [rows, I]. */
+export function geluTanhMulFused(rec: Recorder, gateUp: Tensor, out?: Tensor): Tensor {
+  return gatedMulFused(rec, ACT.geluTanhMul, "geluTanhMulFused", gateUp, out);
 }
 
 /** x * sigmoid(1.702 x), elementwise (Qwen2-VL vision MLP). */
@@ -95,4 +106,14 @@ export function gelu(rec: Recorder, x: Tensor, out?: Tensor): Tensor {
 /** erf(x), elementwise: the approximation gelu uses, exposed for tests and reuse. */
 export function erf(rec: Recorder, x: Tensor, out?: Tensor): Tensor {
   return unary(rec, ACT.erf, "erf", x, out);
+}
+
+/**
+ * GELU with the tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), elementwise:
+ * torch's gelu(approximate="tanh"), transformers' "gelu_pytorch_tanh" / "gelu_new" (SigLIP,
+ * idefics2's vision tower). Computed as x * sigmoid(2u), which equals it exactly and keeps relative
+ * accuracy in the negative tail. See shaders/activation.wgsl.
+ */
+export function geluTanh(rec: Recorder, x: Tensor, out?: Tensor): Tensor {
+  return unary(rec, ACT.geluTanh, "geluTanh", x, out);
 }

@@ -1,9 +1,10 @@
-// SwiGLU (silu(gate) * up), QuickGELU and erf-GELU vs float64 CPU references, plus the
-// shader's f32 erf against a float64 erf written here (series / continued fraction).
+// SwiGLU (silu(gate) * up), QuickGELU, erf-GELU, tanh-GELU and GeGLU-tanh (plain and fused
+// gate|up) vs float64 CPU references, plus the shader's f32 erf against a float64 erf written
+// here (series / continued fraction).
 // Tolerances: NMSE <= 1e-12 (f32 math; measured ~1e-15). erf: max abs error <= 2.5e-7 and
 // NMSE <= 1e-13 over a dense sweep (the approximation is ~1.15 ulp, 6.8e-8 abs, in f32
 // simulation; the rest is the device's exp).
-import { erf, gelu, quickGelu, siluMul, siluMulFused } from "../../src/ops/activation.ts";
+import { erf, gelu, geluTanh, geluTanhMul, geluTanhMulFused, quickGelu, siluMul, siluMulFused } from "../../src/ops/activation.ts";
 import { Recorder } from "../../src/gpu/recorder.ts";
 import type { GpuContext } from "../../src/gpu/device.ts";
 import type { Tensor } from "../../src/gpu/tensor.ts";
@@ -61,6 +62,25 @@ function checkErfReference(): void {
 }
 
 const silu = (v: number) => v / (1 + Math.exp(-v));
+const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
+// 0.5 v (1 + tanh(u)) = v sigmoid(2u): the sigmoid form, so the negative tail has no cancellation.
+const geluTanhRef = (v: number) => v / (1 + Math.exp(-2 * SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)));
+
+// mpmath (30 digits) of 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the defining tanh form.
+const GELU_TANH_KNOWN: [number, number][] = [
+  [1, 0.8411919906082767047819958],
+  [-1, -0.1588080093917232952180042],
+  [2.5, 2.484915733910001417920508],
+  [-3, -0.003637392081773018837816466],
+  [-6, -8.439646700762297083708551e-11],
+  [0.1, 0.05398275104543516437121984],
+];
+function checkGeluTanhReference(): void {
+  for (const [x, want] of GELU_TANH_KNOWN) {
+    const got = geluTanhRef(x);
+    if (!(Math.abs(got / want - 1) < 1e-14)) throw new Error(`geluTanhRef(${x}) = ${got}, want ${want}`);
+  }
+}
 const quickGeluRef = (v: number) => v / (1 + Math.exp(-1.702 * v));
 // 1 + erf(u) = erfc(-u), taken directly so the negative tail stays exact in float64 too.
 const geluRef = (v: number) => 0.5 * v * (v < 0 ? erfcReference(-v / Math.SQRT2) : 1 + erfReference(v / Math.SQRT2));
@@ -220,4 +240,86 @@ const geluSweep: KernelCase = {
   },
 };
 
-export const cases: KernelCase[] = [...swigluCases, ...fusedCases, ...quickGeluCases, ...geluCases, erfSweep, geluSweep];
+const geluTanhCases: KernelCase[] = unaryShapes.map(([rows, cols]) => ({
+  name: `geluTanh [${rows}, ${cols}]`,
+  async run(gpu) {
+    checkGeluTanhReference();
+    const x = randomArray(rows * cols, 81 + cols, -8, 8);
+    const { got, want } = await unaryCase(gpu, geluTanh, geluTanhRef, x, [rows, cols]);
+    return `nmse=${expectClose("geluTanh", got, want, 1e-12).toExponential(2)}`;
+  },
+}));
+
+/**
+ * tanh-GELU across [-13, 25], tails and the +-20 clamp included: absolute error <= 1e-6
+ * everywhere; relative error, wherever |y| > 1e-30, <= 2e-6 for x >= -3 and <= 4e-5 below:
+ * in the negative tail y ~ x e^(2u) and f32 rounding of u (a few ulps) is amplified by |2u|
+ * (65 at x = -9), as in erf-GELU's tail; torch's own f32 result has that error and more.
+ */
+const geluTanhSweep: KernelCase = {
+  name: "geluTanh sweep [-13, 25]",
+  async run(gpu) {
+    const n = 115001;
+    const x = Float32Array.from({ length: n }, (_, i) => -13 + (38 * i) / (n - 1));
+    const { got, want } = await unaryCase(gpu, geluTanh, geluTanhRef, x, [n]);
+    let maxAbs = 0;
+    let maxRelCore = 0;
+    let maxRelTail = 0;
+    for (let i = 0; i < n; i++) {
+      const e = Math.abs(got[i] - want[i]);
+      maxAbs = Math.max(maxAbs, e);
+      if (Math.abs(want[i]) > 1e-30) {
+        const rel = e / Math.abs(want[i]);
+        if (x[i] >= -3) maxRelCore = Math.max(maxRelCore, rel);
+        else maxRelTail = Math.max(maxRelTail, rel);
+      }
+    }
+    if (!(maxAbs <= 1e-6)) throw new Error(`geluTanh: max abs error ${maxAbs.toExponential(3)}`);
+    if (!(maxRelCore <= 2e-6)) throw new Error(`geluTanh: max rel error ${maxRelCore.toExponential(3)} (x >= -3)`);
+    if (!(maxRelTail <= 4e-5)) throw new Error(`geluTanh: max rel error in the tail ${maxRelTail.toExponential(3)}`);
+    const e = expectClose("geluTanh", got, want, 1e-12);
+    return `nmse=${e.toExponential(2)} maxAbs=${maxAbs.toExponential(2)} maxRel x>=-3: ${maxRelCore.toExponential(2)}, tail: ${maxRelTail.toExponential(2)}`;
+  },
+};
+
+const geluTanhMulCases: KernelCase[] = fusedShapes.flatMap(([rows, cols]): KernelCase[] => [
+  {
+    name: `geluTanhMul rows=${rows} I=${cols}`,
+    async run(gpu) {
+      const g = randomArray(rows * cols, 91 + cols, -8, 8);
+      const u = randomArray(rows * cols, 92 + cols);
+      const tg = uploadTensor(gpu, g, [rows, cols], "f32");
+      const tu = uploadTensor(gpu, u, [rows, cols], "f32");
+      const rec = new Recorder(gpu);
+      const out = geluTanhMul(rec, tg, tu);
+      rec.submit();
+      const got = await readF32(gpu, out);
+      release(gpu, [tg, tu, out]);
+      const want = Float64Array.from(g, (v, i) => geluTanhRef(v) * u[i]);
+      return `nmse=${expectClose("geluTanhMul", got, want, 1e-12).toExponential(2)}`;
+    },
+  },
+  {
+    name: `geluTanhMulFused gateUp=[${rows}, 2*${cols}]`,
+    async run(gpu) {
+      const gu = randomArray(rows * 2 * cols, 93 + cols, -8, 8);
+      const want = new Float64Array(rows * cols);
+      for (let r = 0; r < rows; r++) {
+        for (let c = 0; c < cols; c++) want[r * cols + c] = geluTanhRef(gu[r * 2 * cols + c]) * gu[r * 2 * cols + cols + c];
+      }
+      const t = uploadTensor(gpu, gu, [rows, 2 * cols], "f32");
+      const rec = new Recorder(gpu);
+      const out = geluTanhMulFused(rec, t);
+      rec.submit();
+      if (out.shape[0] !== rows || out.shape[1] !== cols) throw new Error(`out shape [${out.shape}]`);
+      const got = await readF32(gpu, out);
+      release(gpu, [t, out]);
+      return `nmse=${expectClose("geluTanhMulFused", got, want, 1e-12).toExponential(2)}`;
+    },
+  },
+]);
+
+export const cases: KernelCase[] = [
+  ...swigluCases, ...fusedCases, ...quickGeluCases, ...geluCases, erfSweep, geluSweep,
+  ...geluTanhCases, geluTanhSweep, ...geluTanhMulCases,
+];
