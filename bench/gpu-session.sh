@@ -3,7 +3,7 @@
 # benchmark (q4, f16), the kernel benchmark at full sizes, and the transformers peer on the
 # same GPU when torch/transformers are installed there. Needs `npm run bench:pack` first
 # (.device/ carried). Every report and log lands in $OUT (or bench/results/gpu).
-#   bash bench/gpu-session.sh [model-bench options...]
+#   [WEBVLM_PEER=0] bash bench/gpu-session.sh [model-bench options...]
 set -o pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-bench/results/gpu}"
@@ -12,7 +12,9 @@ export OUT="$out"
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv 2>&1; date -u; } | tee "$out/gpu.txt"
 timeout 240 bash .device/run.sh --formats q4,f16 "$@" 2>&1 | tee "$out/model.log"
 timeout 60 bash .device/run.sh kernels --full 2>&1 | tee "$out/kernels.log"
-if python3 -c 'import torch, transformers' 2>/dev/null; then
+if [ "${WEBVLM_PEER:-1}" = "0" ]; then
+  echo "peer skipped (WEBVLM_PEER=0)" | tee "$out/peer.log"
+elif python3 -c 'import torch, transformers' 2>/dev/null; then
   PYTHONUNBUFFERED=1 timeout 120 python3 bench/peer_transformers.py --out "$out/peer-transformers.json" 2>&1 | tee "$out/peer.log"
 else
   echo "no torch/transformers on this machine: peer skipped" | tee "$out/peer.log"

@@ -6,7 +6,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { acquireNodeGpu } from "../src/gpu/node.ts";
 import { allocTensor, uploadTensor } from "../src/gpu/transfer.ts";
-import { linear } from "../src/ops/linear.ts";
+import { gemvConfig, linear, type GemvConfig } from "../src/ops/linear.ts";
 import { uploadWeight } from "../src/quant/pack.ts";
 import type { WeightFormat } from "../src/quant/formats.ts";
 import { benchAttentionDecode } from "./attention.ts";
@@ -28,6 +28,7 @@ const gpu = await acquireNodeGpu();
 const software = /swiftshader|llvmpipe|software/i.test(`${gpu.adapter.vendor} ${gpu.adapter.architecture} ${gpu.adapter.description}`);
 const reduced = args.has("--reduced") || (software && !args.has("--full"));
 const rows: Row[] = [];
+const sweeps: unknown[] = [];
 const add = (r: Row): void => {
   rows.push(r);
   console.log(`${r.name.padEnd(48)} ${r.value.toFixed(r.value < 10 ? 3 : 1).padStart(10)} ${r.unit}${r.note ? `  (${r.note})` : ""}`);
@@ -80,12 +81,45 @@ for (const [n, k] of shapes) {
   }
 }
 
+// q4 GEMV shape sweep at the decode step's four shapes (M = 1; qkv and gate|up with the fused
+// RMSNorm, as the decoder runs them): every LANES x TEAMS x R, the heuristic's pick marked.
+// Same-output repetitions serialize like the decoder's dependent dispatches, so each figure is a
+// latency including the barrier between dispatches.
+if (!reduced || args.has("--sweep")) {
+  const decodeShapes: [number, number, boolean][] = [[2048, 1536, true], [1536, 1536, false], [17920, 1536, true], [1536, 8960, false]];
+  for (const [n, k, norm] of decodeShapes) {
+    const w = uploadWeight(gpu, randomArray(n * k, 9, -0.05, 0.05), n, k, "q4", "bench.sweep");
+    const x = uploadTensor(gpu, randomArray(k, 5), [1, k], "f32");
+    const g = uploadTensor(gpu, randomArray(k, 6, 0.5, 1.5), [k], "f32");
+    const y = allocTensor(gpu, [1, n], "f32");
+    const auto = gemvConfig(1, n, Math.ceil(k / 32));
+    const results: { shape: GemvConfig; us: number }[] = [];
+    for (const threads of [128, 256]) {
+      for (const LANES of [8, 16, 32, 64]) {
+        for (const R of [1, 2, 4, 8]) {
+          const shape = { LANES, TEAMS: threads / LANES, R, MROWS: 1 };
+          const t = await timeGpu(gpu, (rec) => linear(rec, x, w, undefined, y, { gemvShape: shape, rmsNorm: norm ? { weight: g, eps: 1e-6 } : undefined }), reduced ? 2 : 100, reduced ? 1 : 5);
+          results.push({ shape, us: t.ms * 1000 });
+        }
+      }
+    }
+    results.sort((a, b) => a.us - b.us);
+    const bytes = weightBytes("q4", n, k) + 4 * (2 * k + n);
+    const fmt = (r: { shape: GemvConfig; us: number }): string =>
+      `L${r.shape.LANES}xT${r.shape.TEAMS} R${r.shape.R} ${r.us.toFixed(1)} us (${((100 * bytes) / (r.us * 1e3) / copyGBs).toFixed(0)}% of copy)`;
+    const heuristic = results.find((r) => r.shape.LANES === auto.LANES && r.shape.TEAMS === auto.TEAMS && r.shape.R === auto.R);
+    console.log(`sweep q4 GEMV N=${n} K=${k}${norm ? " +norm" : ""}: best ${results.slice(0, 3).map(fmt).join(", ")}; heuristic ${heuristic ? fmt(heuristic) : "?"}`);
+    sweeps.push({ n, k, norm, results, heuristic: auto });
+    for (const t of [x, g, y]) gpu.pool.release(t.buffer);
+  }
+}
+
 const context = reduced ? 512 : 4096;
 const attn = await benchAttentionDecode(gpu, context, reduced);
 add({ name: `attention decode, context ${context} (12 q / 2 kv heads, d=128)`, value: attn.ms * 1000, unit: "us", note: `${attn.gbs.toFixed(2)} GB/s of KV read` });
 
 const out = outArg ?? new URL("./results/kernels.json", import.meta.url).pathname;
 mkdirSync(dirname(out), { recursive: true });
-writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), adapter: gpu.adapter, reduced, rows }, null, 2));
+writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), adapter: gpu.adapter, reduced, rows, sweeps }, null, 2));
 console.log(`\nwrote ${out}`);
 gpu.destroy();

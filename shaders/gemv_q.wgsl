@@ -3,8 +3,8 @@
 // bits 4*(i%8) of word i/8, value (q - 8) * scale), q8 = two vec4<u32> per group (signed byte i%4 of
 // word i/4, value q * scale). Scales: f16 pairs in u32, [N, groups]. Requires K % 4 == 0 (x rows
 // are read as vec4); other K go to matmul_q.wgsl.
-// With NORM (override): y = rmsnorm(x) W^T: x is scaled by norm_weight as it is read and the row's sum of
-// squares is reduced beside the dot products; the result is multiplied by inverseSqrt(mean + eps).
+// With NORM (override): y = rmsnorm(x) W^T: x is scaled by norm_weight as it is staged and the row's
+// sum of squares is reduced beside the dot products; the result is multiplied by inverseSqrt(mean + eps).
 // @binding(0) uniform Params { M, N, K, out_col, out_stride, has_bias, accumulate, eps }   (N = rows of this weight/shard)
 // (1) x: array<vec4<f32>> [M, K / 4]
 // (2) w: array<vec4<u32>> [N, groups * BITS / 4]
@@ -14,9 +14,10 @@
 // (6) norm_weight: array<vec4<f32>> [K / 4] (bind any read-only buffer without NORM)
 // Workgroup (LANES, TEAMS). A team owns R consecutive output rows; its lanes walk K one group at a
 // time (lane l takes groups l, l + LANES, ...), so a team reads LANES consecutive 16/32-byte groups
-// of each row per step (coalesced). The lane's x values are read once from global memory (cached)
-// and reused for the R rows; there are no barriers in the K loop. MROWS rows of x per workgroup.
-// Per-lane partials are tree-reduced in shared memory at the end.
+// of each row per step (coalesced). x is staged in workgroup memory, XC vec4s (a multiple of 8, one
+// group) of each of the MROWS rows at a time, by the whole workgroup: every x value is read from
+// global memory once per workgroup instead of once per team (for q4, a team's x bytes exceeded its
+// weight bytes). Per-lane partials are tree-reduced in shared memory at the end.
 // Dispatch: (tiles_x, tiles_y, ceil(M / MROWS)), tiles_x * tiles_y >= ceil(N / (TEAMS * R)) (grid2d).
 
 struct Params { M: u32, N: u32, K: u32, out_col: u32, out_stride: u32, has_bias: u32, accumulate: u32, eps: f32 }
@@ -37,6 +38,7 @@ override R: u32 = 1u;           // output rows per team, R * MROWS <= MAX_RM
 override MROWS: u32 = 1u;       // x rows per workgroup
 override VPG: u32 = BITS / 4u;  // vec4<u32> per group
 override RM: u32 = R * MROWS;
+override XC: u32 = 256u;        // x vec4s per row staged at a time (multiple of 8)
 
 const MAX_R = 8u;
 const MAX_RM = 8u;
@@ -44,6 +46,7 @@ const MAX_MROWS = 4u;
 
 override SLOTS: u32 = RM + MROWS;  // RM dot products, then MROWS sums of squares (norm)
 var<workgroup> partial: array<f32, SLOTS * TEAMS * LANES>;  // [slot][team][lane]
+var<workgroup> xs: array<vec4<f32>, XC * MROWS>;               // [m][chunk vec4] (normed when NORM)
 
 @compute @workgroup_size(LANES, TEAMS)
 fn main(
@@ -53,6 +56,7 @@ fn main(
 ) {
   let lane = lid.x;
   let team = lid.y;
+  let tid = team * LANES + lane;
   let row0 = (wid.y * nwg.x + wid.x) * TEAMS * R;
   if (row0 >= params.N) { return; }  // whole workgroup: uniform
   let n0 = row0 + team * R;
@@ -62,57 +66,62 @@ fn main(
 
   var acc: array<f32, MAX_RM>;
   var ss: array<f32, MAX_MROWS>;
-  for (var g = lane; g < groups; g += LANES) {
-    // This group of each of the team's rows; rows past N read as zero weights with zero scale.
-    var q: array<vec4<u32>, MAX_R * 2u>;
-    var s: array<f32, MAX_R>;
-    for (var r = 0u; r < R; r++) {
-      let n = n0 + r;
-      if (n < params.N) {
-        let si = n * groups + g;
-        s[r] = unpack2x16float(scales[si >> 1u])[si & 1u];
-        for (var v = 0u; v < VPG; v++) { q[r * VPG + v] = w[si * VPG + v]; }
-      }
-    }
-    // One u32 word at a time: 8 (q4) or 4 (q8) weights per row.
-    for (var wd = 0u; wd < 4u * VPG; wd++) {
-      let k4 = g * 8u + wd * (8u / BITS);  // first x vec4 of this word
-      var xa: array<vec4<f32>, MAX_MROWS>;
-      var xb: array<vec4<f32>, MAX_MROWS>;
-      for (var m = 0u; m < MROWS; m++) {
-        let row = (m0 + m) * K4;
-        if (m0 + m < params.M) {
-          // Past K only padding (zero weights) follows; x there is never read, nor counted in ss.
-          if (k4 < K4) {
-            xa[m] = x[row + k4];
-            if (NORM) {
-              ss[m] += dot(xa[m], xa[m]);
-              xa[m] *= norm_weight[k4];
-            }
-          }
-          if (BITS == 4u && k4 + 1u < K4) {
-            xb[m] = x[row + k4 + 1u];
-            if (NORM) {
-              ss[m] += dot(xb[m], xb[m]);
-              xb[m] *= norm_weight[k4 + 1u];
-            }
-          }
+  for (var c0 = 0u; c0 < K4; c0 += XC) {
+    // Stage x[m0 .. m0 + MROWS, c0 .. c0 + XC): each element once, by the whole workgroup.
+    workgroupBarrier();  // the previous chunk's reads are done
+    for (var e = tid; e < XC * MROWS; e += LANES * TEAMS) {
+      let m = e / XC;
+      let k4 = c0 + e % XC;
+      var xv = vec4<f32>(0.0);
+      // Past K only padding (zero weights) follows; x there is never read, nor counted in ss.
+      if (k4 < K4 && m0 + m < params.M) {
+        xv = x[(m0 + m) * K4 + k4];
+        if (NORM) {
+          ss[m] += dot(xv, xv);
+          xv *= norm_weight[k4];
         }
       }
+      xs[e] = xv;
+    }
+    workgroupBarrier();
+
+    let gEnd = min(groups, (c0 + XC) / 8u);
+    for (var g = c0 / 8u + lane; g < gEnd; g += LANES) {
+      // This group of each of the team's rows; rows past N read as zero weights with zero scale.
+      var q: array<vec4<u32>, MAX_R * 2u>;
+      var s: array<f32, MAX_R>;
       for (var r = 0u; r < R; r++) {
-        let word = vec4<u32>(q[r * VPG + wd / 4u][wd % 4u]);
-        let sv = vec4<f32>(s[r]);
-        if (BITS == 4u) {
-          // (q - 8) * s as one exact fma: q*s - 8s.
-          let off = vec4<f32>(-8.0 * s[r]);
-          let lo = fma(vec4<f32>((word >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)), sv, off);
-          let hi = fma(vec4<f32>((word >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u)), sv, off);
-          for (var m = 0u; m < MROWS; m++) { acc[r * MROWS + m] += dot(lo, xa[m]) + dot(hi, xb[m]); }
-        } else {
-          // Sign-extend each byte: move it to the top, then arithmetic shift right.
-          let b = bitcast<vec4<i32>>(word << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u);
-          let wv = vec4<f32>(b) * sv;
-          for (var m = 0u; m < MROWS; m++) { acc[r * MROWS + m] += dot(wv, xa[m]); }
+        let n = n0 + r;
+        if (n < params.N) {
+          let si = n * groups + g;
+          s[r] = unpack2x16float(scales[si >> 1u])[si & 1u];
+          for (var v = 0u; v < VPG; v++) { q[r * VPG + v] = w[si * VPG + v]; }
+        }
+      }
+      // One u32 word at a time: 8 (q4) or 4 (q8) weights per row.
+      for (var wd = 0u; wd < 4u * VPG; wd++) {
+        let xi = g * 8u + wd * (8u / BITS) - c0;  // first staged x vec4 of this word
+        var xa: array<vec4<f32>, MAX_MROWS>;
+        var xb: array<vec4<f32>, MAX_MROWS>;
+        for (var m = 0u; m < MROWS; m++) {
+          xa[m] = xs[m * XC + xi];
+          if (BITS == 4u) { xb[m] = xs[m * XC + xi + 1u]; }
+        }
+        for (var r = 0u; r < R; r++) {
+          let word = vec4<u32>(q[r * VPG + wd / 4u][wd % 4u]);
+          let sv = vec4<f32>(s[r]);
+          if (BITS == 4u) {
+            // (q - 8) * s as one exact fma: q*s - 8s.
+            let off = vec4<f32>(-8.0 * s[r]);
+            let lo = fma(vec4<f32>((word >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)), sv, off);
+            let hi = fma(vec4<f32>((word >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u)), sv, off);
+            for (var m = 0u; m < MROWS; m++) { acc[r * MROWS + m] += dot(lo, xa[m]) + dot(hi, xb[m]); }
+          } else {
+            // Sign-extend each byte: move it to the top, then arithmetic shift right.
+            let b = bitcast<vec4<i32>>(word << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u);
+            let wv = vec4<f32>(b) * sv;
+            for (var m = 0u; m < MROWS; m++) { acc[r * MROWS + m] += dot(wv, xa[m]); }
+          }
         }
       }
     }
@@ -140,7 +149,9 @@ fn main(
     if (n < params.N && m < params.M) {
       var v = partial[(lane * TEAMS + team) * LANES];
       if (NORM) {
-        let sum_sq = partial[((RM + lane % MROWS) * TEAMS + team) * LANES];
+        // Every thread of the workgroup staged part of x: sum the teams' lane-reduced sums.
+        var sum_sq = 0.0;
+        for (var tm = 0u; tm < TEAMS; tm++) { sum_sq += partial[((RM + lane % MROWS) * TEAMS + tm) * LANES]; }
         v *= inverseSqrt(sum_sq / f32(params.K) + params.eps);
       }
       if (params.has_bias != 0u) { v += bias[params.out_col + n]; }

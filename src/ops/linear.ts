@@ -60,6 +60,17 @@ export function gemvConfig(m: number, n: number, rowUnits: number): GemvConfig {
   return { LANES, TEAMS: GEMV_THREADS / LANES, R, MROWS };
 }
 
+/**
+ * x vec4s per row that the q GEMV stages in workgroup memory at a time (its XC): the whole row
+ * when it fits beside the reduction scratch, else the largest multiple of one group (8 vec4s).
+ */
+export function gemvStagedVec4s(cfg: GemvConfig, k: number, storageLimit: number): number {
+  const scratch = 4 * (cfg.R * cfg.MROWS + cfg.MROWS) * cfg.LANES * cfg.TEAMS;
+  const fit = Math.floor((storageLimit - scratch) / (16 * cfg.MROWS) / 8) * 8;
+  if (fit < 8) throw new WebvlmError("limit_exceeded", `linear: workgroup storage ${storageLimit} too small for the q GEMV`);
+  return Math.min(fit, Math.ceil(k / 32) * 8);
+}
+
 function checkWeight(name: string, w: Weight): void {
   if (w.format === "q4" || w.format === "q8") {
     const groups = w.paddedCols / GROUP_SIZE;
@@ -88,6 +99,8 @@ export interface LinearOptions {
    * products), saving the norm's dispatch and its output; on the GEMM path rmsNorm runs first.
    */
   rmsNorm?: { weight: Tensor; eps: number };
+  /** GEMV workgroup shape instead of gemvConfig's heuristic (benchmarks sweep it to tune the heuristic). */
+  gemvShape?: GemvConfig;
 }
 
 /**
@@ -136,13 +149,13 @@ export function linear(rec: Recorder, x: Tensor, w: Weight | ShardedWeight, bias
     throw new WebvlmError("internal", "linear: out must not share a buffer with x or bias");
   }
   if (M === 0 || N === 0) return y;
-  for (const s of shards) dispatchShard(rec, x, s.weight, s.rowStart, bias, y, M, N, opts.accumulate ?? false, norm);
+  for (const s of shards) dispatchShard(rec, x, s.weight, s.rowStart, bias, y, M, N, opts.accumulate ?? false, norm, opts.gemvShape);
   return y;
 }
 
 function dispatchShard(
   rec: Recorder, x: Tensor, w: Weight, col: number, bias: Tensor | undefined, y: Tensor, M: number, outStride: number,
-  accumulate: boolean, norm: LinearOptions["rmsNorm"],
+  accumulate: boolean, norm: LinearOptions["rmsNorm"], shape: GemvConfig | undefined,
 ): void {
   const { limits } = rec.ctx;
   const N = w.rows;
@@ -174,8 +187,9 @@ function dispatchShard(
     });
   } else if (kernel === "gemv") {
     const rowUnits = quant ? paddedCols(K) / GROUP_SIZE : K / (w.format === "f16" ? 8 : 4);
-    const cfg = gemvConfig(M, N, rowUnits);
+    const cfg = shape ?? gemvConfig(M, N, rowUnits);
     const [gx, gy] = grid2d(Math.ceil(N / (cfg.TEAMS * cfg.R)), limits.maxComputeWorkgroupsPerDimension);
+    if (quant) constants.XC = gemvStagedVec4s(cfg, K, limits.maxComputeWorkgroupStorageSize);
     rec.dispatch({
       code: quant ? gemvQCode : gemvCode,
       constants: { ...constants, ...cfg },

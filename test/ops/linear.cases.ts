@@ -53,6 +53,9 @@ const SHAPES: Shape[] = [
   { M: 1, K: 264, N: 4100 },
   { M: 3, K: 264, N: 4099 },
   { M: 2, K: 1536, N: 1030 },
+  // Long rows: the q GEMV stages x in several chunks (M = 3 stages 4 rows, so smaller chunks).
+  { M: 1, K: 8960, N: 40 },
+  { M: 3, K: 8200, N: 21 },
   // One-thread-per-output GEMV (K <= 256): up to the boundary, several x rows, a padded q tail.
   { M: 1, K: 64, N: 4100 },
   { M: 8, K: 256, N: 33 },
