@@ -1,7 +1,7 @@
 // The end-to-end benchmark's result shape (written as JSON) and its terminal table.
 import type { AdapterReport } from "../src/gpu/device.ts";
 import type { KernelTime } from "../src/gpu/profiler.ts";
-import type { WeightFormats } from "../src/models/qwen2_vl/weights.ts";
+import type { WeightFormats } from "../src/models/common/source.ts";
 
 export interface FormatResult {
   format: "q4" | "f16";

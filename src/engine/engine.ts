@@ -12,13 +12,11 @@ import type { ProgressEvent } from "../loader/progress.ts";
 import { generateStream } from "../generate/loop.ts";
 import { generationConfigDefaults } from "../generate/sampler.ts";
 import type { GenerateChunk, GenerateParams, GenerateResult, StepModel, StepOptions as GenStepOptions } from "../generate/types.ts";
-import { resolveModelBuilder } from "../models/registry.ts";
-import type { Qwen2VLCache, Qwen2VLModel, VisionItem } from "../models/qwen2_vl/model.ts";
+import type { MediaProcessor, ModelCache, ModelStep, PreparedMedia, VlmModel } from "../models/family.ts";
+import { resolveFamily } from "../models/registry.ts";
 import type { WeightFormat } from "../quant/formats.ts";
 import { buildChatPrompt, ChatTemplate, type ChatMessage as TemplateMessage } from "../tokenizer/chat_template.ts";
 import { TextTokenizer } from "../tokenizer/tokenizer.ts";
-import type { PreprocessOptions } from "../vision/processor.ts";
-import { checkpointPreprocess, prepareMedia, type PreparedMedia } from "./prepare.ts";
 import { collectMedia, generateParams, validateRequest } from "./request.ts";
 import { commonPrefix, mediaKeyedIds } from "./prefix.ts";
 import { pump } from "./pump.ts";
@@ -52,13 +50,13 @@ export interface ModelInfo {
 interface Loaded {
   info: ModelInfo;
   checkpoint: Checkpoint;
-  model: Qwen2VLModel;
+  model: VlmModel;
   tokenizer: TextTokenizer;
   template: ChatTemplate;
   defaults: GenerateParams;
   eosTokenIds: number[];
-  preprocess: PreprocessOptions;
-  cache: Qwen2VLCache;
+  processor: MediaProcessor;
+  cache: ModelCache;
   /** Token keys (ids, with media content hashes at pad positions) of what the cache holds. */
   cachedKeys: (number | string)[];
 }
@@ -112,8 +110,7 @@ export class Engine {
       }
       const checkpoint = await openCheckpoint(location, { onProgress: opts.onProgress, signal: opts.signal, cache: opts.cache });
       try {
-        const builder = resolveModelBuilder(checkpoint.config);
-        const config = builder.parseConfig(checkpoint.config, checkpoint.generationConfig);
+        const family = resolveFamily(checkpoint.config).open(checkpoint.config, checkpoint.generationConfig);
         const tokenizer = new TextTokenizer(checkpoint.tokenizerJson, checkpoint.tokenizerConfig);
         if (!checkpoint.chatTemplate) throw new WebvlmError("bad_request", "the checkpoint has no chat template");
         const template = new ChatTemplate(checkpoint.chatTemplate);
@@ -124,7 +121,7 @@ export class Engine {
         } as const;
         const totalBytes = checkpoint.weights.totalBytes;
         let uploadedBytes = 0;
-        const model = await builder.load(this.gpu, config, checkpoint.weights, {
+        const model = await family.load(this.gpu, checkpoint.weights, {
           ...formats,
           packedCache: checkpoint.cached ? packedWeightCache(checkpoint.description) : undefined,
           onQuantize: (label, fromCache, bytes) =>
@@ -134,20 +131,21 @@ export class Engine {
             opts.onProgress?.({ phase: "upload", file: name, loadedBytes: uploadedBytes, totalBytes, fraction: totalBytes ? Math.min(1, uploadedBytes / totalBytes) : 1 });
           },
         });
-        await warmUp(model, opts.onProgress);
-        const maxPos = config.text.maxPositionEmbeddings ?? 32768;
-        const contextLength = Math.min(opts.contextLength ?? 4096, maxPos);
+        const emit = (done: number, total: number): void =>
+          opts.onProgress?.({ phase: "compile", file: "pipelines", loadedBytes: done, totalBytes: total, fraction: total ? done / total : 1 });
+        await model.warmUp(emit);
+        const contextLength = Math.min(opts.contextLength ?? 4096, family.maxPositions);
         const { sampling, eosTokenIds } = generationConfigDefaults(checkpoint.generationConfig);
         const pp = (checkpoint.preprocessorConfig ?? {}) as Record<string, unknown>;
         this.loaded = {
-          info: { id: checkpoint.description, family: builder.family, contextLength, formats },
+          info: { id: checkpoint.description, family: family.family, contextLength, formats },
           checkpoint,
           model,
           tokenizer,
           template,
           defaults: sampling,
           eosTokenIds: eosTokenIds.length ? eosTokenIds : [...tokenizer.eosTokenIds],
-          preprocess: checkpointPreprocess(pp),
+          processor: family.createProcessor(pp),
           cache: model.createCache(contextLength),
           cachedKeys: [],
         };
@@ -245,10 +243,9 @@ export class Engine {
       const L = this.loaded;
       if (!L) throw new WebvlmError("model_not_found", "no model loaded: call engine.load() first");
       if (req.signal?.aborted) throw new WebvlmError("aborted", "the request was aborted before it started");
-      const media = await prepareMedia(collectMedia(req.messages), L.preprocess, L.model.config.vision, req.signal);
-      const pads = (kind: "image" | "video", tokenId: number) => ({ kind, tokenId, counts: media.filter((m) => m.kind === kind).map((m) => m.tokens) });
-      const prompt = buildChatPrompt(L.tokenizer, L.template, req.messages as unknown as TemplateMessage[],
-        [pads("image", L.model.config.imageTokenId), pads("video", L.model.config.videoTokenId)],
+      const media = await L.processor.prepare(collectMedia(req.messages), req.signal);
+      const placeholders = L.processor.placeholders(media);
+      const prompt = buildChatPrompt(L.tokenizer, L.template, req.messages as unknown as TemplateMessage[], placeholders,
         { addGenerationPrompt: true, addVisionId: req.add_vision_id ?? false });
       if (prompt.ids.length >= L.info.contextLength) {
         throw new WebvlmError("context_length_exceeded", `the prompt has ${prompt.ids.length} tokens; the context holds ${L.info.contextLength}`, {
@@ -258,7 +255,8 @@ export class Engine {
       }
       const params = generateParams(req, { ...L.defaults, maxTokens: L.info.contextLength - prompt.ids.length });
       const stats = { cachedTokens: 0 };
-      const gen = generateStream(this.stepModel(L, prompt.ids, media, stats), prompt.ids, params, {
+      const keys = mediaKeyedIds(prompt.ids, media, placeholders);
+      const gen = generateStream(this.stepModel(L, prompt.ids, keys, media, stats), prompt.ids, params, {
         tokenizer: L.tokenizer,
         eosTokenIds: L.eosTokenIds,
         contextLength: L.info.contextLength,
@@ -276,20 +274,16 @@ export class Engine {
   }
 
   /** The model as the generation loop sees it, reusing the cached common prefix of the prompt. */
-  private stepModel(L: Loaded, ids: number[], media: PreparedMedia[], stats: { cachedTokens: number }): StepModel {
-    const keys = mediaKeyedIds(ids, media, L.model.config.imageTokenId, L.model.config.videoTokenId);
-    const items = (kind: "image" | "video"): VisionItem[] =>
-      media.filter((m) => m.kind === kind).map((m) => ({ grid: m.grid, pixelValues: m.pixelValues }));
+  private stepModel(L: Loaded, ids: number[], keys: (number | string)[], media: PreparedMedia[], stats: { cachedTokens: number }): StepModel {
     const read = (o: GenStepOptions): "logits" | "argmax" => (o.needLogits ? "logits" : "argmax");
-    const toStep = (r: { tokenId: number | null; logits: Float32Array | null }) =>
-      r.logits ? { logits: r.logits } : { tokenId: r.tokenId as number };
+    const toStep = (r: ModelStep) => (r.logits ? { logits: r.logits } : { tokenId: r.tokenId as number });
     return {
       prefill: async (_ids, o) => {
         // Keep at least one prompt token to compute, so prefill yields the next distribution.
         const keep = Math.min(commonPrefix(L.cachedKeys, keys), ids.length - 1);
         L.cache.truncate(keep);
         L.cachedKeys = keys.slice(0, keep);
-        const r = await L.model.prefill(ids, { images: items("image"), videos: items("video") }, L.cache, { read: read(o) });
+        const r = await L.model.prefill(ids, media, L.cache, { read: read(o) });
         stats.cachedTokens = r.reused;
         L.cachedKeys = keys.slice();
         return toStep(r);
@@ -300,29 +294,6 @@ export class Engine {
         return toStep(r);
       },
     };
-  }
-}
-
-/**
- * Compiles every pipeline a request needs (vision tower, prefill, decode) with a 3-token prompt
- * holding one 28x28 image, so the first real request does not pay for it ("compile" progress).
- */
-async function warmUp(model: Qwen2VLModel, onProgress?: (e: ProgressEvent) => void): Promise<void> {
-  const c = model.config;
-  const emit = (loaded: number): void => onProgress?.({ phase: "compile", file: "pipelines", loadedBytes: loaded, totalBytes: 2, fraction: loaded / 2 });
-  emit(0);
-  const m = c.vision.spatialMergeSize;
-  const grid: [number, number, number] = [1, m, m];
-  const patchWidth = 3 * c.vision.temporalPatchSize * c.vision.patchSize * c.vision.patchSize;
-  const cache = model.createCache(8);
-  try {
-    const ids = [c.visionStartTokenId, c.imageTokenId, c.visionEndTokenId];
-    await model.prefill(ids, { images: [{ grid, pixelValues: new Float32Array(m * m * patchWidth) }] }, cache, { read: "argmax" });
-    emit(1);
-    await model.decode(c.visionEndTokenId, cache, { read: "argmax" });
-    emit(2);
-  } finally {
-    cache.dispose();
   }
 }
 

@@ -10,13 +10,20 @@ export interface KeyedMedia {
   tokens: number;
 }
 
-export function mediaKeyedIds(ids: readonly number[], media: readonly KeyedMedia[], imagePad: number, videoPad: number): (number | string)[] {
+/**
+ * Prompt ids with each placeholder run replaced by its media item's content keys. Placeholders
+ * (the family's pad token per kind, from its processor) are filled by the items of that kind in
+ * prompt order, `tokens` positions each.
+ */
+export function mediaKeyedIds(ids: readonly number[], media: readonly KeyedMedia[], placeholders: readonly { tokenId: number; kind?: string }[]): (number | string)[] {
+  const kindOf = new Map<number, "image" | "video">();
+  for (const p of placeholders) if (p.kind === "image" || p.kind === "video") kindOf.set(p.tokenId, p.kind);
   const queues = { image: media.filter((m) => m.kind === "image"), video: media.filter((m) => m.kind === "video") };
   const used = { image: 0, video: 0 };
   const left = { image: 0, video: 0 };
   const keys: (number | string)[] = [];
   for (const id of ids) {
-    const kind = id === imagePad ? "image" : id === videoPad ? "video" : null;
+    const kind = kindOf.get(id);
     if (!kind) {
       keys.push(id);
       continue;

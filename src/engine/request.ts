@@ -3,19 +3,29 @@
 import { WebvlmError } from "../api/errors.ts";
 import type { ChatCompletionRequest, ChatMessage } from "../api/types.ts";
 import type { GenerateParams } from "../generate/types.ts";
-import type { PreprocessOptions } from "../vision/processor.ts";
+
+/**
+ * A content part's own size controls (min_pixels, max_pixels, resized_height, resized_width):
+ * validated here, interpreted by the family's processor (those without size rules ignore them).
+ */
+export interface MediaSizeOptions {
+  minPixels?: number;
+  maxPixels?: number;
+  resizedHeight?: number;
+  resizedWidth?: number;
+}
 
 export interface MediaRef {
   kind: "image" | "video";
   /** URL string, bytes, or a browser image object (video: an array of those, one per frame) */
   source: unknown;
-  options: PreprocessOptions;
+  options: MediaSizeOptions;
 }
 
 const bad = (message: string, param?: string): WebvlmError => new WebvlmError("bad_request", message, param ? { param } : undefined);
 
-function sizeOptions(o: Record<string, unknown>, where: string): PreprocessOptions {
-  const out: PreprocessOptions = {};
+function sizeOptions(o: Record<string, unknown>, where: string): MediaSizeOptions {
+  const out: MediaSizeOptions = {};
   const num = (k: string): number | undefined => {
     const v = o[k];
     if (v === undefined || v === null) return undefined;

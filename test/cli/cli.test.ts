@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { makeTinyQwen2VL } from "../../scripts/make_tiny_qwen2vl.ts";
 import { decodeImageNode } from "../../src/vision/decode_node.ts";
-import { preprocessImage } from "../../src/vision/processor.ts";
+import { preprocessImage } from "../../src/models/qwen2_vl/image_processor.ts";
 import { buildChatPrompt, ChatTemplate } from "../../src/tokenizer/chat_template.ts";
 import { TextTokenizer } from "../../src/tokenizer/tokenizer.ts";
 import { visionTokenCount } from "../../src/models/qwen2_vl/vision.ts";

@@ -162,7 +162,7 @@ test("a video given as frames is answered as the reference model answers it", { 
   const { greedyGenerate, loadReferenceModel } = await import("../reference/qwen2vl_reference.ts");
   const { decodeImageNode } = await import("../../src/vision/decode_node.ts");
   const { normalizeRgb8ToChw } = await import("../../src/vision/normalize.ts");
-  const { patchify } = await import("../../src/vision/patchify.ts");
+  const { patchify } = await import("../../src/models/qwen2_vl/patchify.ts");
   const { buildChatPrompt, ChatTemplate } = await import("../../src/tokenizer/chat_template.ts");
   const { TextTokenizer } = await import("../../src/tokenizer/tokenizer.ts");
   const { readFile } = await import("node:fs/promises");

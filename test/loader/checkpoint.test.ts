@@ -12,7 +12,7 @@ import { openCheckpoint, type Checkpoint, type OpenCheckpointOptions } from "../
 import { openCheckpointDir } from "../../src/loader/file_node.ts";
 import { ProgressAggregator, type ProgressEvent } from "../../src/loader/progress.ts";
 import type { SafetensorsCheckpoint } from "../../src/loader/safetensors.ts";
-import type { TensorSource } from "../../src/models/qwen2_vl/weights.ts";
+import type { TensorSource } from "../../src/models/common/source.ts";
 import { makeTinyQwen2VL, QWEN2VL_CHAT_TEMPLATE } from "../../scripts/make_tiny_qwen2vl.ts";
 import { StaticServer } from "../util/static_server.ts";
 

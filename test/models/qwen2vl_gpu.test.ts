@@ -22,15 +22,16 @@ import { openCheckpointDir, writeSafetensorsFile } from "../../src/loader/file_n
 import type { SafetensorsCheckpoint } from "../../src/loader/safetensors.ts";
 import { parseQwen2VLConfig, type Qwen2VLConfig } from "../../src/models/qwen2_vl/config.ts";
 import { loadQwen2VL, type Qwen2VLCache, type Qwen2VLModel, type VisionItem } from "../../src/models/qwen2_vl/model.ts";
-import { checkpointTensorSource, qwen2VLTensorTable, type TensorSource, type WeightLoadOptions } from "../../src/models/qwen2_vl/weights.ts";
-import { resolveModelBuilder } from "../../src/models/registry.ts";
+import { qwen2VLTensorTable } from "../../src/models/qwen2_vl/weights.ts";
+import { checkpointTensorSource, type TensorSource, type WeightLoadOptions } from "../../src/models/common/source.ts";
+import { resolveFamily } from "../../src/models/registry.ts";
 import { roundTripValues } from "../../src/quant/pack.ts";
 import { buildChatPrompt, ChatTemplate, resolveChatTemplate } from "../../src/tokenizer/chat_template.ts";
 import { TextTokenizer } from "../../src/tokenizer/tokenizer.ts";
 import { visionTokenCount } from "../../src/models/qwen2_vl/vision.ts";
 import { normalizeRgb8ToChw } from "../../src/vision/normalize.ts";
-import { patchify } from "../../src/vision/patchify.ts";
-import { preprocessImage, type PreprocessedImage } from "../../src/vision/processor.ts";
+import { patchify } from "../../src/models/qwen2_vl/patchify.ts";
+import { preprocessImage, type PreprocessedImage } from "../../src/models/qwen2_vl/image_processor.ts";
 import { makeTinyQwen2VL } from "../../scripts/make_tiny_qwen2vl.ts";
 import {
   argmax as refArgmax, buildReferenceModel, getRopeIndex as refRopeIndex, greedyGenerate, loadReferenceModel, parseConfig,
@@ -489,9 +490,9 @@ test("a tensor missing from the checkpoint is named; a wrong shape is named", as
 
 test("registry: Qwen2-VL resolves, an unknown architecture is rejected", async () => {
   const cfg = await readJson(join(root, "tiny-a"), "config.json");
-  assert.equal(resolveModelBuilder(cfg).family, "qwen2_vl");
-  assert.equal(resolveModelBuilder({ model_type: "qwen2_vl" }).family, "qwen2_vl");
-  assert.throws(() => resolveModelBuilder({ architectures: ["LlamaForCausalLM"], model_type: "llama" }), assertWebvlmError("unsupported_architecture", "LlamaForCausalLM"));
-  assert.throws(() => resolveModelBuilder({ model_type: "qwen2_5_vl" }), assertWebvlmError("unsupported_architecture", "qwen2_5_vl"));
+  assert.equal(resolveFamily(cfg).name, "qwen2_vl");
+  assert.equal(resolveFamily({ model_type: "qwen2_vl" }).name, "qwen2_vl");
+  assert.throws(() => resolveFamily({ architectures: ["LlamaForCausalLM"], model_type: "llama" }), assertWebvlmError("unsupported_architecture", "LlamaForCausalLM"));
+  assert.throws(() => resolveFamily({ model_type: "qwen2_5_vl" }), assertWebvlmError("unsupported_architecture", "qwen2_5_vl"));
   assert.deepEqual(gpu.uncapturedErrors, []);
 });

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { test } from "node:test";
-import { checkpointPreprocess, prepareMedia } from "../../src/engine/prepare.ts";
+import { checkpointPreprocess, prepareMedia } from "../../src/models/qwen2_vl/media.ts";
 import { readBlob, readFixtureJson } from "./fixtures.ts";
 
 interface Expected {

@@ -10,10 +10,10 @@ import { fileURLToPath } from "node:url";
 import { WebvlmError, type WebvlmErrorCode } from "../../src/api/errors.ts";
 import { decodeImageNode } from "../../src/vision/decode_node.ts";
 import { normalizeRgb8ToChw } from "../../src/vision/normalize.ts";
-import { patchify } from "../../src/vision/patchify.ts";
-import { preprocessImage, targetSize } from "../../src/vision/processor.ts";
+import { patchify } from "../../src/models/qwen2_vl/patchify.ts";
+import { preprocessImage, targetSize } from "../../src/models/qwen2_vl/image_processor.ts";
 import { resizeRgb8 } from "../../src/vision/resize.ts";
-import { pyRound, requestedResize, smartResize } from "../../src/vision/smart_resize.ts";
+import { pyRound, requestedResize, smartResize } from "../../src/models/qwen2_vl/smart_resize.ts";
 
 const DIR = join(dirname(fileURLToPath(import.meta.url)), "..", "fixtures", "vision");
 

@@ -12,8 +12,10 @@ import { createKvCache, releaseKvCache, type KvCache } from "../../ops/kv_cache.
 import type { Qwen2VLConfig } from "./config.ts";
 import { getRopeIndex, type Grid, type RopeIndex } from "./rope_index.ts";
 import { textForward } from "./text.ts";
+import { parseVitActivation } from "../vit/encoder.ts";
 import { encodeVision, visionTokenCount } from "./vision.ts";
-import { loadQwen2VLWeights, releaseQwen2VLWeights, type Qwen2VLWeights, type TensorSource, type WeightLoadOptions } from "./weights.ts";
+import { loadQwen2VLWeights, releaseQwen2VLWeights, type Qwen2VLWeights } from "./weights.ts";
+import { type TensorSource, type WeightLoadOptions } from "../common/source.ts";
 
 /** One image or video of the prompt, in prompt order. */
 export interface VisionItem {
@@ -82,9 +84,7 @@ export class Qwen2VLCache {
 }
 
 function checkSupported(config: Qwen2VLConfig): void {
-  if (config.vision.hiddenAct !== "quick_gelu") {
-    throw new WebvlmError("unsupported_feature", `vision hidden_act ${config.vision.hiddenAct} is not supported (quick_gelu only)`);
-  }
+  parseVitActivation(config.vision.hiddenAct); // throws unsupported_feature for activations without a kernel
 }
 
 const MAP_READ = 0x0001;

@@ -1,18 +1,18 @@
 // Qwen2-VL vision tower (Qwen2VisionTransformerPretrainedModel): patch embed,
-// 2-D rotary, pre-norm ViT blocks with attention limited to each image frame,
-// and the 2x2 patch merger. Records into a Recorder; submits nothing.
+// 2-D rotary, the shared pre-norm ViT blocks (models/vit) with attention limited to each image
+// frame, and the 2x2 patch merger. Records into a Recorder; submits nothing.
 import { WebvlmError } from "../../api/errors.ts";
 import type { Recorder } from "../../gpu/recorder.ts";
 import { reshape, type Tensor } from "../../gpu/tensor.ts";
 import { uploadTensor } from "../../gpu/transfer.ts";
-import { gelu, quickGelu } from "../../ops/activation.ts";
-import { attentionPrefill } from "../../ops/attention.ts";
+import { gelu } from "../../ops/activation.ts";
 import { layerNorm } from "../../ops/layer_norm.ts";
 import { linear } from "../../ops/linear.ts";
 import { applyRope } from "../../ops/rope.ts";
 import type { Qwen2VLVisionConfig } from "./config.ts";
 import type { Grid } from "./rope_index.ts";
 import type { VisionWeights } from "./weights.ts";
+import { parseVitActivation, runVitBlocks, type VitConfig } from "../vit/encoder.ts";
 
 const LN_EPS = 1e-6;
 const VISION_THETA = 10000;
@@ -87,9 +87,6 @@ export function encodeVision(
   if (pixelValues.shape.length !== 2 || pixelValues.shape[0] !== n || pixelValues.shape[1] !== patchDim) {
     throw new WebvlmError("bad_request", `vision: pixel values [${pixelValues.shape}] do not match the grids' [${n}, ${patchDim}]`);
   }
-  if (cfg.hiddenAct !== "quick_gelu") {
-    throw new WebvlmError("unsupported_feature", `vision hidden_act ${cfg.hiddenAct} is not supported (quick_gelu only)`);
-  }
   const e = cfg.embedDim;
   const hd = cfg.headDim;
   const heads = cfg.numHeads;
@@ -99,38 +96,20 @@ export function encodeVision(
   const cu = uploadTensor(ctx, visionCuSeqlens(grids), [grids.reduce((a, g) => a + g[0], 0) + 1], "u32", "vision.cu_seqlens");
 
   const x = linear(rec, pixelValues, w.patchEmbed);
-  for (const b of w.blocks) {
-    const h = layerNorm(rec, x, b.norm1.weight, b.norm1.bias, LN_EPS);
-    const qkv = linear(rec, h, b.qkv, b.qkvBias); // [n, 3e]: q | k | v, heads contiguous in each
-    free(h);
+  const vit: VitConfig = { hiddenSize: e, numHeads: heads, headDim: hd, norm: "layer_norm", normEps: LN_EPS, act: parseVitActivation(cfg.hiddenAct) };
+  runVitBlocks(rec, vit, w.blocks, x, {
+    mask: { kind: "segments", cuSeqlens: cu },
     // q's and k's heads are adjacent in the row: one dispatch rotates both.
-    applyRope(rec, qkv, positions, {
-      numHeads: 2 * heads,
-      headDim: hd,
-      rowStride: 3 * e,
-      theta: VISION_THETA,
-      sections: [hd / 4, hd / 4],
-      restartPerSection: true,
-    });
-    const view = (col: number) => ({ tensor: qkv, rowStride: 3 * e, colOffset: col });
-    const attn = attentionPrefill(rec, view(0), view(e), view(2 * e), {
-      numHeads: heads,
-      numKvHeads: heads,
-      headDim: hd,
-      mask: { kind: "segments", cuSeqlens: cu },
-    });
-    free(qkv);
-    // Residual adds fused into the projections: x += attn W_proj^T + b, x += act W_fc2^T + b.
-    linear(rec, attn, b.proj, b.projBias, x, { accumulate: true });
-    free(attn);
-    const h2 = layerNorm(rec, x, b.norm2.weight, b.norm2.bias, LN_EPS);
-    const f1 = linear(rec, h2, b.fc1, b.fc1Bias);
-    free(h2);
-    const act = quickGelu(rec, f1);
-    free(f1);
-    linear(rec, act, b.fc2, b.fc2Bias, x, { accumulate: true });
-    free(act);
-  }
+    rotate: (r, qkv) =>
+      applyRope(r, qkv, positions, {
+        numHeads: 2 * heads,
+        headDim: hd,
+        rowStride: 3 * e,
+        theta: VISION_THETA,
+        sections: [hd / 4, hd / 4],
+        restartPerSection: true,
+      }),
+  });
   free(positions, cu);
   // PatchMerger: LayerNorm per patch, then 4 consecutive rows side by side (a free view).
   const ln = layerNorm(rec, x, w.lnQ.weight, w.lnQ.bias, LN_EPS);

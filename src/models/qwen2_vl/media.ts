@@ -1,20 +1,25 @@
 // Request media -> the model's pixel_values and grids (Qwen2-VL processor),
 // with a content hash per item so the KV cache can be reused across turns.
-import { WebvlmError } from "../api/errors.ts";
-import type { Qwen2VLVisionConfig } from "../models/qwen2_vl/config.ts";
-import { normalizeOptionsFromConfig, normalizeRgb8ToChw } from "../vision/normalize.ts";
-import { patchify } from "../vision/patchify.ts";
-import { preprocessImage, resizeForModel, type PreprocessOptions } from "../vision/processor.ts";
-import { smartResize } from "../vision/smart_resize.ts";
-import { loadImage } from "./media.ts";
-import type { MediaRef } from "./request.ts";
+import { WebvlmError } from "../../api/errors.ts";
+import type { Qwen2VLVisionConfig } from "./config.ts";
+import { normalizeOptionsFromConfig, normalizeRgb8ToChw } from "../../vision/normalize.ts";
+import { patchify } from "./patchify.ts";
+import { preprocessImage, resizeForModel, type PreprocessOptions } from "./image_processor.ts";
+import { smartResize } from "./smart_resize.ts";
+import { loadImage } from "../../vision/load_image.ts";
+import type { MediaRef } from "../../engine/request.ts";
+import type { PreparedMedia } from "../family.ts";
 
-export interface PreparedMedia {
-  kind: "image" | "video";
+/** One processed image or video: the family's PreparedMedia, its payload the patch rows and grid. */
+export interface Qwen2VLMedia extends PreparedMedia {
   grid: [number, number, number];
   pixelValues: Float32Array;
-  hash: string;
-  tokens: number;
+  payload: { grid: [number, number, number]; pixelValues: Float32Array };
+}
+
+function media(kind: "image" | "video", grid: [number, number, number], pixelValues: Float32Array, merge: number): Qwen2VLMedia {
+  const tokens = (grid[0] * grid[1] * grid[2]) / (merge * merge);
+  return { kind, grid, pixelValues, hash: contentHash(pixelValues), tokens, payload: { grid, pixelValues } };
 }
 
 // qwen_vl_utils' video budgets (in pixels): per frame and for the whole clip.
@@ -68,8 +73,8 @@ export async function prepareMedia(
   defaults: PreprocessOptions,
   vc: Qwen2VLVisionConfig,
   signal?: AbortSignal,
-): Promise<PreparedMedia[]> {
-  const out: PreparedMedia[] = [];
+): Promise<Qwen2VLMedia[]> {
+  const out: Qwen2VLMedia[] = [];
   const merge = vc.spatialMergeSize;
   for (const ref of refs) {
     if (signal?.aborted) throw new WebvlmError("aborted", "the request was aborted while preparing images");
@@ -77,7 +82,7 @@ export async function prepareMedia(
     if (ref.kind === "image") {
       const img = await loadImage(ref.source, signal);
       const p = preprocessImage(img.rgb, img.width, img.height, opts);
-      out.push({ kind: "image", grid: p.grid, pixelValues: p.pixelValues, hash: contentHash(p.pixelValues), tokens: (p.grid[0] * p.grid[1] * p.grid[2]) / (merge * merge) });
+      out.push(media("image", p.grid, p.pixelValues, merge));
       continue;
     }
     // A video given as frames (qwen_vl_utils: an even number of frames, the last repeated if
@@ -100,7 +105,7 @@ export async function prepareMedia(
       temporalPatchSize: vc.temporalPatchSize,
       mergeSize: merge,
     });
-    out.push({ kind: "video", grid, pixelValues, hash: contentHash(pixelValues), tokens: (grid[0] * grid[1] * grid[2]) / (merge * merge) });
+    out.push(media("video", grid, pixelValues, merge));
   }
   return out;
 }

@@ -3,7 +3,7 @@
 // requestedResize follows qwen_vl_utils.fetch_image for explicit
 // resized_height/resized_width (its smart_resize clamps to `factor` instead of
 // raising). All float steps are IEEE doubles, as in CPython.
-import { WebvlmError } from "../api/errors.ts";
+import { WebvlmError } from "../../api/errors.ts";
 
 /** preprocessor_config.json of the Qwen2-VL checkpoints. */
 export const DEFAULT_MIN_PIXELS = 3136;

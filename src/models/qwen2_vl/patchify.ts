@@ -4,7 +4,7 @@
 //          .reshape(gt*gh*gw, C*tps*ps*ps)
 // Rows: merge windows row-major, then the m*m patches inside a window
 // row-major, so m*m consecutive rows form one LLM token. Columns: (c, frame, py, px).
-import { WebvlmError } from "../api/errors.ts";
+import { WebvlmError } from "../../api/errors.ts";
 
 export interface PatchifyOptions {
   patchSize?: number;

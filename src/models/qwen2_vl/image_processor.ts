@@ -1,10 +1,10 @@
 // Image -> Qwen2-VL pixel_values + grid_thw, the transformers
 // Qwen2VLImageProcessor path (PIL backend): smart_resize, PIL BICUBIC resize,
 // rescale + normalize in float32, patchify.
-import { WebvlmError } from "../api/errors.ts";
-import { normalizeRgb8ToChw, type NormalizeOptions } from "./normalize.ts";
+import { WebvlmError } from "../../api/errors.ts";
+import { normalizeRgb8ToChw, type NormalizeOptions } from "../../vision/normalize.ts";
 import { patchify } from "./patchify.ts";
-import { resizeRgb8 } from "./resize.ts";
+import { resizeRgb8 } from "../../vision/resize.ts";
 import {
   DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, requestedResize, smartResize, type ResizedSize,
 } from "./smart_resize.ts";

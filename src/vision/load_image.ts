@@ -2,11 +2,11 @@
 // Node decoders (and node:fs) load through a computed import so browser bundles never include them.
 import { WebvlmError } from "../api/errors.ts";
 import { isNode } from "../platform.ts";
-import type { DecodedImage } from "../vision/decode_node.ts";
-import type * as DecodeNodeModule from "../vision/decode_node.ts";
-import { decodeImageBrowser, type BrowserImageInput } from "../vision/decode_browser.ts";
+import type { DecodedImage } from "./decode_node.ts";
+import type * as DecodeNodeModule from "./decode_node.ts";
+import { decodeImageBrowser, type BrowserImageInput } from "./decode_browser.ts";
 
-const DECODE_NODE = "../vision/decode_node.ts";
+const DECODE_NODE = "./decode_node.ts";
 
 async function nodeDecoder(): Promise<typeof DecodeNodeModule> {
   return (await import(/* @vite-ignore */ new URL(DECODE_NODE, import.meta.url).href)) as typeof DecodeNodeModule;

@@ -1,0 +1,125 @@
+// The contract between the engine and a model family. The engine, the worker, the API and
+// generation see only these types (and registry.ts); everything a family knows — its config
+// spelling, its image processor, its placeholder tokens, its tensors and its forward — stays in
+// its folder. Adding a family is one folder and one line in registry.ts.
+import type { GpuContext } from "../gpu/device.ts";
+import type { MediaRef } from "../engine/request.ts";
+import type { WeightFormat } from "../quant/formats.ts";
+import type { MediaPlaceholder } from "../tokenizer/chat_template.ts";
+import type { TensorSource, WeightLoadOptions } from "./common/source.ts";
+
+/** One image or video of a request after the family's processor: an opaque per-family payload. */
+export interface PreparedMedia {
+  kind: "image" | "video";
+  /** Content key of the processed pixels: equal hashes mean equal embeddings (KV prefix reuse). */
+  hash: string;
+  /** Placeholder tokens this item occupies in the prompt (0 for families that read images by cross-attention). */
+  tokens: number;
+  /** The family's own data (pixel values, grids, tiles, masks); only the family reads it. */
+  payload: unknown;
+}
+
+/** A family's image/video processor, configured from the checkpoint's preprocessor_config.json. */
+export interface MediaProcessor {
+  /** Decodes and preprocesses every media part of a request, in prompt order. */
+  prepare(refs: readonly MediaRef[], signal?: AbortSignal): Promise<PreparedMedia[]>;
+  /**
+   * Placeholder tokens the chat prompt expands, one entry per token kind (the family's pad id and
+   * each item's count). Also keys the KV-cache prefix: pad positions are keyed by content hash.
+   */
+  placeholders(media: readonly PreparedMedia[]): MediaPlaceholder[];
+}
+
+/** What a forward reads back: the greedy id, the logits of the last position, or both. */
+export type ReadMode = "argmax" | "logits" | "both";
+
+export interface ModelStepOptions {
+  read?: ReadMode;
+}
+
+export interface ModelStep {
+  /** argmax of the logits (first maximum), when read. */
+  tokenId: number | null;
+  /** Logits of the last position [vocab], when read. */
+  logits: Float32Array | null;
+}
+
+export interface ModelPrefill extends ModelStep {
+  /** Prompt tokens that were already in the cache. */
+  reused: number;
+}
+
+/** A model's KV state: truncate(n) keeps the first n tokens (the common prefix of the next turn). */
+export interface ModelCache {
+  readonly length: number;
+  readonly maxSeq: number;
+  truncate(n: number): void;
+  dispose(): void;
+}
+
+/** A loaded model, as the engine drives it. */
+export interface VlmModel {
+  createCache(maxSeq: number): ModelCache;
+  /** Runs the prompt tokens not already in `cache` (it holds a prefix of `ids`) with their media. */
+  prefill(ids: readonly number[], media: readonly PreparedMedia[], cache: ModelCache, opts?: ModelStepOptions): Promise<ModelPrefill>;
+  decode(id: number, cache: ModelCache, opts?: ModelStepOptions): Promise<ModelStep>;
+  /** Compiles every pipeline a request needs (vision, prefill, decode); `onStep(done, total)`. */
+  warmUp(onStep?: (done: number, total: number) => void): Promise<void>;
+  dispose(): void;
+}
+
+/** Weight formats by part; families map their tensors onto these three. */
+export interface FormatChoice {
+  textLinear: WeightFormat;
+  embedding: WeightFormat;
+  vision: WeightFormat;
+}
+
+/** A family bound to one checkpoint's config: what the engine holds after resolving config.json. */
+export interface OpenedFamily {
+  readonly family: string;
+  /** The text model's max_position_embeddings (the engine's context-length cap). */
+  readonly maxPositions: number;
+  createProcessor(preprocessorConfig: Record<string, unknown>): MediaProcessor;
+  load(gpu: GpuContext, source: TensorSource, opts: WeightLoadOptions & Partial<FormatChoice>): Promise<VlmModel>;
+}
+
+/** A model family: config parser, media processor and model builder over its typed config C. */
+export interface ModelFamily<C> {
+  /** Family name, e.g. "qwen2_vl". */
+  readonly name: string;
+  /** config.json `architectures` entries it accepts. */
+  readonly architectures: readonly string[];
+  /** config.json `model_type` values it accepts. */
+  readonly modelTypes: readonly string[];
+  parseConfig(configJson: unknown, generationConfig?: unknown): C;
+  maxPositions(config: C): number;
+  createProcessor(config: C, preprocessorConfig: Record<string, unknown>): MediaProcessor;
+  load(gpu: GpuContext, config: C, source: TensorSource, opts: WeightLoadOptions & Partial<FormatChoice>): Promise<VlmModel>;
+}
+
+/** A family with its config type hidden, as the registry lists it. */
+export interface RegisteredFamily {
+  readonly name: string;
+  readonly architectures: readonly string[];
+  readonly modelTypes: readonly string[];
+  open(configJson: unknown, generationConfig?: unknown): OpenedFamily;
+}
+
+/** Erases a family's config type: the config is parsed once and bound into the opened family. */
+export function registerFamily<C>(f: ModelFamily<C>): RegisteredFamily {
+  return {
+    name: f.name,
+    architectures: f.architectures,
+    modelTypes: f.modelTypes,
+    open(configJson, generationConfig) {
+      const config = f.parseConfig(configJson, generationConfig);
+      return {
+        family: f.name,
+        maxPositions: f.maxPositions(config),
+        createProcessor: (pp) => f.createProcessor(config, pp),
+        load: (gpu, source, opts) => f.load(gpu, config, source, opts),
+      };
+    },
+  };
+}

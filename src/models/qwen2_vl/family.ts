@@ -1,0 +1,95 @@
+// Qwen2-VL as a family behind the engine's contract (models/family.ts): its config parser, its
+// media processor (smart_resize + patchify, image/video pads) and the model with its warm-up.
+import { WebvlmError } from "../../api/errors.ts";
+import type { MediaRef } from "../../engine/request.ts";
+import type { MediaPlaceholder } from "../../tokenizer/chat_template.ts";
+import type { ModelCache, ModelFamily, ModelPrefill, ModelStep, ModelStepOptions, PreparedMedia, VlmModel } from "../family.ts";
+import { parseQwen2VLConfig, QWEN2VL_ARCHITECTURES, type Qwen2VLConfig } from "./config.ts";
+import type { PreprocessOptions } from "./image_processor.ts";
+import { checkpointPreprocess, prepareMedia, type Qwen2VLMedia } from "./media.ts";
+import { Qwen2VLCache, Qwen2VLModel, type VisionItem } from "./model.ts";
+
+class Qwen2VLProcessor {
+  constructor(
+    private readonly config: Qwen2VLConfig,
+    private readonly defaults: PreprocessOptions,
+  ) {}
+
+  prepare(refs: readonly MediaRef[], signal?: AbortSignal): Promise<Qwen2VLMedia[]> {
+    return prepareMedia(refs, this.defaults, this.config.vision, signal);
+  }
+
+  placeholders(media: readonly PreparedMedia[]): MediaPlaceholder[] {
+    const counts = (kind: "image" | "video"): number[] => media.filter((m) => m.kind === kind).map((m) => m.tokens);
+    return [
+      { kind: "image", tokenId: this.config.imageTokenId, counts: counts("image") },
+      { kind: "video", tokenId: this.config.videoTokenId, counts: counts("video") },
+    ];
+  }
+}
+
+function visionItem(m: PreparedMedia): VisionItem {
+  const p = m.payload as Qwen2VLMedia["payload"] | undefined;
+  if (!p || !(p.pixelValues instanceof Float32Array) || !Array.isArray(p.grid)) {
+    throw new WebvlmError("internal", "qwen2_vl: media was not prepared by this family's processor");
+  }
+  return { grid: p.grid, pixelValues: p.pixelValues };
+}
+
+function ownCache(cache: ModelCache): Qwen2VLCache {
+  if (!(cache instanceof Qwen2VLCache)) throw new WebvlmError("internal", "qwen2_vl: cache from another model");
+  return cache;
+}
+
+/** The engine's view of a Qwen2VLModel. */
+class Qwen2VLAdapter implements VlmModel {
+  constructor(readonly model: Qwen2VLModel) {}
+
+  createCache(maxSeq: number): Qwen2VLCache {
+    return this.model.createCache(maxSeq);
+  }
+
+  async prefill(ids: readonly number[], media: readonly PreparedMedia[], cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelPrefill> {
+    const items = (kind: "image" | "video"): VisionItem[] => media.filter((m) => m.kind === kind).map(visionItem);
+    const r = await this.model.prefill(ids, { images: items("image"), videos: items("video") }, ownCache(cache), { read: opts.read });
+    return { tokenId: r.tokenId, logits: r.logits, reused: r.reused };
+  }
+
+  async decode(id: number, cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelStep> {
+    const r = await this.model.decode(id, ownCache(cache), { read: opts.read });
+    return { tokenId: r.tokenId, logits: r.logits };
+  }
+
+  /** A 3-token prompt holding one smallest image, then one decode step: every pipeline compiled. */
+  async warmUp(onStep?: (done: number, total: number) => void): Promise<void> {
+    const c = this.model.config;
+    onStep?.(0, 2);
+    const m = c.vision.spatialMergeSize;
+    const grid: [number, number, number] = [1, m, m];
+    const patchWidth = 3 * c.vision.temporalPatchSize * c.vision.patchSize * c.vision.patchSize;
+    const cache = this.model.createCache(8);
+    try {
+      const ids = [c.visionStartTokenId, c.imageTokenId, c.visionEndTokenId];
+      await this.model.prefill(ids, { images: [{ grid, pixelValues: new Float32Array(m * m * patchWidth) }] }, cache, { read: "argmax" });
+      onStep?.(1, 2);
+      await this.model.decode(c.visionEndTokenId, cache, { read: "argmax" });
+      onStep?.(2, 2);
+    } finally {
+      cache.dispose();
+    }
+  }
+
+  dispose(): void {
+    this.model.dispose();
+  }
+}
+
+export const qwen2VLFamily: ModelFamily<Qwen2VLConfig> = {
+  name: "qwen2_vl",
+  architectures: QWEN2VL_ARCHITECTURES,
+  modelTypes: ["qwen2_vl"],
+  parseConfig: parseQwen2VLConfig,
+  maxPositions: (c) => c.text.maxPositionEmbeddings ?? 32768,
+  createProcessor: (c, pp) => new Qwen2VLProcessor(c, checkpointPreprocess(pp)),
+  load: async (gpu, c, source, opts) => new Qwen2VLAdapter(await Qwen2VLModel.load(gpu, c, source, opts)),
+};
