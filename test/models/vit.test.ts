@@ -10,6 +10,7 @@ import { acquireNodeGpu } from "../../src/gpu/node.ts";
 import { Recorder } from "../../src/gpu/recorder.ts";
 import type { Tensor } from "../../src/gpu/tensor.ts";
 import { readF32, uploadTensor } from "../../src/gpu/transfer.ts";
+import { vitEmbed } from "../../src/models/vit/embeddings.ts";
 import { runVitBlocks, type VitActivation, type VitBlockWeights, type VitConfig, type VitNorm } from "../../src/models/vit/encoder.ts";
 import { uploadWeight } from "../../src/quant/pack.ts";
 import { expectClose, randomArray } from "../util/compare.ts";
@@ -168,3 +169,57 @@ for (const v of VARIANTS) {
     for (const t of [x, keepT, ...taps, ...held]) gpu.pool.release(t.buffer);
   });
 }
+
+test("ViT embeddings match the reference: patch GEMM with bias, class token per image, sequential and bucketed position ids, pre-norm", async () => {
+  const d = 16;
+  const patchDim = 12;
+  const images = 2;
+  const P = 5;
+  const numPos = 9;
+  const cfg: VitConfig = { hiddenSize: d, numHeads: 2, headDim: 8, norm: "layer_norm", normEps: 1e-5, act: "quick_gelu" };
+  const pw = randomArray(d * patchDim, 1, -0.5, 0.5);
+  const pb = randomArray(d, 2, -0.1, 0.1);
+  const cls = randomArray(d, 3);
+  const pos = randomArray(numPos * d, 4);
+  const nw = randomArray(d, 5, 0.8, 1.2);
+  const nb = randomArray(d, 6, -0.1, 0.1);
+  const rows = randomArray(images * P * patchDim, 7);
+  const tokens = P + 1;
+  const bucketed = Array.from({ length: images * tokens }, (_, r) => (r * 5 + 3) % numPos);
+  const reference = (ids: number[]): Float64Array => {
+    const x = new Float64Array(images * tokens * d);
+    for (let i = 0; i < images; i++) for (let t = 0; t < tokens; t++) for (let c = 0; c < d; c++) {
+      let v = cls[c];
+      if (t > 0) {
+        v = pb[c];
+        for (let k = 0; k < patchDim; k++) v += rows[(i * P + t - 1) * patchDim + k] * pw[c * patchDim + k];
+      }
+      x[(i * tokens + t) * d + c] = v + pos[ids[i * tokens + t] * d + c];
+    }
+    return refNorm("layer_norm", x, images * tokens, d, nw, nb, 1e-5);
+  };
+  const held: Tensor[] = [];
+  const up = (a: Float32Array | Uint32Array, shape: number[], dtype: "f32" | "u32"): Tensor => {
+    const t = uploadTensor(gpu, a, shape, dtype);
+    held.push(t);
+    return t;
+  };
+  const weights = {
+    patch: uploadWeight(gpu, pw, d, patchDim, "f32"),
+    patchBias: up(pb, [d], "f32"),
+    classEmbedding: up(cls, [d], "f32"),
+    positionEmbedding: uploadWeight(gpu, pos, numPos, d, "f32"),
+    preNorm: { weight: up(nw, [d], "f32"), bias: up(nb, [d], "f32") },
+  };
+  const patches = up(rows, [images * P, patchDim], "f32");
+  for (const ids of [null, bucketed]) {
+    const rec = new Recorder(gpu);
+    const out = vitEmbed(rec, cfg, weights, patches, { images, positionIds: ids ? up(Uint32Array.from(ids), [ids.length], "u32") : undefined });
+    rec.submit();
+    const got = await readF32(gpu, out);
+    const seq = Array.from({ length: images * tokens }, (_, r) => r % tokens);
+    expectClose(ids ? "bucketed ids" : "sequential ids", got, reference(ids ?? seq), 1e-10);
+    gpu.pool.release(out.buffer);
+  }
+  for (const t of held) gpu.pool.release(t.buffer);
+});
