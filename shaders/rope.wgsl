@@ -1,6 +1,7 @@
 // Rotary position embedding, in place, half-rotation (rotate_half): pairs (j, j + half).
 // Covers 1-D RoPE, Qwen2-VL M-RoPE (sections t/h/w) and the vision 2-D rotary: the CPU
-// precomputes inv_freq[j] (restart-per-section or not) and passes it in the uniform block;
+// precomputes inv_freq[j] (restart-per-section or not, or any rope spec's table: llama3, longrope)
+// and passes it in the uniform block, with a cos/sin scaling (longrope's attention factor);
 // frequency j takes its position from row 0/1/2 depending on the section bounds.
 // @binding(0) uniform Params (below)
 // @binding(1) x: array<f32> (read_write) — element (s, col) at s * rowStride + col
@@ -23,7 +24,7 @@ struct Params {
   opaque: u32,      // always 0: hides the angle's f32 rounding from the compiler (no fma contraction)
   qHeads: u32,      // main_kv: heads before k's first head
   position: u32,    // main_kv: cache row of the chunk's first token
-  _p2: u32,
+  scaling: f32,     // cos and sin multiplied by this (attention_scaling; 1 = plain rope)
   invFreq: array<vec4<f32>, 32>,  // inv_freq[j] = invFreq[j / 4][j % 4], j < half <= 128
 }
 @group(0) @binding(0) var<uniform> params: Params;
@@ -71,7 +72,7 @@ fn rotate(idx: u32) -> vec4<u32> {
   let inv = params.invFreq[j / 4u][j % 4u];
   // torch rounds the angle to f32 before cos/sin; keep that rounding (no fused multiply-add).
   let angle = bitcast<f32>(bitcast<u32>(p * inv) ^ params.opaque);
-  let sc = sincos(angle);
+  let sc = sincos(angle) * params.scaling;
 
   let base = s * params.rowStride + params.colOffset + head * 2u * half + j;
   let x0 = x[base];

@@ -11,7 +11,19 @@ export interface RopeOptions {
   colOffset?: number;
   /** Elements per row of x. Default x.shape[1]. */
   rowStride?: number;
-  theta: number;
+  /** RoPE base; ignored when invFreq is given. */
+  theta?: number;
+  /**
+   * inv_freq [headDim / 2] computed on the CPU (llama3-scaled, longrope, ... rope specs); replaces
+   * the theta / restartPerSection computation. Frequency j still takes its position from the
+   * section containing j.
+   */
+  invFreq?: ArrayLike<number>;
+  /**
+   * cos and sin are multiplied by this (transformers' attention_scaling: longrope / yarn's
+   * attention factor, which scales q.k by its square). Default 1 (exact: no change).
+   */
+  scaling?: number;
   /**
    * Frequency counts per position row (sum = headDim / 2): [headDim/2] for 1-D RoPE,
    * [16, 24, 24] for Qwen2-VL M-RoPE, [20, 20] for the vision 2-D rotary.
@@ -21,7 +33,7 @@ export interface RopeOptions {
    * true: the frequency index restarts in each section and the exponent's denominator is
    * 2 * sectionSize (vision: inv[k] = theta^(-2k/40) per axis); false: inv[j] = theta^(-2j/headDim).
    */
-  restartPerSection: boolean;
+  restartPerSection?: boolean;
 }
 
 const MAX_HALF = 128;
@@ -94,7 +106,7 @@ export function ropeAppendKv(rec: Recorder, x: Tensor, positions: Tensor, cache:
 
 /** Checks shapes and packs rope.wgsl's uniform block (qHeads/position: main_kv only). */
 function ropeUniforms(x: Tensor, positions: Tensor, opts: RopeOptions, qHeads: number, position: number): { u: ArrayBuffer; threads: number; S: number } {
-  const { numHeads, headDim, theta, sections } = opts;
+  const { numHeads, headDim, sections } = opts;
   expectDtype("rope.x", x, ["f32"]);
   expectDtype("rope.positions", positions, ["i32", "u32"]);
   const half = headDim / 2;
@@ -121,12 +133,22 @@ function ropeUniforms(x: Tensor, positions: Tensor, opts: RopeOptions, qHeads: n
     throw new WebvlmError("shape_mismatch", `rope: ${S} rows of stride ${rowStride} exceed x [${x.shape}]`);
   }
 
-  const inv = ropeInvFreq(theta, headDim, sections, opts.restartPerSection);
+  let inv: ArrayLike<number>;
+  if (opts.invFreq) {
+    if (opts.invFreq.length !== half) throw new WebvlmError("shape_mismatch", `rope: invFreq has ${opts.invFreq.length} entries, expected headDim/2 = ${half}`);
+    inv = opts.invFreq;
+  } else {
+    if (opts.theta === undefined) throw new WebvlmError("bad_request", "rope: neither theta nor invFreq given");
+    inv = ropeInvFreq(opts.theta, headDim, sections, opts.restartPerSection ?? false);
+  }
+  const scaling = opts.scaling ?? 1;
+  if (!Number.isFinite(scaling) || scaling <= 0) throw new WebvlmError("bad_request", `rope: scaling ${scaling} must be a positive number`);
   const bound0 = nsec > 1 ? sections[0] : half;
   const bound1 = nsec > 2 ? sections[0] + sections[1] : half;
   const u = new ArrayBuffer(48 + MAX_HALF * 4);
   const ui = new Uint32Array(u, 0, 12);
   ui.set([S, rowStride, colOffset, numHeads, half, bound0, bound1, S, 0, qHeads, position]);
+  new Float32Array(u, 44, 1)[0] = scaling;
   new Float32Array(u, 48, MAX_HALF).set(inv);
   return { u, threads: S * numHeads * half, S };
 }

@@ -187,8 +187,45 @@ function runKv(name: string, S: number, Hq: number, Hkv: number, past: number): 
   };
 }
 
+/**
+ * A CPU-given inv_freq table (longrope-like: per-frequency factors, and llama3-like halving) with a
+ * cos/sin scaling, as transformers applies attention_scaling: cos' = f32(cos * s), sin' = f32(sin * s).
+ */
+function runTable(name: string, S: number, headDim: number, numHeads: number, scaling: number, start: number): KernelCase {
+  return {
+    name,
+    async run(gpu) {
+      const half = headDim / 2;
+      const inv = Float32Array.from(torchInvFreq(5e5, headDim), (w, j) => f(1 / f(f(1 + 0.37 * j) * f(1 / w))));
+      const pos = Int32Array.from({ length: S }, (_, s) => start + s);
+      const x = randomArray(S * numHeads * headDim, 500 + S, -2, 2);
+      const rec = new Recorder(gpu);
+      const tx = uploadTensor(gpu, x, [S, numHeads * headDim], "f32");
+      const tp = uploadTensor(gpu, pos, [S], "i32");
+      applyRope(rec, tx, tp, { numHeads, headDim, sections: [half], invFreq: inv, scaling });
+      rec.submit();
+      const got = await readF32(gpu, tx);
+      for (const t of [tx, tp]) gpu.pool.release(t.buffer);
+      const cos = new Float32Array(S * headDim);
+      const sin = new Float32Array(S * headDim);
+      const sc = f(scaling);
+      for (let s = 0; s < S; s++) {
+        for (let d = 0; d < headDim; d++) {
+          const a = f(pos[s] * inv[d % half]);
+          cos[s * headDim + d] = f(f(Math.cos(a)) * sc);
+          sin[s * headDim + d] = f(f(Math.sin(a)) * sc);
+        }
+      }
+      const ref = ropeReference(x, numHeads * headDim, 0, numHeads, headDim, cos, sin, S);
+      return `nmse=${expectClose(name, got, ref, TOL).toExponential(2)}`;
+    },
+  };
+}
+
 const D = 128;
 export const cases: KernelCase[] = [
+  runTable("inv_freq table + scaling 1.1902 S=13 head_dim 24 (3 heads) pos 30..42", 13, 24, 3, Math.sqrt(1 + Math.log(4) / Math.log(32)), 30),
+  runTable("inv_freq table, scaling 1, S=5 head_dim 16 pos 4000..4004", 5, 16, 2, 1, 4000),
   runKv("rope+kv_append decode: 12 q / 2 kv heads, past 5", 1, 12, 2, 5),
   runKv("rope+kv_append prefill: S=19, 3 q / 1 kv head, empty cache", 19, 3, 1, 0),
   runKv("rope+kv_append chunk: S=4, 6 q / 2 kv heads after 9 rows", 4, 6, 2, 9),
