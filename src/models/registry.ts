@@ -2,9 +2,19 @@
 // never names one itself; adding a family is one line in FAMILIES.
 import { WebvlmError } from "../api/errors.ts";
 import { registerFamily, type RegisteredFamily } from "./family.ts";
+import { llamaFamily } from "./llama/family.ts";
+import { mistralFamily } from "./mistral/family.ts";
+import { phi3Family } from "./phi3/family.ts";
+import { qwen2Family } from "./qwen2/family.ts";
 import { qwen2VLFamily } from "./qwen2_vl/family.ts";
 
-const FAMILIES: readonly RegisteredFamily[] = [registerFamily(qwen2VLFamily)];
+const FAMILIES: readonly RegisteredFamily[] = [
+  registerFamily(qwen2VLFamily),
+  registerFamily(qwen2Family),
+  registerFamily(mistralFamily),
+  registerFamily(llamaFamily),
+  registerFamily(phi3Family),
+];
 
 /** Known architecture names (for error messages and docs). */
 export function supportedArchitectures(): string[] {

@@ -1,0 +1,204 @@
+// Text-only families on the configurable decoder (src/models/decoder) against the independent CPU
+// reference (test/reference/ref_decoder.ts), on tiny random checkpoints written at test time
+// (scripts/make_tiny_text.ts) with the families' real tokenizers: Qwen2 (q/k/v biases, tied),
+// Mistral (head_dim 24 != hidden/heads, sliding window 8), Llama 3 (llama3 rope, tied, biases) and
+// Phi-3 (fused qkv / gate_up, longrope switching to the long factors during decode, window 20).
+// For each: loaded through the registry and the family contract, last-position f32 logits
+// NMSE < 1e-9 and 16 identical greedy tokens; rope tables against the reference; the tensor
+// table against the checkpoint; missing / misshapen tensors; media rejected.
+import assert from "node:assert/strict";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { WebvlmError } from "../../src/api/errors.ts";
+import type { GpuContext } from "../../src/gpu/device.ts";
+import { acquireNodeGpu } from "../../src/gpu/node.ts";
+import { openCheckpointDir } from "../../src/loader/file_node.ts";
+import type { SafetensorsCheckpoint } from "../../src/loader/safetensors.ts";
+import { ropeTables } from "../../src/models/common/rope.ts";
+import { checkpointTensorSource, type TensorSource } from "../../src/models/common/source.ts";
+import type { TextOnlyConfig } from "../../src/models/decoder/family.ts";
+import { decoderTensorTable } from "../../src/models/decoder/names.ts";
+import { TextOnlyModel } from "../../src/models/decoder/family.ts";
+import type { ModelCache, VlmModel } from "../../src/models/family.ts";
+import { llamaFamily } from "../../src/models/llama/family.ts";
+import { mistralFamily } from "../../src/models/mistral/family.ts";
+import { phi3Family } from "../../src/models/phi3/family.ts";
+import { qwen2Family } from "../../src/models/qwen2/family.ts";
+import { resolveFamily } from "../../src/models/registry.ts";
+import { TextTokenizer } from "../../src/tokenizer/tokenizer.ts";
+import { makeTinyText, TINY_TEXT_FAMILIES, type TinyTextFamily } from "../../scripts/make_tiny_text.ts";
+import { loadRefDecoder, refArgmax, refDecoderGreedy, refRopeParameters, type RefDecoder } from "../reference/ref_decoder.ts";
+import { nmse } from "../util/compare.ts";
+
+const TOKENS = Number(process.env.WEBVLM_GREEDY_TOKENS ?? 16);
+const F32 = { textLinear: "f32", embedding: "f32", vision: "f32" } as const;
+const PROMPT = "The quick brown fox jumps over the lazy dog, then tiny models on WebGPU check every kernel.";
+/** Prompt tokens kept: Phi-3's prefill stays within its 32 original positions, decode crosses them. */
+const MAX_PROMPT = 26;
+
+const FAMILY_NAME: Record<TinyTextFamily, string> = { qwen2: "qwen2", mistral: "mistral", llama3: "llama", phi3: "phi3" };
+const FAMILIES = { qwen2: qwen2Family, mistral: mistralFamily, llama3: llamaFamily, phi3: phi3Family };
+
+let root = "";
+let gpu: GpuContext;
+const checkpoints: SafetensorsCheckpoint[] = [];
+
+const readJson = async (dir: string, f: string): Promise<Record<string, unknown>> => JSON.parse(await readFile(join(dir, f), "utf8"));
+
+async function dirSource(dir: string, reads?: string[]): Promise<TensorSource> {
+  const ckpt = await openCheckpointDir(dir);
+  checkpoints.push(ckpt);
+  const base = checkpointTensorSource(ckpt);
+  return { ...base, read: (name) => (reads?.push(name), base.read(name)) };
+}
+
+function assertWebvlmError(code: string, includes: string): (e: unknown) => boolean {
+  return (e: unknown) => {
+    assert.ok(e instanceof WebvlmError, `expected a WebvlmError, got ${String(e)}`);
+    assert.equal(e.code, code, e.message);
+    assert.ok(e.message.includes(includes), `message "${e.message}" should name "${includes}"`);
+    return true;
+  };
+}
+
+async function gpuGreedy(model: VlmModel, ids: number[], count: number, eos: number[]): Promise<{ tokens: number[]; logits: Float32Array; cache: ModelCache }> {
+  const cache = model.createCache(ids.length + count + 1);
+  const pre = await model.prefill(ids, [], cache, { read: "both" });
+  const tokens = [pre.tokenId!];
+  while (tokens.length < count && !eos.includes(tokens[tokens.length - 1])) {
+    tokens.push((await model.decode(tokens[tokens.length - 1], cache)).tokenId!);
+  }
+  return { tokens, logits: pre.logits!, cache };
+}
+
+before(async () => {
+  root = await mkdtemp(join(tmpdir(), "webvlm-text-decoders-"));
+  gpu = await acquireNodeGpu();
+});
+
+after(async () => {
+  for (const c of checkpoints) await c.close();
+  gpu?.destroy();
+  if (root) await rm(root, { recursive: true, force: true });
+});
+
+for (const fam of TINY_TEXT_FAMILIES) {
+  describe(`tiny ${fam}`, () => {
+    let dir = "";
+    let ids: number[] = [];
+    let ref: RefDecoder;
+    let refGen: ReturnType<typeof refDecoderGreedy>;
+    let config: TextOnlyConfig;
+
+    before(async () => {
+      dir = join(root, fam);
+      await makeTinyText(dir, fam);
+      const tok = new TextTokenizer(await readJson(dir, "tokenizer.json"), await readJson(dir, "tokenizer_config.json"));
+      ids = tok.encode(PROMPT, { addSpecialTokens: true }).slice(0, MAX_PROMPT);
+      ref = loadRefDecoder(dir);
+      assert.deepEqual(ref.unused, [], "the reference reads every checkpoint tensor");
+      refGen = refDecoderGreedy(ref, ids, TOKENS);
+      config = FAMILIES[fam].parseConfig(await readJson(dir, "config.json"), await readJson(dir, "generation_config.json"));
+    });
+
+    test("registry resolves the family; f32 logits (NMSE < 1e-9) and greedy tokens equal the reference", async (t) => {
+      const cfgJson = await readJson(dir, "config.json");
+      const registered = resolveFamily(cfgJson);
+      assert.equal(registered.name, FAMILY_NAME[fam]);
+      const opened = registered.open(cfgJson, await readJson(dir, "generation_config.json"));
+      assert.equal(opened.maxPositions, cfgJson.max_position_embeddings);
+      const model = await opened.load(gpu, await dirSource(dir), F32);
+      try {
+        assert.ok(model instanceof TextOnlyModel);
+        const t0 = performance.now();
+        const run = await gpuGreedy(model, ids, TOKENS, config.eosTokenIds);
+        const ms = performance.now() - t0;
+        run.cache.dispose();
+        const e = nmse(run.logits, refGen.firstLogits);
+        assert.ok(e < 1e-9, `last-position logits NMSE ${e}`);
+        assert.equal(run.tokens[0], refArgmax(refGen.firstLogits));
+        assert.deepEqual(run.tokens, refGen.tokens.slice(0, TOKENS));
+        const eosAt = run.tokens.findIndex((x) => config.eosTokenIds.includes(x));
+        t.diagnostic(
+          `prompt ${ids.length} tokens; logits NMSE=${e.toExponential(2)}; ${run.tokens.length} tokens identical` +
+            `${eosAt >= 0 ? ` (eos at ${eosAt})` : ""}, ${new Set(run.tokens).size} distinct; GPU ${ms.toFixed(0)} ms`,
+        );
+      } finally {
+        model.dispose();
+      }
+      assert.deepEqual(gpu.uncapturedErrors, []);
+    });
+
+    test("rope tables equal the reference's (prompt length and past the original length)", (t) => {
+      const spec = config.decoder.rope;
+      let differs = 0;
+      for (const seqLen of [ids.length, ids.length + TOKENS, 200]) {
+        const got = ropeTables(spec, seqLen);
+        const want = refRopeParameters(ref.config.rope, seqLen);
+        assert.deepEqual(Array.from(got.invFreq), Array.from(want.invFreq), `inv_freq at seq_len ${seqLen}`);
+        assert.equal(got.scaling, want.attentionScaling);
+        if (Array.from(got.invFreq).some((x, j) => x !== ropeTables({ ...spec, kind: "default" } as never, seqLen).invFreq[j])) differs++;
+      }
+      if (fam === "llama3" || fam === "phi3") assert.ok(differs > 0, "the scaled table must differ from the default one");
+      t.diagnostic(`${spec.kind}: scaling ${ropeTables(spec, 200).scaling.toFixed(6)}`);
+    });
+
+    test("the tensor table is exactly the checkpoint's tensors, with their shapes", async () => {
+      const ckpt = await openCheckpointDir(dir);
+      checkpoints.push(ckpt);
+      const table = decoderTensorTable(config.decoder);
+      assert.deepEqual(table.map((s) => s.name).sort(), ckpt.names().sort());
+      for (const s of table) assert.deepEqual(ckpt.info(s.name).shape, s.shape, s.name);
+    });
+
+    test("media is unsupported_feature; no placeholders", async () => {
+      const opened = resolveFamily(await readJson(dir, "config.json")).open(await readJson(dir, "config.json"));
+      const proc = opened.createProcessor({});
+      assert.deepEqual(await proc.prepare([]), []);
+      assert.deepEqual(proc.placeholders([]), []);
+      await assert.rejects(proc.prepare([{ kind: "image", source: "x.png", options: {} }]), assertWebvlmError("unsupported_feature", "text-only"));
+    });
+  });
+}
+
+test("phi3: a missing tensor and a wrong shape are named before anything is read", async () => {
+  const dir = join(root, "phi3");
+  const cfgJson = await readJson(dir, "config.json");
+  const opened = resolveFamily(cfgJson).open(cfgJson);
+  const base = await dirSource(dir);
+  const reads: string[] = [];
+  const gone = "model.layers.1.mlp.gate_up_proj.weight";
+  const missing: TensorSource = { ...base, has: (n) => n !== gone && base.has(n), read: (n) => (reads.push(n), base.read(n)) };
+  await assert.rejects(opened.load(gpu, missing, F32), assertWebvlmError("missing_tensor", gone));
+  const wrong = "model.layers.0.self_attn.qkv_proj.weight";
+  const misshapen: TensorSource = { ...base, shape: (n) => (n === wrong ? [7, 64] : base.shape(n)), read: (n) => (reads.push(n), base.read(n)) };
+  await assert.rejects(opened.load(gpu, misshapen, F32), assertWebvlmError("shape_mismatch", wrong));
+  assert.deepEqual(reads, []);
+});
+
+test("configs: head_dim, windows, biases, layouts and rope kinds as the families define them", async () => {
+  const q = qwen2Family.parseConfig(await readJson(join(root, "qwen2"), "config.json"));
+  assert.equal(q.decoder.qkvBias, true);
+  assert.equal(q.decoder.oBias, false);
+  assert.deepEqual(q.decoder.slidingWindow, [null, null]);
+  assert.equal(q.decoder.tieWordEmbeddings, true);
+  const m = mistralFamily.parseConfig(await readJson(join(root, "mistral"), "config.json"));
+  assert.equal(m.decoder.headDim, 24);
+  assert.deepEqual(m.decoder.slidingWindow, [8, 8]);
+  const mJson = await readJson(join(root, "mistral"), "config.json");
+  delete mJson.sliding_window;
+  const mNoKey = mistralFamily.parseConfig(mJson);
+  assert.deepEqual(mNoKey.decoder.slidingWindow, [4096, 4096]);
+  const lJson = await readJson(join(root, "llama3"), "config.json");
+  const l = llamaFamily.parseConfig(lJson);
+  assert.equal(l.decoder.rope.kind, "llama3");
+  assert.deepEqual([l.decoder.qkvBias, l.decoder.oBias, l.decoder.mlpBias], [true, true, true]);
+  const p = phi3Family.parseConfig(await readJson(join(root, "phi3"), "config.json"));
+  assert.equal(p.decoder.qkvLayout, "fused");
+  assert.equal(p.decoder.rope.kind, "longrope");
+  assert.deepEqual(p.decoder.slidingWindow, [20, 20]);
+  if (p.decoder.rope.kind === "longrope") assert.equal(p.decoder.rope.attentionFactor, Math.sqrt(1 + Math.log(4) / Math.log(32)));
+  assert.throws(() => llamaFamily.parseConfig({ ...lJson, rope_scaling: { rope_type: "yarn", factor: 4 } }), assertWebvlmError("unsupported_feature", "yarn"));
+});
