@@ -10,7 +10,8 @@ import { allocTensor } from "../src/gpu/transfer.ts";
 import { paddedCols, rowsPerShard, GROUP_SIZE, type ShardedWeight, type Weight, type WeightFormat } from "../src/quant/formats.ts";
 import { maxWeightBytes } from "../src/quant/pack.ts";
 import type { Qwen2VLConfig } from "../src/models/qwen2_vl/config.ts";
-import { buildQwen2VLWeights, type LinearWeight, type MatrixPart, type Qwen2VLWeights, type WeightMaker } from "../src/models/qwen2_vl/weights.ts";
+import { buildQwen2VLWeights, type LinearWeight, type Qwen2VLWeights } from "../src/models/qwen2_vl/weights.ts";
+import type { MatrixPart, WeightMaker } from "../src/models/common/weight_loader.ts";
 import { type WeightFormats } from "../src/models/common/source.ts";
 
 const RAW = 0;

@@ -37,6 +37,8 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { writeJson, writeSafetensorsFile } from "../src/loader/file_node.ts";
 import { elementCount, type TensorToWrite } from "../src/loader/safetensors.ts";
+import { parseQwen2VLConfig } from "../src/models/qwen2_vl/config.ts";
+import { qwen2VLTensorTable } from "../src/models/qwen2_vl/weights.ts";
 
 export interface TinyShape {
   hidden: number;
@@ -89,65 +91,26 @@ const lin = (fanIn: number): Init => ({ kind: "uniform", mean: 0, std: 1 / Math.
 const BIAS: Init = { kind: "uniform", mean: 0, std: 0.1 };
 const NORM_W: Init = { kind: "uniform", mean: 1, std: 0.1 };
 
-/** Every tensor of the checkpoint, with the names modeling_qwen2_vl.py loads. */
+/**
+ * Every tensor of the checkpoint: names and shapes from the family's own tensor table (the one the
+ * loader checks against; the independent reference in test/reference reads these files by
+ * transformers' names, so a wrong table fails there), values by kind of tensor.
+ */
 export function tinyTensorSpecs(s: TinyShape, tokenizerSize: number): Spec[] {
-  const headDim = s.hidden / s.heads;
-  const kv = s.kvHeads * headDim;
   const embed: Init = { kind: "embed", std: 2 / Math.sqrt(s.hidden), validRows: tokenizerSize };
   const finalNorm: Init = { kind: "uniform", mean: LOGIT_STD / 2, std: (0.1 * LOGIT_STD) / 2 };
-  const out: Spec[] = [{ name: "model.embed_tokens.weight", shape: [VOCAB_SIZE, s.hidden], init: embed }];
-  for (let i = 0; i < s.layers; i++) {
-    const p = `model.layers.${i}`;
-    out.push(
-      { name: `${p}.input_layernorm.weight`, shape: [s.hidden], init: NORM_W },
-      { name: `${p}.self_attn.q_proj.weight`, shape: [s.hidden, s.hidden], init: lin(s.hidden) },
-      { name: `${p}.self_attn.q_proj.bias`, shape: [s.hidden], init: BIAS },
-      { name: `${p}.self_attn.k_proj.weight`, shape: [kv, s.hidden], init: lin(s.hidden) },
-      { name: `${p}.self_attn.k_proj.bias`, shape: [kv], init: BIAS },
-      { name: `${p}.self_attn.v_proj.weight`, shape: [kv, s.hidden], init: lin(s.hidden) },
-      { name: `${p}.self_attn.v_proj.bias`, shape: [kv], init: BIAS },
-      { name: `${p}.self_attn.o_proj.weight`, shape: [s.hidden, s.hidden], init: lin(s.hidden) },
-      { name: `${p}.post_attention_layernorm.weight`, shape: [s.hidden], init: NORM_W },
-      { name: `${p}.mlp.gate_proj.weight`, shape: [s.intermediate, s.hidden], init: lin(s.hidden) },
-      { name: `${p}.mlp.up_proj.weight`, shape: [s.intermediate, s.hidden], init: lin(s.hidden) },
-      { name: `${p}.mlp.down_proj.weight`, shape: [s.hidden, s.intermediate], init: lin(s.intermediate) },
-    );
-  }
-  out.push({ name: "model.norm.weight", shape: [s.hidden], init: finalNorm });
-  if (!s.tied) out.push({ name: "lm_head.weight", shape: [VOCAB_SIZE, s.hidden], init: embed });
-
-  const v = s.vision;
-  const e = v.embedDim;
-  const mlp = Math.trunc(e * v.mlpRatio);
-  const patchIn = IN_CHANNELS * TEMPORAL * PATCH * PATCH;
-  out.push({ name: "visual.patch_embed.proj.weight", shape: [e, IN_CHANNELS, TEMPORAL, PATCH, PATCH], init: lin(patchIn) });
-  for (let i = 0; i < v.depth; i++) {
-    const p = `visual.blocks.${i}`;
-    out.push(
-      { name: `${p}.norm1.weight`, shape: [e], init: NORM_W },
-      { name: `${p}.norm1.bias`, shape: [e], init: BIAS },
-      { name: `${p}.norm2.weight`, shape: [e], init: NORM_W },
-      { name: `${p}.norm2.bias`, shape: [e], init: BIAS },
-      { name: `${p}.attn.qkv.weight`, shape: [3 * e, e], init: lin(e) },
-      { name: `${p}.attn.qkv.bias`, shape: [3 * e], init: BIAS },
-      { name: `${p}.attn.proj.weight`, shape: [e, e], init: lin(e) },
-      { name: `${p}.attn.proj.bias`, shape: [e], init: BIAS },
-      { name: `${p}.mlp.fc1.weight`, shape: [mlp, e], init: lin(e) },
-      { name: `${p}.mlp.fc1.bias`, shape: [mlp], init: BIAS },
-      { name: `${p}.mlp.fc2.weight`, shape: [e, mlp], init: lin(mlp) },
-      { name: `${p}.mlp.fc2.bias`, shape: [e], init: BIAS },
-    );
-  }
-  const merged = e * MERGE * MERGE;
-  out.push(
-    { name: "visual.merger.ln_q.weight", shape: [e], init: NORM_W },
-    { name: "visual.merger.ln_q.bias", shape: [e], init: BIAS },
-    { name: "visual.merger.mlp.0.weight", shape: [merged, merged], init: lin(merged) },
-    { name: "visual.merger.mlp.0.bias", shape: [merged], init: BIAS },
-    { name: "visual.merger.mlp.2.weight", shape: [s.hidden, merged], init: lin(merged) },
-    { name: "visual.merger.mlp.2.bias", shape: [s.hidden], init: BIAS },
-  );
-  return out;
+  const table = qwen2VLTensorTable(parseQwen2VLConfig(tinyConfigJson(s, "f32")));
+  return table.map((t) => {
+    // The patch embedding is stored as the Conv3d kernel [embed, C, T, P, P] (the table's alt).
+    const shape = t.alt ?? t.shape;
+    let init: Init;
+    if (t.name === "model.embed_tokens.weight" || t.name === "lm_head.weight") init = embed;
+    else if (t.name === "model.norm.weight") init = finalNorm;
+    else if (t.name.endsWith(".bias")) init = BIAS;
+    else if (shape.length === 1) init = NORM_W; // every 1-D weight is a norm's
+    else init = lin(shape.slice(1).reduce((a, d) => a * d, 1));
+    return { name: t.name, shape, init };
+  });
 }
 
 // ---------------------------------------------------------------- deterministic values
