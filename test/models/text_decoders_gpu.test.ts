@@ -3,8 +3,8 @@
 // (scripts/make_tiny_text.ts) with the families' real tokenizers: Qwen2 (q/k/v biases, tied),
 // Mistral (head_dim 24 != hidden/heads, sliding window 8), Llama 3 (llama3 rope, tied, biases) and
 // Phi-3 (fused qkv / gate_up, longrope switching to the long factors during decode, window 20).
-// For each: loaded through the registry and the family contract, last-position f32 logits
-// NMSE < 1e-9 and 16 identical greedy tokens; rope tables against the reference; the tensor
+// For each: loaded through the registry and the family contract, last-position f32 logits of the
+// prefill and of the 15th decode step NMSE < 1e-9, and 16 identical greedy tokens; rope tables against the reference; the tensor
 // table against the checkpoint; missing / misshapen tensors; media rejected.
 import assert from "node:assert/strict";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
@@ -63,14 +63,18 @@ function assertWebvlmError(code: string, includes: string): (e: unknown) => bool
   };
 }
 
-async function gpuGreedy(model: VlmModel, ids: number[], count: number, eos: number[]): Promise<{ tokens: number[]; logits: Float32Array; cache: ModelCache }> {
+/** Greedy tokens; the prefill's logits and those of the last decode step (windows and Phi-3's long factors act there). */
+async function gpuGreedy(model: VlmModel, ids: number[], count: number, eos: number[]): Promise<{ tokens: number[]; logits: Float32Array; lastLogits: Float32Array; cache: ModelCache }> {
   const cache = model.createCache(ids.length + count + 1);
   const pre = await model.prefill(ids, [], cache, { read: "both" });
   const tokens = [pre.tokenId!];
+  let lastLogits = pre.logits!;
   while (tokens.length < count && !eos.includes(tokens[tokens.length - 1])) {
-    tokens.push((await model.decode(tokens[tokens.length - 1], cache)).tokenId!);
+    const step = await model.decode(tokens[tokens.length - 1], cache, { read: "both" });
+    tokens.push(step.tokenId!);
+    lastLogits = step.logits!;
   }
-  return { tokens, logits: pre.logits!, cache };
+  return { tokens, logits: pre.logits!, lastLogits, cache };
 }
 
 before(async () => {
@@ -118,11 +122,13 @@ for (const fam of TINY_TEXT_FAMILIES) {
         run.cache.dispose();
         const e = nmse(run.logits, refGen.firstLogits);
         assert.ok(e < 1e-9, `last-position logits NMSE ${e}`);
+        const eLast = nmse(run.lastLogits, refGen.lastLogits);
+        assert.ok(eLast < 1e-9, `last decode step's logits NMSE ${eLast}`);
         assert.equal(run.tokens[0], refArgmax(refGen.firstLogits));
         assert.deepEqual(run.tokens, refGen.tokens.slice(0, TOKENS));
         const eosAt = run.tokens.findIndex((x) => config.eosTokenIds.includes(x));
         t.diagnostic(
-          `prompt ${ids.length} tokens; logits NMSE=${e.toExponential(2)}; ${run.tokens.length} tokens identical` +
+          `prompt ${ids.length} tokens; logits NMSE=${e.toExponential(2)} (last decode step ${eLast.toExponential(2)}); ${run.tokens.length} tokens identical` +
             `${eosAt >= 0 ? ` (eos at ${eosAt})` : ""}, ${new Set(run.tokens).size} distinct; GPU ${ms.toFixed(0)} ms`,
         );
       } finally {

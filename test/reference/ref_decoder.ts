@@ -302,12 +302,14 @@ export function refArgmax(a: Float32Array): number {
 }
 
 /** Greedy generation: prefill, then one token per step, stopping after an eos id. */
-export function refDecoderGreedy(m: RefDecoder, prompt: number[], count: number): { tokens: number[]; firstLogits: Float32Array } {
+export function refDecoderGreedy(m: RefDecoder, prompt: number[], count: number): { tokens: number[]; firstLogits: Float32Array; lastLogits: Float32Array } {
   const cache = new RefDecoderCache(m.config.layers);
   const firstLogits = refDecoderForward(m, prompt, cache);
+  let lastLogits = firstLogits;
   const tokens = [refArgmax(firstLogits)];
   while (tokens.length < count && !m.config.eos.includes(tokens[tokens.length - 1])) {
-    tokens.push(refArgmax(refDecoderForward(m, [tokens[tokens.length - 1]], cache)));
+    lastLogits = refDecoderForward(m, [tokens[tokens.length - 1]], cache);
+    tokens.push(refArgmax(lastLogits));
   }
-  return { tokens, firstLogits };
+  return { tokens, firstLogits, lastLogits };
 }
