@@ -1,8 +1,13 @@
 // Browser image decoding to RGB8 with createImageBitmap + OffscreenCanvas (works in workers).
 // Alpha is dropped like PIL's convert("RGB"); for pixels with alpha < 255 the canvas's
 // premultiplied storage can round RGB by a level, which PIL would not (documented limit).
+// The declared size is checked against the pixel limit before the browser decodes
+// (header bytes for Blobs/bytes, naturalWidth/width for elements and bitmaps), and the
+// browser's raw DOMExceptions (tainted canvas, uncloneable bitmap, failed fetch) become
+// WebvlmErrors that name the image and the likely fix.
 import { WebvlmError } from "../api/errors.ts";
 import type { DecodedImage } from "./decode_node.ts";
+import { MAX_DECODE_PIXELS, checkPixelLimit, precheckImage } from "./image_header.ts";
 
 /** Anything a page can hand over as an image. */
 export type BrowserImageInput =
@@ -15,6 +20,77 @@ export type BrowserImageInput =
   | HTMLCanvasElement
   | HTMLImageElement;
 
+export interface BrowserDecodeOptions {
+  /** Pixel limit (width * height); default MAX_DECODE_PIXELS. */
+  maxPixels?: number;
+  /** How errors name the image ("image 2", a URL); default "image". */
+  label?: string;
+}
+
+const CORS_FIX =
+  'serve it with an Access-Control-Allow-Origin header that allows this page, and load it with crossorigin="anonymous" ' +
+  '(<img crossorigin="anonymous" src=...> or img.crossOrigin = "anonymous" before setting src); ' +
+  "or fetch the bytes yourself and pass a Blob";
+
+function errorName(e: unknown): string {
+  return e !== null && typeof e === "object" && "name" in e ? String((e as { name: unknown }).name) : "";
+}
+
+function errorMessage(e: unknown): string {
+  return e instanceof Error || (e !== null && typeof e === "object" && "message" in e)
+    ? String((e as { message: unknown }).message)
+    : String(e);
+}
+
+/**
+ * A browser failure while reading an image's pixels or handing it to the worker, as a
+ * WebvlmError naming the image and the fix: a tainted canvas (SecurityError) or an
+ * uncloneable cross-origin ImageBitmap (DataCloneError) -> bad_request with CORS advice.
+ * Anything else -> image_decode_failed. A WebvlmError passes through unchanged.
+ */
+export function describeBrowserImageError(e: unknown, label = "image"): WebvlmError {
+  if (e instanceof WebvlmError) return e;
+  const name = errorName(e);
+  const msg = errorMessage(e);
+  if (name === "SecurityError" || name === "DataCloneError" || /tainted|origin-clean|cross-origin/i.test(msg)) {
+    return new WebvlmError(
+      "bad_request",
+      `${label} is cross-origin and was loaded without CORS, so the browser does not let its pixels be read ` +
+        `(${name || "error"}: ${msg}). To fix: ${CORS_FIX}.`,
+      { image: label, cause: name || msg, hint: "cors" },
+    );
+  }
+  return new WebvlmError("image_decode_failed", `the browser could not decode ${label}: ${msg || name || "unknown error"}`, { image: label });
+}
+
+/**
+ * A failed fetch() of an image URL. Browsers report a CORS refusal as a bare
+ * "TypeError: Failed to fetch", indistinguishable from a network error, so for a
+ * cross-origin URL the message names CORS as the likely cause (bad_request); otherwise
+ * download_failed.
+ */
+export function describeFetchFailure(e: unknown, url: string, label = `image ${url}`, pageOrigin?: string): WebvlmError {
+  if (e instanceof WebvlmError) return e;
+  const msg = errorMessage(e);
+  const origin = pageOrigin ?? (typeof location !== "undefined" && /^https?:$/.test(location.protocol) ? location.origin : undefined);
+  let crossOrigin = false;
+  try {
+    crossOrigin = origin !== undefined && /^https?:/i.test(url) && new URL(url).origin !== origin;
+  } catch {
+    /* not a URL: leave it same-origin */
+  }
+  if (crossOrigin) {
+    return new WebvlmError(
+      "bad_request",
+      `could not fetch ${label} (${msg}): it is on another origin than this page (${origin}), and the usual cause is a ` +
+        `server that does not send CORS headers; serve it with Access-Control-Allow-Origin allowing ${origin}, ` +
+        "or fetch the bytes yourself and pass a Blob",
+      { url, image: label, hint: "cors" },
+    );
+  }
+  return new WebvlmError("download_failed", `could not fetch ${label}: ${msg}`, { url, image: label });
+}
+
 function rgbaToRgb(rgba: Uint8ClampedArray, width: number, height: number): DecodedImage {
   const rgb = new Uint8Array(width * height * 3);
   for (let i = 0, j = 0; i < rgb.length; i += 3, j += 4) {
@@ -25,14 +101,14 @@ function rgbaToRgb(rgba: Uint8ClampedArray, width: number, height: number): Deco
   return { rgb, width, height };
 }
 
-async function toBitmap(input: Exclude<BrowserImageInput, ImageData>): Promise<ImageBitmap> {
+async function toBitmap(input: Exclude<BrowserImageInput, ImageData>, label: string): Promise<ImageBitmap> {
   if (typeof ImageBitmap !== "undefined" && input instanceof ImageBitmap) return input;
   const source: ImageBitmapSource =
     input instanceof ArrayBuffer || input instanceof Uint8Array ? new Blob([input as BlobPart]) : (input as ImageBitmapSource);
   try {
     return await createImageBitmap(source, { premultiplyAlpha: "none", colorSpaceConversion: "none" });
   } catch (e) {
-    throw new WebvlmError("image_decode_failed", `the browser could not decode the image: ${(e as Error).message}`);
+    throw describeBrowserImageError(e, label);
   }
 }
 
@@ -40,15 +116,44 @@ function isImageData(input: BrowserImageInput): input is ImageData {
   return typeof ImageData !== "undefined" && input instanceof ImageData;
 }
 
-export async function decodeImageBrowser(input: BrowserImageInput): Promise<DecodedImage> {
+/** The size an input declares without decoding it, or null when only decoding can tell. */
+async function declaredSize(input: BrowserImageInput): Promise<[number, number] | null> {
+  if (typeof HTMLImageElement !== "undefined" && input instanceof HTMLImageElement) return [input.naturalWidth, input.naturalHeight];
+  if (input instanceof ArrayBuffer || input instanceof Uint8Array) {
+    const h = precheckImage(input instanceof ArrayBuffer ? new Uint8Array(input) : input, Infinity);
+    return h ? [h.width, h.height] : null;
+  }
+  if (typeof Blob !== "undefined" && input instanceof Blob) {
+    const h = precheckImage(new Uint8Array(await input.slice(0, 1 << 16).arrayBuffer()), Infinity);
+    return h ? [h.width, h.height] : null;
+  }
+  const wh = input as { width?: unknown; height?: unknown };
+  return typeof wh.width === "number" && typeof wh.height === "number" ? [wh.width, wh.height] : null;
+}
+
+export async function decodeImageBrowser(input: BrowserImageInput, opts: BrowserDecodeOptions = {}): Promise<DecodedImage> {
+  const label = opts.label ?? "image";
+  const maxPixels = opts.maxPixels ?? MAX_DECODE_PIXELS;
+  const declared = await declaredSize(input);
+  if (declared) checkPixelLimit(declared[0], declared[1], maxPixels, label);
   if (isImageData(input)) return rgbaToRgb(input.data, input.width, input.height);
-  const bitmap = await toBitmap(input);
+  const bitmap = await toBitmap(input, label);
   const { width, height } = bitmap;
-  if (width === 0 || height === 0) throw new WebvlmError("image_decode_failed", "the image has no pixels");
-  const canvas = new OffscreenCanvas(width, height);
-  const ctx = canvas.getContext("2d", { willReadFrequently: true });
-  if (!ctx) throw new WebvlmError("image_decode_failed", "no 2D canvas context to read pixels");
-  ctx.drawImage(bitmap, 0, 0);
-  if (bitmap !== input) bitmap.close();
-  return rgbaToRgb(ctx.getImageData(0, 0, width, height).data, width, height);
+  if (width === 0 || height === 0) throw new WebvlmError("image_decode_failed", `${label} has no pixels`, { image: label });
+  try {
+    checkPixelLimit(width, height, maxPixels, label);
+    const canvas = new OffscreenCanvas(width, height);
+    const ctx = canvas.getContext("2d", { willReadFrequently: true });
+    if (!ctx) throw new WebvlmError("image_decode_failed", `no 2D canvas context to read the pixels of ${label}`, { image: label });
+    ctx.drawImage(bitmap, 0, 0);
+    let data: Uint8ClampedArray;
+    try {
+      data = ctx.getImageData(0, 0, width, height).data;
+    } catch (e) {
+      throw describeBrowserImageError(e, label);
+    }
+    return rgbaToRgb(data, width, height);
+  } finally {
+    if (bitmap !== input) bitmap.close();
+  }
 }

@@ -6,8 +6,9 @@
 //   JPEG @jsquash/jpeg (mozjpeg = libjpeg-turbo's decoder in wasm: ISLOW IDCT,
 //        fancy upsampling), bit-identical to PIL's libjpeg-turbo; EXIF
 //        orientation is not applied (PIL's open() does not either). jpeg-js
-//        was measured off by up to 140 levels on 4:2:0 files. CMYK/YCCK JPEGs are
-//        refused (image_decode_failed); PIL would convert them.
+//        was measured off by up to 140 levels on 4:2:0 files. 4-component
+//        (CMYK/YCCK) JPEGs, which this build of mozjpeg cannot turn into RGBA,
+//        go through jpeg_cmyk.ts (see there for the CMYK->RGB rule).
 //   GIF  gifuct-js, first frame, PIL's rules: canvas = logical screen grown to
 //        the frame, filled with the transparent index (else 0); every index,
 //        transparent or not, is looked up in the palette.
@@ -20,6 +21,18 @@ import { decompressFrame, parseGIF } from "gifuct-js";
 import decodeJpegRaw, { init as initJpeg } from "@jsquash/jpeg/decode.js";
 import decodeWebpRaw, { init as initWebp } from "@jsquash/webp/decode.js";
 import { WebvlmError } from "../api/errors.ts";
+import { MAX_DECODE_PIXELS, checkPixelLimit, precheckImage, sniffImageFormat, type ImageFormat } from "./image_header.ts";
+import { decodeJpeg4, jpegComponentCount } from "./jpeg_cmyk.ts";
+
+export { MAX_DECODE_PIXELS, sniffImageFormat, type ImageFormat };
+
+/** Per-call decode options. */
+export interface DecodeOptions {
+  /** Pixel limit (width * height); default MAX_DECODE_PIXELS (PIL's bomb limit, ~179 MP). */
+  maxPixels?: number;
+  /** How errors name the input ("image 2", a path or URL); default "image". */
+  label?: string;
+}
 
 export interface DecodedImage {
   /** RGB8, interleaved, row-major */
@@ -28,45 +41,38 @@ export interface DecodedImage {
   height: number;
 }
 
-export type ImageFormat = "png" | "jpeg" | "gif" | "webp";
-
-/** PIL's Image.MAX_IMAGE_PIXELS * 2: above it PIL raises DecompressionBombError. */
-export const MAX_DECODE_PIXELS = 2 * 89478485;
-
-export function sniffImageFormat(b: Uint8Array): ImageFormat | null {
-  if (b.length >= 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47) return "png";
-  if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return "jpeg";
-  if (b.length >= 6 && b[0] === 0x47 && b[1] === 0x49 && b[2] === 0x46 && b[3] === 0x38) return "gif";
-  const tag = (o: number) => String.fromCharCode(b[o], b[o + 1], b[o + 2], b[o + 3]);
-  if (b.length >= 12 && tag(0) === "RIFF" && tag(8) === "WEBP") return "webp";
-  return null;
-}
-
 // Last line a wasm codec printed to stderr (libjpeg/libwebp say why they failed
 // there and throw a bare object).
 let codecMessage = "";
 
-function fail(format: string, cause: unknown): WebvlmError {
-  if (cause instanceof WebvlmError) return cause;
-  let msg = cause instanceof Error ? cause.message : codecMessage || "decoder error";
-  if (codecMessage && cause instanceof Error) msg += ` (${codecMessage})`;
-  codecMessage = "";
-  return new WebvlmError("image_decode_failed", `cannot decode ${format} image: ${msg}`, { format });
+/** A decoder's message made readable: no dangling ":" when the library gave no detail. */
+function tidy(msg: string): string {
+  return msg.trim().replace(/[\s:;,-]+$/, "");
 }
 
-function checkSize(width: number, height: number): void {
+function fail(format: string, cause: unknown, label = "image"): WebvlmError {
+  if (cause instanceof WebvlmError) return cause;
+  let msg = tidy(cause instanceof Error ? cause.message : codecMessage || "");
+  const extra = tidy(codecMessage);
+  if (extra && cause instanceof Error && extra !== msg) msg = msg ? `${msg} (${extra})` : extra;
+  codecMessage = "";
+  if (!msg) msg = "decoder error";
+  if (format === "png" && /decompress|inflate|unexpected end|truncat|outside the bounds|out of range/i.test(msg)) msg += " (the file is truncated or corrupt)";
+  return new WebvlmError("image_decode_failed", `cannot decode ${label} as ${format.toUpperCase()}: ${msg}`, { format, image: label });
+}
+
+function checkSize(width: number, height: number, opts: DecodeOptions = {}): void {
   if (!(width > 0 && height > 0)) throw new Error(`bad size ${width}x${height}`);
-  if (width * height > MAX_DECODE_PIXELS) {
-    throw new WebvlmError("limit_exceeded", `image has ${width * height} pixels, over ${MAX_DECODE_PIXELS}`);
-  }
+  checkPixelLimit(width, height, opts.maxPixels ?? MAX_DECODE_PIXELS, opts.label ?? "image");
 }
 
 // ---------------------------------------------------------------- PNG
-export function decodePng(bytes: Uint8Array): DecodedImage {
+export function decodePng(bytes: Uint8Array, opts: DecodeOptions = {}): DecodedImage {
   try {
+    precheckImage(bytes, opts.maxPixels, opts.label);
     const png = decodePngRaw(bytes, { checkCrc: true });
     const { width, height, depth, channels, data, palette } = png;
-    checkSize(width, height);
+    checkSize(width, height, opts);
     const n = width * height;
     const rgb = new Uint8Array(n * 3);
     if (depth < 8) {
@@ -102,7 +108,7 @@ export function decodePng(bytes: Uint8Array): DecodedImage {
     }
     return { rgb, width, height };
   } catch (e) {
-    throw fail("png", e);
+    throw fail("png", e, opts.label);
   }
 }
 
@@ -154,8 +160,9 @@ function assertFirstGifFrameComplete(b: Uint8Array): void {
   }
 }
 
-export function decodeGif(bytes: Uint8Array): DecodedImage {
+export function decodeGif(bytes: Uint8Array, opts: DecodeOptions = {}): DecodedImage {
   try {
+    precheckImage(bytes, opts.maxPixels, opts.label);
     assertFirstGifFrameComplete(bytes);
     const copy = bytes.slice().buffer;
     const gif = parseGIF(copy);
@@ -166,7 +173,7 @@ export function decodeGif(bytes: Uint8Array): DecodedImage {
     if (fr.pixels.length !== fw * fh) throw new Error("truncated image data");
     const width = Math.max(gif.lsd.width, left + fw);
     const height = Math.max(gif.lsd.height, top + fh);
-    checkSize(width, height);
+    checkSize(width, height, opts);
     const table = fr.colorTable;
     const hasPalette = Array.isArray(table) && table.length > 0;
     const fill = fr.transparentIndex ?? 0;
@@ -185,7 +192,7 @@ export function decodeGif(bytes: Uint8Array): DecodedImage {
     }
     return { rgb, width, height };
   } catch (e) {
-    throw fail("gif", e);
+    throw fail("gif", e, opts.label);
   }
 }
 
@@ -220,8 +227,8 @@ function loadWasm(wasmPath: string, init: WasmInit): Promise<void> {
   return p;
 }
 
-function rgbaToRgb(img: { data: Uint8ClampedArray; width: number; height: number }): DecodedImage {
-  checkSize(img.width, img.height);
+function rgbaToRgb(img: { data: Uint8ClampedArray; width: number; height: number }, opts: DecodeOptions): DecodedImage {
+  checkSize(img.width, img.height, opts);
   const n = img.width * img.height;
   if (img.data.length !== n * 4) throw new Error("decoder returned a bad buffer");
   const rgb = new Uint8Array(n * 3);
@@ -233,38 +240,57 @@ function rgbaToRgb(img: { data: Uint8ClampedArray; width: number; height: number
   return { rgb, width: img.width, height: img.height };
 }
 
-export async function decodeJpeg(bytes: Uint8Array): Promise<DecodedImage> {
+export async function decodeJpeg(bytes: Uint8Array, opts: DecodeOptions = {}): Promise<DecodedImage> {
   try {
+    precheckImage(bytes, opts.maxPixels, opts.label);
+    if (jpegComponentCount(bytes) === 4) {
+      const img = decodeJpeg4(bytes);
+      checkSize(img.width, img.height, opts);
+      return img;
+    }
     await loadWasm(JPEG_WASM, initJpegModule);
     codecMessage = "";
     const img = await decodeJpegRaw(bytes.slice().buffer, { preserveOrientation: false });
     // libjpeg only warns and pads with gray; PIL raises "image file is truncated".
     if (/premature end/i.test(codecMessage)) throw new Error("image file is truncated");
-    return rgbaToRgb(img);
+    return rgbaToRgb(img, opts);
   } catch (e) {
-    throw fail("jpeg", e);
+    throw fail("jpeg", e, opts.label);
   }
 }
 
-export async function decodeWebp(bytes: Uint8Array): Promise<DecodedImage> {
+export async function decodeWebp(bytes: Uint8Array, opts: DecodeOptions = {}): Promise<DecodedImage> {
   try {
+    precheckImage(bytes, opts.maxPixels, opts.label);
     await loadWasm(WEBP_WASM, initWebpModule);
     codecMessage = "";
-    return rgbaToRgb(await decodeWebpRaw(bytes.slice().buffer));
+    return rgbaToRgb(await decodeWebpRaw(bytes.slice().buffer), opts);
   } catch (e) {
-    throw fail("webp", e);
+    throw fail("webp", e, opts.label);
   }
 }
 
-/** Decode PNG/JPEG/GIF (first frame)/WebP bytes to RGB8; alpha is dropped. */
-export async function decodeImageNode(bytes: Uint8Array): Promise<DecodedImage> {
+/**
+ * Decode PNG/JPEG/GIF (first frame)/WebP bytes to RGB8; alpha is dropped. The size the
+ * header declares is checked against opts.maxPixels before anything is decoded.
+ */
+export async function decodeImageNode(bytes: Uint8Array, opts: DecodeOptions = {}): Promise<DecodedImage> {
+  const label = opts.label ?? "image";
   const format = sniffImageFormat(bytes);
   switch (format) {
-    case "png": return decodePng(bytes);
-    case "jpeg": return decodeJpeg(bytes);
-    case "gif": return decodeGif(bytes);
-    case "webp": return decodeWebp(bytes);
+    case "png": return decodePng(bytes, opts);
+    case "jpeg": return decodeJpeg(bytes, opts);
+    case "gif": return decodeGif(bytes, opts);
+    case "webp": return decodeWebp(bytes, opts);
+    case "bmp":
+      precheckImage(bytes, opts.maxPixels, label);
+      throw new WebvlmError("image_decode_failed", `cannot decode ${label}: BMP is not supported in Node (convert it to PNG)`, { format, image: label });
     default:
-      throw new WebvlmError("image_decode_failed", "unrecognized image format (expected PNG, JPEG, GIF or WebP)");
+      throw new WebvlmError(
+        "image_decode_failed",
+        `cannot decode ${label}: unrecognized image format (expected PNG, JPEG, GIF or WebP)` +
+          (bytes.length === 0 ? "; it is empty" : ""),
+        { image: label },
+      );
   }
 }
