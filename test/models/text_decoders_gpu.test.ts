@@ -5,7 +5,8 @@
 // Phi-3 (fused qkv / gate_up, longrope switching to the long factors during decode, window 20).
 // For each: loaded through the registry and the family contract, last-position f32 logits of the
 // prefill and of the 15th decode step NMSE < 1e-9, and 16 identical greedy tokens; rope tables against the reference; the tensor
-// table against the checkpoint; missing / misshapen tensors; media rejected.
+// table against the checkpoint; q8 / q4 / f16 loads against a reference on the rounded weights;
+// missing / misshapen tensors; media rejected.
 import assert from "node:assert/strict";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -30,6 +31,9 @@ import { resolveFamily } from "../../src/models/registry.ts";
 import { TextTokenizer } from "../../src/tokenizer/tokenizer.ts";
 import { makeTinyText, TINY_TEXT_FAMILIES, type TinyTextFamily } from "../../scripts/make_tiny_text.ts";
 import { loadRefDecoder, refArgmax, refDecoderGreedy, refRopeParameters, type RefDecoder } from "../reference/ref_decoder.ts";
+import { roundTripValues } from "../../src/quant/pack.ts";
+import { buildRefDecoder, refDecoderConfig } from "../reference/ref_decoder.ts";
+import { readSafetensorsDir } from "../reference/safetensors_min.ts";
 import { nmse } from "../util/compare.ts";
 
 const TOKENS = Number(process.env.WEBVLM_GREEDY_TOKENS ?? 16);
@@ -166,6 +170,36 @@ for (const fam of TINY_TEXT_FAMILIES) {
       assert.deepEqual(proc.placeholders([]), []);
       await assert.rejects(proc.prepare([{ kind: "image", source: "x.png", options: {} }]), assertWebvlmError("unsupported_feature", "text-only"));
     });
+  });
+}
+
+/** The reference on the values a `fmt` load represents: every matrix rounded row-wise along K. */
+async function roundedRef(dir: string, fmt: "q8" | "q4" | "f16"): Promise<RefDecoder> {
+  const raw = readSafetensorsDir(dir);
+  for (const t of raw.values()) if (t.shape.length === 2) t.data = roundTripValues(t.data, t.shape[0], t.shape[1], fmt);
+  return buildRefDecoder(refDecoderConfig(await readJson(dir, "config.json"), await readJson(dir, "generation_config.json")), raw);
+}
+
+for (const [fam, fmt] of [["phi3", "q8"], ["mistral", "q4"], ["qwen2", "f16"]] as const) {
+  test(`${fam} ${fmt} load (fused rows quantized per row): logits and tokens equal a ${fmt}-rounded reference`, async (t) => {
+    const dir = join(root, fam);
+    const cfgJson = await readJson(dir, "config.json");
+    const gen = await readJson(dir, "generation_config.json");
+    const opened = resolveFamily(cfgJson).open(cfgJson, gen);
+    const model = await opened.load(gpu, await dirSource(dir), { textLinear: fmt, embedding: fmt });
+    try {
+      const tok = new TextTokenizer(await readJson(dir, "tokenizer.json"), await readJson(dir, "tokenizer_config.json"));
+      const ids = tok.encode(PROMPT, { addSpecialTokens: true }).slice(0, MAX_PROMPT);
+      const ref = refDecoderGreedy(await roundedRef(dir, fmt), ids, TOKENS);
+      const run = await gpuGreedy(model, ids, TOKENS, FAMILIES[fam].parseConfig(cfgJson, gen).eosTokenIds);
+      run.cache.dispose();
+      const e = nmse(run.logits, ref.firstLogits);
+      assert.ok(e < 1e-9, `${fmt} logits vs the ${fmt}-rounded reference: NMSE ${e}`);
+      assert.deepEqual(run.tokens, ref.tokens);
+      t.diagnostic(`${fmt}: NMSE=${e.toExponential(2)} vs the rounded reference, ${run.tokens.length} tokens identical`);
+    } finally {
+      model.dispose();
+    }
   });
 }
 
