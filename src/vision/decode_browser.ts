@@ -150,10 +150,49 @@ export async function decodeImageBrowser(input: BrowserImageInput, opts: Browser
     try {
       data = ctx.getImageData(0, 0, width, height).data;
     } catch (e) {
-      throw describeBrowserImageError(e, label);
+      const img = typeof HTMLImageElement !== "undefined" && input instanceof HTMLImageElement ? input : null;
+      throw describeBrowserImageError(e, img ? `${label} (<img src="${img.currentSrc || img.src}">)` : label);
     }
     return rgbaToRgb(data, width, height);
   } finally {
     if (bitmap !== input) bitmap.close();
   }
+}
+
+/**
+ * An <img>, canvas or ImageBitmap as an ImageBitmap that can be transferred to the worker.
+ * A cross-origin image loaded without CORS gives a tainted bitmap that postMessage refuses
+ * with a raw DataCloneError; this checks the bitmap first (reading one pixel) and fails
+ * with describeBrowserImageError's bad_request naming the image and the CORS fix instead.
+ * For the worker proxy's request conversion (engine/create.ts bitmapsForWorker).
+ */
+export async function transferableBitmap(
+  input: HTMLImageElement | HTMLCanvasElement | OffscreenCanvas | ImageBitmap,
+  label = "image",
+  maxPixels: number = MAX_DECODE_PIXELS,
+): Promise<ImageBitmap> {
+  const isImg = typeof HTMLImageElement !== "undefined" && input instanceof HTMLImageElement;
+  if (isImg) {
+    try {
+      await input.decode();
+    } catch (e) {
+      throw new WebvlmError(
+        "image_decode_failed",
+        `${label} (<img src="${input.currentSrc || input.src}">) could not be loaded or decoded: ${errorMessage(e)}`,
+        { image: label, src: input.currentSrc || input.src },
+      );
+    }
+  }
+  const declared = await declaredSize(input);
+  if (declared) checkPixelLimit(declared[0], declared[1], maxPixels, label);
+  const bitmap = await toBitmap(input, label);
+  try {
+    const probe = new OffscreenCanvas(1, 1).getContext("2d");
+    probe?.drawImage(bitmap, 0, 0, 1, 1, 0, 0, 1, 1);
+    probe?.getImageData(0, 0, 1, 1);
+  } catch (e) {
+    if (bitmap !== input) bitmap.close();
+    throw describeBrowserImageError(e, isImg ? `${label} (<img src="${input.currentSrc || input.src}">)` : label);
+  }
+  return bitmap;
 }
