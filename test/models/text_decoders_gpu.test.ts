@@ -99,6 +99,9 @@ for (const fam of TINY_TEXT_FAMILIES) {
     let ref: RefDecoder;
     let refGen: ReturnType<typeof refDecoderGreedy>;
     let config: TextOnlyConfig;
+    let model: VlmModel | undefined;
+
+    after(() => model?.dispose());
 
     before(async () => {
       dir = join(root, fam);
@@ -117,27 +120,51 @@ for (const fam of TINY_TEXT_FAMILIES) {
       assert.equal(registered.name, FAMILY_NAME[fam]);
       const opened = registered.open(cfgJson, await readJson(dir, "generation_config.json"));
       assert.equal(opened.maxPositions, cfgJson.max_position_embeddings);
-      const model = await opened.load(gpu, await dirSource(dir), F32);
+      model = await opened.load(gpu, await dirSource(dir), F32);
+      assert.ok(model instanceof TextOnlyModel);
+      const t0 = performance.now();
+      const run = await gpuGreedy(model, ids, TOKENS, config.eosTokenIds);
+      const ms = performance.now() - t0;
+      run.cache.dispose();
+      const e = nmse(run.logits, refGen.firstLogits);
+      assert.ok(e < 1e-9, `last-position logits NMSE ${e}`);
+      const eLast = nmse(run.lastLogits, refGen.lastLogits);
+      assert.ok(eLast < 1e-9, `last decode step's logits NMSE ${eLast}`);
+      assert.equal(run.tokens[0], refArgmax(refGen.firstLogits));
+      assert.deepEqual(run.tokens, refGen.tokens.slice(0, TOKENS));
+      const eosAt = run.tokens.findIndex((x) => config.eosTokenIds.includes(x));
+      t.diagnostic(
+        `prompt ${ids.length} tokens; logits NMSE=${e.toExponential(2)} (last decode step ${eLast.toExponential(2)}); ${run.tokens.length} tokens identical` +
+          `${eosAt >= 0 ? ` (eos at ${eosAt})` : ""}, ${new Set(run.tokens).size} distinct; GPU ${ms.toFixed(0)} ms`,
+      );
+      assert.deepEqual(gpu.uncapturedErrors, []);
+    });
+
+    test("prefill after a cached prefix (9 tokens, then truncated to 5) equals the full prefill; warm-up runs", async (t) => {
+      assert.ok(model, "loaded by the previous test");
+      const cache = model.createCache(ids.length + 1);
       try {
-        assert.ok(model instanceof TextOnlyModel);
-        const t0 = performance.now();
-        const run = await gpuGreedy(model, ids, TOKENS, config.eosTokenIds);
-        const ms = performance.now() - t0;
-        run.cache.dispose();
-        const e = nmse(run.logits, refGen.firstLogits);
-        assert.ok(e < 1e-9, `last-position logits NMSE ${e}`);
-        const eLast = nmse(run.lastLogits, refGen.lastLogits);
-        assert.ok(eLast < 1e-9, `last decode step's logits NMSE ${eLast}`);
-        assert.equal(run.tokens[0], refArgmax(refGen.firstLogits));
-        assert.deepEqual(run.tokens, refGen.tokens.slice(0, TOKENS));
-        const eosAt = run.tokens.findIndex((x) => config.eosTokenIds.includes(x));
-        t.diagnostic(
-          `prompt ${ids.length} tokens; logits NMSE=${e.toExponential(2)} (last decode step ${eLast.toExponential(2)}); ${run.tokens.length} tokens identical` +
-            `${eosAt >= 0 ? ` (eos at ${eosAt})` : ""}, ${new Set(run.tokens).size} distinct; GPU ${ms.toFixed(0)} ms`,
-        );
+        const first = await model.prefill(ids.slice(0, 9), [], cache, { read: "argmax" });
+        assert.equal(first.reused, 0);
+        const pre = await model.prefill(ids, [], cache, { read: "logits" });
+        assert.equal(pre.reused, 9);
+        const e9 = nmse(pre.logits!, refGen.firstLogits);
+        assert.ok(e9 < 1e-9, `after 9 cached tokens: NMSE ${e9}`);
+        cache.truncate(5);
+        assert.equal(cache.length, 5);
+        const again = await model.prefill(ids, [], cache, { read: "both" });
+        assert.equal(again.reused, 5);
+        const e5 = nmse(again.logits!, refGen.firstLogits);
+        assert.ok(e5 < 1e-9, `after truncate(5): NMSE ${e5}`);
+        assert.equal(again.tokenId, refGen.tokens[0]);
+        await assert.rejects(model.prefill(ids, [], cache), assertWebvlmError("bad_request", "truncate"));
+        t.diagnostic(`NMSE after 9 cached: ${e9.toExponential(2)}, after truncate(5): ${e5.toExponential(2)}`);
       } finally {
-        model.dispose();
+        cache.dispose();
       }
+      let steps = 0;
+      await model.warmUp(() => steps++);
+      assert.equal(steps, 3);
       assert.deepEqual(gpu.uncapturedErrors, []);
     });
 
