@@ -76,7 +76,7 @@ interface Component {
   tq: number;
   bw: number; // blocks per line (padded to the MCU)
   bh: number;
-  coefs: Int32Array; // dequantized later; raw coefficients, natural order, 64 per block
+  coefs: Int16Array; // raw coefficients (JCOEF = short, as libjpeg), natural order, 64 per block
   pred: number;
   dc?: Huffman;
   ac?: Huffman;
@@ -151,7 +151,7 @@ function rangeLimit(v: number): number {
 }
 
 const ws = new Float64Array(64);
-function idctIslow(inp: Int32Array, off: number, q: Int32Array, out: Uint8Array, outOff: number, stride: number): void {
+function idctIslow(inp: Int16Array, off: number, q: Int32Array, out: Uint8Array, outOff: number, stride: number): void {
   for (let c = 0; c < 8; c++) {
     const i = off + c;
     if (inp[i + 8] === 0 && inp[i + 16] === 0 && inp[i + 24] === 0 && inp[i + 32] === 0 && inp[i + 40] === 0 && inp[i + 48] === 0 && inp[i + 56] === 0) {
@@ -337,7 +337,7 @@ export function decodeJpeg4(b: Uint8Array): DecodedImage {
       comps = [];
       for (let i = 0; i < nc; i++) {
         const o = s + 6 + 3 * i;
-        comps.push({ id: b[o], h: b[o + 1] >> 4, v: b[o + 1] & 15, tq: b[o + 2], bw: 0, bh: 0, coefs: new Int32Array(0), pred: 0 });
+        comps.push({ id: b[o], h: b[o + 1] >> 4, v: b[o + 1] & 15, tq: b[o + 2], bw: 0, bh: 0, coefs: new Int16Array(0), pred: 0 });
       }
       hmax = Math.max(...comps.map((c) => c.h));
       vmax = Math.max(...comps.map((c) => c.v));
@@ -349,7 +349,7 @@ export function decodeJpeg4(b: Uint8Array): DecodedImage {
         }
         c.bw = mcux * c.h;
         c.bh = mcuy * c.v;
-        c.coefs = new Int32Array(c.bw * c.bh * 64);
+        c.coefs = new Int16Array(c.bw * c.bh * 64);
       }
       frame = true;
     } else if (m >= 0xc2 && m <= 0xcf && m !== 0xc4 && m !== 0xc8 && m !== 0xcc) {

@@ -364,9 +364,36 @@ test("CMYK JPEGs (Adobe inverted) decode to PIL's convert('RGB') exactly, 4:4:4 
     for (let i = 0; i < want.length; i++) if (img.rgb[i] !== want[i]) n++;
     assert.equal(n, 0, `${f}: ${n} bytes differ from PIL`);
   }
+  // The same coefficients with restart markers every 2 MCUs, and as four non-interleaved
+  // scans (jpegtran -restart 2B / -scans; PIL decodes both to the same pixels).
+  for (const f of ["cmyk_420_rst_53x37.jpg", "cmyk_420_scans_53x37.jpg"]) {
+    const img = await decodeImageNode(bytes(f));
+    assert.deepEqual(img.rgb, bytes("cmyk_420_53x37.rgb"), f);
+  }
+  // Progressive CMYK is refused with a reason (PIL would decode it).
+  await expectError(decodeImageNode(bytes("cmyk_progressive_53x37.jpg"), { label: "image 6" }), "image_decode_failed", "image 6", "progressive");
   // A cut-off CMYK file fails like PIL's "image file is truncated", naming the file.
   const cmyk = bytes("cmyk_53x37.jpg");
   await expectError(decodeImageNode(cmyk.subarray(0, cmyk.length - 1500), { label: "image 4" }), "image_decode_failed", "image 4", "truncated");
+  await goodImageStillDecodes();
+});
+
+test("corrupted CMYK JPEGs fail with a typed error or decode; never a raw exception or a hang", async () => {
+  const src = bytes("cmyk_420_rst_53x37.jpg");
+  let seed = 12345;
+  const rand = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  for (let i = 0; i < 300; i++) {
+    const b = src.slice();
+    const n = 1 + Math.floor(rand() * 4);
+    for (let k = 0; k < n; k++) b[Math.floor(rand() * b.length)] = Math.floor(rand() * 256);
+    try {
+      const img = await decodeImageNode(b, { label: `case ${i}` });
+      assert.equal(img.rgb.length, img.width * img.height * 3);
+    } catch (e) {
+      assert.ok(e instanceof WebvlmError, `case ${i}: ${String(e)}`);
+      assert.ok(["image_decode_failed", "limit_exceeded"].includes(e.code), `case ${i}: ${e.code} ${e.message}`);
+    }
+  }
   await goodImageStillDecodes();
 });
 
