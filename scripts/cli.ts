@@ -7,6 +7,7 @@ import { parseArgs } from "node:util";
 import { isWebvlmError } from "../src/api/errors.ts";
 import type { ChatCompletionRequest, ContentPart } from "../src/api/types.ts";
 import { Engine } from "../src/engine/engine.ts";
+import { validateRequest } from "../src/engine/request.ts";
 import type { ProgressEvent } from "../src/loader/progress.ts";
 import type { WeightFormat } from "../src/quant/formats.ts";
 
@@ -30,6 +31,37 @@ function progressPrinter(): (e: ProgressEvent) => void {
     const mb = (b: number): string => (b / 1e6).toFixed(1);
     process.stderr.write(`\r[${"#".repeat(filled)}${"-".repeat(width - filled)}] ${(e.fraction * 100).toFixed(0).padStart(3)}% ${e.phase.padEnd(8)} ${mb(e.loadedBytes)}/${mb(e.totalBytes)} MB ${e.file.slice(-40).padEnd(40)}`);
   };
+}
+
+/** A numeric option: undefined when absent; a usage error naming the option otherwise. */
+function numberOption(name: string, v: string | undefined, integer: boolean, min?: number): number | undefined {
+  if (v === undefined) return undefined;
+  const n = v.trim() === "" ? NaN : Number(v);
+  if (!Number.isFinite(n) || (integer && !Number.isSafeInteger(n)) || (min !== undefined && n < min)) {
+    const what = integer ? `an integer${min !== undefined ? ` >= ${min}` : ""}` : `a number${min !== undefined ? ` >= ${min}` : ""}`;
+    throw new Error(`--${name} must be ${what}, got ${JSON.stringify(v)}`);
+  }
+  return n;
+}
+
+/** The request file of `run`: read and parsed, every failure naming the file. */
+async function readRequestFile(path: string): Promise<ChatCompletionRequest> {
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (e) {
+    throw new Error(`cannot read the request file ${path}: ${(e as Error).message}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`the request file ${path} is not valid JSON: ${(e as Error).message}`);
+  }
+  if (json === null || typeof json !== "object" || Array.isArray(json)) {
+    throw new Error(`the request file ${path} must hold a JSON object (a chat completion request), got ${json === null ? "null" : Array.isArray(json) ? "an array" : typeof json}`);
+  }
+  return json as ChatCompletionRequest;
 }
 
 function dtypeOf(v: string | undefined): WeightFormat | undefined {
@@ -66,20 +98,32 @@ async function main(argv: string[]): Promise<number> {
     console.error(USAGE);
     return 2;
   }
+  // Every option and the request are checked before the (slow) model load.
+  const quantization = dtypeOf(values.dtype);
+  const contextLength = numberOption("context", values.context, true, 1);
+  const maxTokens = numberOption("max-tokens", values["max-tokens"], true, 1);
+  const temperature = numberOption("temperature", values.temperature, false, 0);
+  const seed = numberOption("seed", values.seed, true);
   let request: ChatCompletionRequest;
   if (command === "run") {
     if (!values.request) throw new Error("run needs --request req.json");
-    request = JSON.parse(await readFile(values.request, "utf8")) as ChatCompletionRequest;
+    request = await readRequestFile(values.request);
     request.stream = false;
+    try {
+      validateRequest(request);
+    } catch (e) {
+      if (isWebvlmError(e)) e.message = `${values.request}: ${e.message}`;
+      throw e;
+    }
   } else {
     const question = positionals.join(" ");
     if (!question) throw new Error("chat needs a question");
     const content: ContentPart[] = (values.image ?? []).map((path) => ({ type: "image_url", image_url: { url: path } }));
     content.push({ type: "text", text: question });
     request = { messages: [{ role: "user", content }], stream: true, stream_options: { include_usage: true } };
-    if (values["max-tokens"]) request.max_tokens = Number(values["max-tokens"]);
-    if (values.temperature) request.temperature = Number(values.temperature);
-    if (values.seed) request.seed = Number(values.seed);
+    if (maxTokens !== undefined) request.max_tokens = maxTokens;
+    if (temperature !== undefined) request.temperature = temperature;
+    if (seed !== undefined) request.seed = seed;
   }
   const model = values.model ?? request.model;
   if (!model) throw new Error("--model is required (a directory, a URL, or a hub id like Qwen/Qwen2-VL-2B-Instruct)");
@@ -87,8 +131,8 @@ async function main(argv: string[]): Promise<number> {
   const engine = await Engine.create();
   const progress = progressPrinter();
   await engine.load(model, {
-    quantization: dtypeOf(values.dtype),
-    contextLength: values.context ? Number(values.context) : undefined,
+    quantization,
+    contextLength,
     onProgress: progress,
   });
   if (process.stderr.isTTY) process.stderr.write("\n");

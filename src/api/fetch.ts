@@ -33,13 +33,18 @@ function errorResponse(e: unknown): Response {
   return new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json" } });
 }
 
-function sse(stream: AsyncIterable<ChatCompletionChunk>): ReadableStream<Uint8Array> {
+/**
+ * The SSE body of a stream whose first step `first` has already been taken (so that errors found
+ * before the first chunk became an HTTP error status instead of an error event).
+ */
+function sse(it: AsyncIterator<ChatCompletionChunk>, first: IteratorResult<ChatCompletionChunk>): ReadableStream<Uint8Array> {
   const enc = new TextEncoder();
-  const it = stream[Symbol.asyncIterator]();
+  let head: IteratorResult<ChatCompletionChunk> | null = first;
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
       try {
-        const r = await it.next();
+        const r = head ?? (await it.next());
+        head = null;
         if (r.done) {
           controller.enqueue(enc.encode("data: [DONE]\n\n"));
           controller.close();
@@ -79,7 +84,11 @@ export function createFetchAdapter(backend: ChatBackend): typeof fetch {
         const signal = init?.signal ?? request.signal;
         const result = await backend.chat.completions.create({ ...body, signal: signal ?? undefined });
         if (Symbol.asyncIterator in (result as object)) {
-          return new Response(sse(result as AsyncIterable<ChatCompletionChunk>), {
+          // Wait for the first chunk before answering: a request that fails validation, media
+          // decoding or the context check gets its 4xx status and error body, as non-streaming does.
+          const it = (result as AsyncIterable<ChatCompletionChunk>)[Symbol.asyncIterator]();
+          const first = await it.next();
+          return new Response(sse(it, first), {
             headers: { "content-type": "text/event-stream", "cache-control": "no-cache" },
           });
         }

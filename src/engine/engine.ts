@@ -101,13 +101,19 @@ export class Engine {
     return this.loaded?.info ?? null;
   }
 
+  /**
+   * Loads a checkpoint, replacing the model loaded before. Everything that can fail without the GPU
+   * (options, opening the checkpoint, config/family, tokenizer, chat template, preprocessor config)
+   * is checked first; a failure there leaves the previous model loaded and usable. The previous
+   * model is released only right before the new weights are uploaded (marked below), since both may
+   * not fit in GPU memory together; a failure from there on leaves the engine without a model.
+   */
   async load(location: CheckpointLocation, opts: LoadOptions = {}): Promise<ModelInfo> {
+    const requested = opts.contextLength;
+    if (requested !== undefined && (typeof requested !== "number" || !Number.isSafeInteger(requested) || requested < 1)) {
+      throw new WebvlmError("bad_request", `contextLength must be an integer >= 1 (tokens), got ${String(requested)}`, { param: "contextLength" });
+    }
     return this.enqueue(async () => {
-      this.unloadNow();
-      if (this.device.lostError) {
-        if (!this.ownsDevice) throw this.device.lostError;
-        this.device = await defaultGpu();
-      }
       const checkpoint = await openCheckpoint(location, { onProgress: opts.onProgress, signal: opts.signal, cache: opts.cache });
       try {
         const family = resolveFamily(checkpoint.config).open(checkpoint.config, checkpoint.generationConfig);
@@ -119,6 +125,19 @@ export class Engine {
           embedding: opts.embedding ?? "f16",
           vision: opts.vision ?? "f16",
         } as const;
+        const contextLength = Math.min(requested ?? 4096, family.maxPositions);
+        const { sampling, eosTokenIds } = generationConfigDefaults(checkpoint.generationConfig);
+        const pp = (checkpoint.preprocessorConfig ?? {}) as Record<string, unknown>;
+        const processor = family.createProcessor(pp);
+        if (opts.signal?.aborted) throw new WebvlmError("aborted", "the load was aborted");
+
+        // ---- The previous model is released HERE, just before the new weights go to the GPU (GPU memory);
+        // every failure above this line leaves it loaded and usable.
+        this.unloadNow();
+        if (this.device.lostError) {
+          if (!this.ownsDevice) throw this.device.lostError;
+          this.device = await defaultGpu();
+        }
         const totalBytes = checkpoint.weights.totalBytes;
         let uploadedBytes = 0;
         const model = await family.load(this.gpu, checkpoint.weights, {
@@ -131,12 +150,16 @@ export class Engine {
             opts.onProgress?.({ phase: "upload", file: name, loadedBytes: uploadedBytes, totalBytes, fraction: totalBytes ? Math.min(1, uploadedBytes / totalBytes) : 1 });
           },
         });
-        const emit = (done: number, total: number): void =>
-          opts.onProgress?.({ phase: "compile", file: "pipelines", loadedBytes: done, totalBytes: total, fraction: total ? done / total : 1 });
-        await model.warmUp(emit);
-        const contextLength = Math.min(opts.contextLength ?? 4096, family.maxPositions);
-        const { sampling, eosTokenIds } = generationConfigDefaults(checkpoint.generationConfig);
-        const pp = (checkpoint.preprocessorConfig ?? {}) as Record<string, unknown>;
+        let cache: ModelCache;
+        try {
+          const emit = (done: number, total: number): void =>
+            opts.onProgress?.({ phase: "compile", file: "pipelines", loadedBytes: done, totalBytes: total, fraction: total ? done / total : 1 });
+          await model.warmUp(emit);
+          cache = model.createCache(contextLength);
+        } catch (e) {
+          model.dispose();
+          throw e;
+        }
         this.loaded = {
           info: { id: checkpoint.description, family: family.family, contextLength, formats },
           checkpoint,
@@ -145,8 +168,8 @@ export class Engine {
           template,
           defaults: sampling,
           eosTokenIds: eosTokenIds.length ? eosTokenIds : [...tokenizer.eosTokenIds],
-          processor: family.createProcessor(pp),
-          cache: model.createCache(contextLength),
+          processor,
+          cache,
           cachedKeys: [],
         };
         return this.loaded.info;
@@ -163,8 +186,15 @@ export class Engine {
 
   readonly chat = {
     completions: {
-      create: ((req: ChatCompletionRequest) =>
-        req.stream ? Promise.resolve(this.stream(req)) : this.complete(req)) as {
+      // Validation happens here, before anything is queued or streamed: a bad request rejects create().
+      create: ((req: ChatCompletionRequest) => {
+        try {
+          validateRequest(req);
+        } catch (e) {
+          return Promise.reject(e);
+        }
+        return req.stream ? Promise.resolve(this.stream(req)) : this.complete(req);
+      }) as {
         (req: ChatCompletionRequest & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
         (req: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
         (req: ChatCompletionRequest): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>>;
@@ -213,9 +243,13 @@ export class Engine {
     const id = newId();
     const created = Math.floor(Date.now() / 1000);
     let first = true;
+    // Leaving the iteration early (break, return(), throw) aborts the generation: pump calls
+    // cancel, the loop stops before its next model call, and the queue moves on.
+    const cancel = new AbortController();
+    const signal = req.signal ? anySignal([req.signal, cancel.signal]) : cancel.signal;
     return pump<ChatCompletionChunk>((push) =>
       this.run(
-        req,
+        { ...req, signal },
         (chunk, model) => {
           if (chunk.text.length === 0 && !first) return;
           push({
@@ -229,6 +263,7 @@ export class Engine {
           if (req.stream_options?.include_usage) push({ id, object: "chat.completion.chunk", created, model, choices: [], usage: usageOf(r) });
         },
       ),
+      () => cancel.abort(),
     );
   }
 
@@ -295,6 +330,21 @@ export class Engine {
       },
     };
   }
+}
+
+/** A signal that fires when any of `signals` does (AbortSignal.any where the platform has it). */
+function anySignal(signals: AbortSignal[]): AbortSignal {
+  const any = (AbortSignal as unknown as { any?: (s: AbortSignal[]) => AbortSignal }).any;
+  if (any) return any.call(AbortSignal, signals);
+  const c = new AbortController();
+  for (const s of signals) {
+    if (s.aborted) {
+      c.abort(s.reason);
+      break;
+    }
+    s.addEventListener("abort", () => c.abort(s.reason), { once: true });
+  }
+  return c.signal;
 }
 
 /** A generation result plus how many prompt tokens came from the cache. */

@@ -1,9 +1,10 @@
 /**
  * Turns a producer that pushes items while `run` is pending into an async iterator: items are
- * yielded as they arrive, `run`'s rejection is rethrown after the items pushed before it, and
- * leaving the loop early still waits for `run` (the engine's queue stays in order).
+ * yielded as they arrive, `run`'s rejection is rethrown after the items pushed before it.
+ * Leaving the loop early (break / return() / throw) calls `cancel` (the engine aborts the
+ * generation there) and then still waits for `run`, so the engine's queue stays in order.
  */
-export async function* pump<T>(run: (push: (...items: T[]) => void) => Promise<void>): AsyncGenerator<T> {
+export async function* pump<T>(run: (push: (...items: T[]) => void) => Promise<void>, cancel?: () => void): AsyncGenerator<T> {
   const pending: T[] = [];
   let wake: (() => void) | null = null;
   let done = false;
@@ -24,6 +25,7 @@ export async function* pump<T>(run: (push: (...items: T[]) => void) => Promise<v
     }
     if (failure) throw failure;
   } finally {
+    if (!done) cancel?.();
     await job;
   }
 }

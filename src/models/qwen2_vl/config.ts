@@ -89,10 +89,10 @@ function num(v: unknown, what: string, dflt: number): number {
   return v;
 }
 
-function ids(v: unknown, what: string): number[] {
+function ids(v: unknown, what: string, file = "config.json"): number[] {
   if (v === undefined) return [];
   const list = Array.isArray(v) ? v : [v];
-  for (const x of list) if (!Number.isSafeInteger(x) || x < 0) throw bad(`${what} must be token ids, got ${JSON.stringify(v)}`);
+  for (const x of list) if (!Number.isSafeInteger(x) || x < 0) throw new WebvlmError("bad_request", `${file}: ${what} must be token ids, got ${JSON.stringify(v)}`);
   return list as number[];
 }
 
@@ -211,7 +211,7 @@ export function parseQwen2VLConfig(json: unknown, generationConfig?: unknown): Q
 
   const gen = isObj(generationConfig) ? generationConfig : undefined;
   const T = (key: string, dflt: number): number => int(pick([json, tc], key), key, dflt, 0);
-  const eos = [...ids(gen?.eos_token_id, "generation_config.eos_token_id"), ...ids(L("eos_token_id"), "eos_token_id")];
+  const eos = [...ids(gen?.eos_token_id, "eos_token_id", "generation_config.json"), ...ids(L("eos_token_id"), "eos_token_id")];
   const bos = ids(pick([gen, tc, json], "bos_token_id"), "bos_token_id");
   const pad = ids(pick([gen, tc, json], "pad_token_id"), "pad_token_id");
   const dtype = pick([json, tc], "torch_dtype", "dtype");
