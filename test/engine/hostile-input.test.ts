@@ -13,6 +13,7 @@ import { WebvlmError, type WebvlmErrorCode } from "../../src/api/errors.ts";
 import type { ChatCompletionRequest, ChatMessage } from "../../src/api/types.ts";
 import { acquireNodeGpu } from "../../src/gpu/node.ts";
 import type { GpuContext } from "../../src/gpu/device.ts";
+import { StaticServer } from "../util/static_server.ts";
 
 const F32 = { quantization: "f32", embedding: "f32", vision: "f32" } as const;
 let dir = "";
@@ -185,8 +186,14 @@ test("a failed load() keeps the model loaded before, usable", { timeout: 600_000
     assert.deepEqual(engine.model, info, "the previous model is still the loaded one");
     assert.equal(await answer(), reference, "and it still answers");
   };
-  // Nothing at the location (a 404 for a URL).
+  // Nothing at the location: a directory that does not exist, a URL that answers 404.
   await expectKept(engine.load(join(dir, "does-not-exist"), F32), "model_not_found");
+  const server = await StaticServer.start({ root: dir });
+  try {
+    await expectKept(engine.load(server.url("does-not-exist/"), F32), "model_not_found");
+  } finally {
+    await server.close();
+  }
   // No config.json.
   await expectKept(engine.load(await variant("no-config", (d) => unlink(join(d, "config.json"))), F32), "model_not_found");
   // An unknown architecture.
