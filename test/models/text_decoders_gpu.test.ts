@@ -30,7 +30,8 @@ import { qwen2Family } from "../../src/models/qwen2/family.ts";
 import { resolveFamily } from "../../src/models/registry.ts";
 import { TextTokenizer } from "../../src/tokenizer/tokenizer.ts";
 import { makeTinyText, TINY_TEXT_FAMILIES, type TinyTextFamily } from "../../scripts/make_tiny_text.ts";
-import { loadRefDecoder, refArgmax, refDecoderGreedy, refRopeParameters, type RefDecoder } from "../reference/ref_decoder.ts";
+import { loadRefDecoder, refArgmax, RefDecoderCache, refDecoderForward, refDecoderGreedy, refRopeParameters, type RefDecoder } from "../reference/ref_decoder.ts";
+import { openCheckpoint } from "../../src/loader/checkpoint.ts";
 import { roundTripValues } from "../../src/quant/pack.ts";
 import { buildRefDecoder, refDecoderConfig } from "../reference/ref_decoder.ts";
 import { readSafetensorsDir } from "../reference/safetensors_min.ts";
@@ -229,6 +230,39 @@ for (const [fam, fmt] of [["phi3", "q8"], ["mistral", "q4"], ["qwen2", "f16"]] a
     }
   });
 }
+
+test("qwen2: embedding / lm_head split into row shards (whole tensor, and streamed by readRows) give the same logits", async (t) => {
+  const dir = join(root, "qwen2");
+  const cfgJson = await readJson(dir, "config.json");
+  const opened = resolveFamily(cfgJson).open(cfgJson, await readJson(dir, "generation_config.json"));
+  const tok = new TextTokenizer(await readJson(dir, "tokenizer.json"), await readJson(dir, "tokenizer_config.json"));
+  const ids = tok.encode(PROMPT, { addSpecialTokens: true }).slice(0, MAX_PROMPT);
+  const want = refDecoderForward(loadRefDecoder(dir), ids, new RefDecoderCache(2));
+  const ckpt = await openCheckpoint({ path: dir });
+  try {
+    const reads: string[] = [];
+    const streamed: TensorSource = { has: (n) => ckpt.weights.has(n), shape: (n) => ckpt.weights.shape(n), read: (n) => (reads.push(n), ckpt.weights.read(n)), readRows: ckpt.weights.readRows!.bind(ckpt.weights) };
+    for (const [label, source] of [["whole", await dirSource(dir)], ["readRows", streamed]] as const) {
+      const model = await opened.load(gpu, source, { ...F32, maxBindingBytes: 8 << 20 });
+      try {
+        const cache = model.createCache(ids.length);
+        const pre = await model.prefill(ids, [], cache, { read: "both" });
+        cache.dispose();
+        const e = nmse(pre.logits!, want);
+        assert.ok(e < 1e-9, `${label}: NMSE ${e}`);
+        assert.equal(pre.tokenId, refArgmax(want));
+        const embed = (model as TextOnlyModel).model.weights.embed;
+        assert.ok("shards" in embed && embed.shards.length >= 5, "the 38.9 MB table is split");
+        t.diagnostic(`${label}: ${"shards" in embed ? embed.shards.length : 1} shards, NMSE=${e.toExponential(2)}`);
+      } finally {
+        model.dispose();
+      }
+    }
+    assert.ok(!reads.includes("model.embed_tokens.weight"), "a streamed table is never read whole");
+  } finally {
+    await ckpt.close();
+  }
+});
 
 test("phi3: a missing tensor and a wrong shape are named before anything is read", async () => {
   const dir = join(root, "phi3");

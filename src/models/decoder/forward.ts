@@ -41,7 +41,8 @@ export function windowRanges(past: number, S: number, window: number): Uint32Arr
  * place, not released). positions: i32 [rows, L] with one row per rope section (1 for text-only
  * families, 3 for M-RoPE). rope: the inv_freq table and scaling of this forward (ropeTables).
  * caches: one per layer, all holding `past` = caches[0].length rows; this chunk is appended.
- * Returns f32 logits [rows, vocab] (caller releases).
+ * Returns f32 logits [rows, vocab] (caller releases). Sliding-window key ranges are uploaded on
+ * entry, so `rec` must not hold dispatches that still read buffers the caller released into the pool.
  */
 export function decoderForward(
   rec: Recorder,
@@ -72,15 +73,19 @@ export function decoderForward(
   const free = (...ts: Tensor[]): void => ts.forEach((t) => ctx.pool.release(t.buffer));
 
   // Sliding windows that cut keys in this chunk: one key-range table per distinct window (prefill).
+  // Uploaded before anything is recorded: a queue write into a buffer released earlier in this
+  // recording would land before the recorded dispatches that still use that buffer.
   const rangeTables = new Map<number, Tensor>();
-  const maskFor = (window: number | null): AttentionMask => {
-    if (window === null || past + L <= window) return { kind: "causal", past };
-    let t = rangeTables.get(window);
-    if (!t) {
-      t = uploadTensor(ctx, windowRanges(past, L, window), [L, 2], "u32", "decoder.window_ranges");
-      rangeTables.set(window, t);
+  if (L > 1) {
+    for (const window of new Set(cfg.slidingWindow)) {
+      if (window !== null && past + L > window) {
+        rangeTables.set(window, uploadTensor(ctx, windowRanges(past, L, window), [L, 2], "u32", "decoder.window_ranges"));
+      }
     }
-    return { kind: "ranges", ranges: t, kvLength: past + L };
+  }
+  const maskFor = (window: number | null): AttentionMask => {
+    const t = window === null ? undefined : rangeTables.get(window);
+    return t ? { kind: "ranges", ranges: t, kvLength: past + L } : { kind: "causal", past };
   };
 
   try {
