@@ -4,6 +4,7 @@ import { WebvlmError } from "../api/errors.ts";
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from "../api/types.ts";
 import { createFetchAdapter } from "../api/fetch.ts";
 import { installErrorTransfer } from "../worker/errors.ts";
+import { transferableBitmap } from "../vision/decode_browser.ts";
 import type { WorkerEngineApi } from "../worker/protocol.ts";
 import { Engine, type LoadOptions, type ModelInfo } from "./engine.ts";
 import { pump } from "./pump.ts";
@@ -130,13 +131,15 @@ async function bitmapsForWorker(
   const transfers: Transferable[] = [];
   // Copies down to the parts: the caller's request is not modified.
   const messages = req.messages.map((m) => (typeof m.content === "string" ? m : { ...m, content: m.content.map((p) => ({ ...p })) }));
+  let count = 0;
   const convert = async (v: unknown): Promise<unknown> => {
     const isImg = typeof HTMLImageElement !== "undefined" && v instanceof HTMLImageElement;
     const isCanvas = (typeof HTMLCanvasElement !== "undefined" && v instanceof HTMLCanvasElement) || (typeof OffscreenCanvas !== "undefined" && v instanceof OffscreenCanvas);
     const isBitmap = typeof ImageBitmap !== "undefined" && v instanceof ImageBitmap;
+    count++;
     if (!isImg && !isCanvas && !isBitmap) return v;
-    if (isImg) await (v as HTMLImageElement).decode();
-    const bitmap = await createImageBitmap(v as ImageBitmapSource, { premultiplyAlpha: "none", colorSpaceConversion: "none" });
+    // Typed errors for undecodable or cross-origin (tainted) images instead of a DataCloneError later.
+    const bitmap = await transferableBitmap(v as HTMLImageElement | HTMLCanvasElement | OffscreenCanvas | ImageBitmap, `image ${count}`);
     transfers.push(bitmap);
     return bitmap;
   };

@@ -76,11 +76,14 @@ export async function prepareMedia(
 ): Promise<Qwen2VLMedia[]> {
   const out: Qwen2VLMedia[] = [];
   const merge = vc.spatialMergeSize;
+  const counts = { image: 0, video: 0 };
   for (const ref of refs) {
+    const label = `${ref.kind} ${++counts[ref.kind]}`; // how errors name the item
+
     if (signal?.aborted) throw new WebvlmError("aborted", "the request was aborted while preparing images");
     const opts = processorOptions(vc, defaults, ref.options);
     if (ref.kind === "image") {
-      const img = await loadImage(ref.source, signal);
+      const img = await loadImage(ref.source, signal, { label });
       const p = preprocessImage(img.rgb, img.width, img.height, opts);
       out.push(media("image", p.grid, p.pixelValues, merge));
       continue;
@@ -90,7 +93,7 @@ export async function prepareMedia(
     const frames = ref.source as unknown[];
     const n = Math.max(FRAME_FACTOR, Math.round(frames.length / FRAME_FACTOR) * FRAME_FACTOR);
     const decoded = [];
-    for (let i = 0; i < n; i++) decoded.push(await loadImage(frames[Math.min(i, frames.length - 1)], signal));
+    for (let i = 0; i < n; i++) decoded.push(await loadImage(frames[Math.min(i, frames.length - 1)], signal, { label: `${label} frame ${Math.min(i, frames.length - 1) + 1}` }));
     const first = decoded[0];
     const minPixels = ref.options.minPixels ?? VIDEO_MIN_PIXELS;
     const maxPixels = ref.options.maxPixels ?? Math.max(Math.min(VIDEO_MAX_PIXELS, (VIDEO_TOTAL_PIXELS / n) * FRAME_FACTOR), Math.floor(minPixels * 1.05));
