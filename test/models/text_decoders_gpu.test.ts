@@ -8,7 +8,7 @@
 // table against the checkpoint; q8 / q4 / f16 loads against a reference on the rounded weights;
 // missing / misshapen tensors; media rejected.
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -261,6 +261,36 @@ test("qwen2: embedding / lm_head split into row shards (whole tensor, and stream
     assert.ok(!reads.includes("model.embed_tokens.weight"), "a streamed table is never read whole");
   } finally {
     await ckpt.close();
+  }
+});
+
+test("qwen2 with use_sliding_window: a window of 6 on layers >= max_window_layers (1) only, logits and tokens equal the reference", async (t) => {
+  const src = join(root, "qwen2");
+  const dir = join(root, "qwen2-window");
+  await mkdir(dir, { recursive: true });
+  for (const f of ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]) await copyFile(join(src, f), join(dir, f));
+  const cfgJson = { ...(await readJson(src, "config.json")), use_sliding_window: true, sliding_window: 6, max_window_layers: 1 };
+  await writeFile(join(dir, "config.json"), JSON.stringify(cfgJson));
+  const gen = await readJson(dir, "generation_config.json");
+  const opened = resolveFamily(cfgJson).open(cfgJson, gen);
+  const config = qwen2Family.parseConfig(cfgJson, gen);
+  assert.deepEqual(config.decoder.slidingWindow, [null, 6]);
+  const tok = new TextTokenizer(await readJson(dir, "tokenizer.json"), await readJson(dir, "tokenizer_config.json"));
+  const ids = tok.encode(PROMPT, { addSpecialTokens: true }).slice(0, MAX_PROMPT);
+  const ref = loadRefDecoder(dir);
+  assert.deepEqual(ref.config.windows, [null, 6]);
+  const want = refDecoderGreedy(ref, ids, 8);
+  const model = await opened.load(gpu, await dirSource(dir), F32);
+  try {
+    const run = await gpuGreedy(model, ids, 8, config.eosTokenIds);
+    run.cache.dispose();
+    const e = nmse(run.logits, want.firstLogits);
+    const eLast = nmse(run.lastLogits, want.lastLogits);
+    assert.ok(e < 1e-9 && eLast < 1e-9, `NMSE ${e} / last step ${eLast}`);
+    assert.deepEqual(run.tokens, want.tokens);
+    t.diagnostic(`NMSE=${e.toExponential(2)} (last step ${eLast.toExponential(2)}), ${run.tokens.length} tokens identical`);
+  } finally {
+    model.dispose();
   }
 });
 
