@@ -44,22 +44,24 @@ export interface ChatMessage {
 export interface ChatCompletionRequest {
   model?: string;
   messages: ChatMessage[];
-  stream?: boolean;
-  stream_options?: { include_usage?: boolean };
-  max_tokens?: number;
-  max_completion_tokens?: number;
-  temperature?: number;
-  top_p?: number;
-  top_k?: number;
-  min_p?: number;
-  repetition_penalty?: number;
-  frequency_penalty?: number;
-  presence_penalty?: number;
-  seed?: number;
-  stop?: string | string[];
-  n?: number;
-  logprobs?: boolean;
-  top_logprobs?: number;
+  stream?: boolean | null;
+  stream_options?: { include_usage?: boolean | null } | null;
+  /** null, as in OpenAI's API, means "the default" for every optional field below. */
+  max_tokens?: number | null;
+  max_completion_tokens?: number | null;
+  temperature?: number | null;
+  top_p?: number | null;
+  top_k?: number | null;
+  min_p?: number | null;
+  repetition_penalty?: number | null;
+  frequency_penalty?: number | null;
+  presence_penalty?: number | null;
+  seed?: number | null;
+  stop?: string | string[] | null;
+  /** Only 1 (or null) is supported. */
+  n?: number | null;
+  logprobs?: boolean | null;
+  top_logprobs?: number | null;
   add_vision_id?: boolean;
   signal?: AbortSignal;
 }

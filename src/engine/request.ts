@@ -179,8 +179,9 @@ export function generateParams(req: ChatCompletionRequest, defaults: GeneratePar
   const pick = <T>(v: T | undefined | null, d: T | undefined): T | undefined => (v === undefined || v === null ? d : v);
   return {
     temperature: pick(req.temperature, defaults.temperature),
-    topP: pick(req.top_p, req.temperature !== undefined ? undefined : defaults.topP),
-    topK: pick(req.top_k, req.temperature !== undefined ? undefined : defaults.topK),
+    // A request that sets temperature turns off the checkpoint's top_p / top_k defaults (null = not set).
+    topP: pick(req.top_p, req.temperature !== undefined && req.temperature !== null ? undefined : defaults.topP),
+    topK: pick(req.top_k, req.temperature !== undefined && req.temperature !== null ? undefined : defaults.topK),
     minP: pick(req.min_p, defaults.minP),
     repetitionPenalty: pick(req.repetition_penalty, defaults.repetitionPenalty),
     frequencyPenalty: req.frequency_penalty ?? undefined,
