@@ -114,7 +114,7 @@ class WorkerEngine implements ChatEngine {
       yield* pump<ChatCompletionChunk>(async (push) => {
         const { request, transfers } = await bitmapsForWorker(wire);
         await this.api.stream(id, Comlink.transfer(request, transfers), Comlink.proxy((chunks: ChatCompletionChunk[]) => push(...chunks)));
-      });
+      }, () => void this.api.abort(id)); // leaving the loop early aborts the generation in the worker
     } finally {
       detach();
     }
