@@ -9,7 +9,10 @@
 // caller's, special-token strings come from the checkpoint's tokenizer.
 import { Template } from "@huggingface/jinja";
 import { WebvlmError } from "../api/errors.ts";
+import { DEFAULT_TEMPLATE_LIMITS, TemplateLimitHit, renderBounded, type TemplateLimits } from "./template_limits.ts";
 import type { TextTokenizer } from "./tokenizer.ts";
+
+export { DEFAULT_TEMPLATE_LIMITS, type TemplateLimits } from "./template_limits.ts";
 
 export type ContentPart =
   | { type: "text"; text: string }
@@ -31,6 +34,31 @@ export interface RenderOptions {
   addVisionId?: boolean;
   /** Special-token strings (bos_token, eos_token, ...) and other template variables. */
   variables?: Record<string, unknown>;
+  /** This render's limits, over the template's (see ChatTemplateOptions.limits). */
+  limits?: Partial<TemplateLimits>;
+}
+
+export interface ChatTemplateOptions {
+  /** How errors name the template (e.g. "Qwen/Qwen2-VL-2B-Instruct's chat template"). */
+  name?: string;
+  /**
+   * Rendering limits (template_limits.ts): a template is the checkpoint's code,
+   * so a render that takes more than maxSteps steps or builds a value over
+   * maxOutputChars characters fails with limit_exceeded instead of hanging.
+   * Defaults: DEFAULT_TEMPLATE_LIMITS; raise them here or per render.
+   */
+  limits?: Partial<TemplateLimits>;
+}
+
+function checkLimits(l: Partial<TemplateLimits> | undefined, base: TemplateLimits): TemplateLimits {
+  const out = { ...base };
+  for (const k of ["maxSteps", "maxOutputChars"] as const) {
+    const v = l?.[k];
+    if (v === undefined) continue;
+    if (typeof v !== "number" || !(v > 0) || !(Number.isSafeInteger(v) || v === Infinity)) throw bad(`chat template limit ${k} must be a positive integer (or Infinity)`, { [k]: v });
+    out[k] = v;
+  }
+  return out;
 }
 
 const bad = (msg: string, details?: Record<string, unknown>): WebvlmError => new WebvlmError("bad_request", msg, details);
@@ -78,16 +106,23 @@ export function normalizeMessages(messages: readonly ChatMessage[]): Record<stri
 /** A compiled chat template. Compile once per model; render per request. */
 export class ChatTemplate {
   private readonly template: Template;
+  readonly name: string;
+  readonly limits: Readonly<TemplateLimits>;
+  /** Steps the last render took (for sizing limits). */
+  lastSteps = 0;
 
-  constructor(readonly source: string) {
+  constructor(readonly source: string, opts: ChatTemplateOptions = {}) {
+    this.name = opts.name ?? "the chat template";
+    this.limits = Object.freeze(checkLimits(opts.limits, DEFAULT_TEMPLATE_LIMITS));
     try {
       this.template = new Template(source);
     } catch (e) {
-      throw new WebvlmError("unsupported_feature", `chat template does not compile: ${(e as Error).message}`);
+      throw new WebvlmError("unsupported_feature", `${this.name} does not compile: ${(e as Error).message}`);
     }
   }
 
   render(messages: readonly ChatMessage[], opts: RenderOptions = {}): string {
+    const limits = checkLimits(opts.limits, this.limits);
     const vars = {
       ...opts.variables,
       messages: normalizeMessages(messages),
@@ -95,9 +130,20 @@ export class ChatTemplate {
       add_vision_id: opts.addVisionId ?? false,
     };
     try {
-      return this.template.render(vars);
+      const { text, steps } = renderBounded(this.template, vars, limits);
+      this.lastSteps = steps;
+      return text;
     } catch (e) {
-      throw bad(`chat template failed to render: ${(e as Error).message}`);
+      if (e instanceof TemplateLimitHit) {
+        const limit = limits[e.limit];
+        throw new WebvlmError("limit_exceeded",
+          `${this.name}: ${e.message} (limit ${e.limit} = ${limit}); if the template is trusted, raise it with ` +
+          `new ChatTemplate(source, { limits: { ${e.limit}: ... } }) or render(messages, { limits: { ${e.limit}: ... } })`,
+          { limit, option: e.limit, template: this.name });
+      }
+      if (e instanceof WebvlmError) throw e;
+      // A JS RangeError (call stack, string length) is the template's doing too.
+      throw bad(`${this.name} failed to render: ${(e as Error).message}`);
     }
   }
 }

@@ -15,9 +15,36 @@
 // No token is known here by name: a model family looks up the ids it needs
 // (tokenToId / requireId), and the ids always come from the loaded files.
 // Template rendering and prompt building live in chat_template.ts.
+//
+// tokenizer.json is untrusted input. Its regexes are checked at load
+// (regex_safety.ts: nested quantifiers and the like are refused, since a JS
+// RegExp cannot be interrupted once it backtracks), and each encode call
+// takes at most maxInputChars characters (DEFAULT_MAX_INPUT_CHARS unless
+// raised), which bounds the slow but linear paths too: the BPE of one long
+// pretoken runs at about 10 us per character on a slow CPU.
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { WebvlmError } from "../api/errors.ts";
 import { findChatTemplate } from "./chat_template.ts";
+import { tokenizerRegexes, unsafeRegexReason } from "./regex_safety.ts";
+
+/**
+ * Characters per encode call by default: 1M characters is about 250k tokens
+ * of English (more for code and CJK), twice the longest context window of the
+ * supported families (128k tokens), and about 10 s of encode on a slow CPU.
+ */
+export const DEFAULT_MAX_INPUT_CHARS = 1_000_000;
+
+export interface TokenizerOptions {
+  /** Characters one encode call takes at most (default DEFAULT_MAX_INPUT_CHARS); over it, limit_exceeded. */
+  maxInputChars?: number;
+}
+
+function checkMaxInputChars(v: unknown): number {
+  if (typeof v !== "number" || !(v > 0) || !(Number.isSafeInteger(v) || v === Infinity)) {
+    throw new WebvlmError("bad_request", `tokenizer option maxInputChars must be a positive integer (or Infinity)`, { maxInputChars: v });
+  }
+  return v;
+}
 
 type Json = Record<string, unknown>;
 
@@ -43,6 +70,8 @@ export interface EncodeOptions {
    * without it.
    */
   addSpecialTokens?: boolean;
+  /** This call's input limit in characters, over the tokenizer's maxInputChars. */
+  maxInputChars?: number;
 }
 
 export interface DecodeOptions {
@@ -133,6 +162,23 @@ function idList(v: unknown): number[] | null {
   return null;
 }
 
+/**
+ * Refuses a tokenizer.json whose normalizer / pre-tokenizer / decoder regexes
+ * could backtrack catastrophically (regex_safety.ts), before the library
+ * compiles them. The checkpoint's fault, so bad_request, naming the regex.
+ */
+function checkRegexes(json: Json): void {
+  for (const { path, regex } of tokenizerRegexes(json)) {
+    const reason = unsafeRegexReason(regex);
+    if (reason !== null) {
+      const shown = regex.length > 200 ? `${regex.slice(0, 200)}...` : regex;
+      throw bad(`tokenizer.json: the regex ${JSON.stringify(shown)} at ${path} is refused: ${reason}; it could backtrack catastrophically and hang encoding`, {
+        file: "tokenizer.json", path, regex, reason,
+      });
+    }
+  }
+}
+
 function build(json: Json, cfg: Json): HfTokenizer {
   try {
     return new HfTokenizer(json, cfg);
@@ -169,13 +215,22 @@ export class TextTokenizer {
   /** How the vocabulary spells raw bytes, for rawBytes(). */
   private readonly byteLevel: boolean;
   private readonly byteFallback: boolean;
+  /** Characters one encode call takes at most (TokenizerOptions.maxInputChars). */
+  readonly maxInputChars: number;
 
   /**
    * tokenizerJson and tokenizerConfig as parsed from the checkpoint; `more`
    * carries the other files (see loadTokenizer, which takes them all at once).
    */
-  constructor(tokenizerJson: unknown, tokenizerConfig: unknown = {}, more: Omit<TokenizerFiles, "tokenizerJson" | "tokenizerConfig"> = {}) {
+  constructor(
+    tokenizerJson: unknown,
+    tokenizerConfig: unknown = {},
+    more: Omit<TokenizerFiles, "tokenizerJson" | "tokenizerConfig"> = {},
+    opts: TokenizerOptions = {},
+  ) {
+    this.maxInputChars = checkMaxInputChars(opts.maxInputChars ?? DEFAULT_MAX_INPUT_CHARS);
     if (!isObject(tokenizerJson) || !isObject(tokenizerJson.model)) throw bad("tokenizer.json: not a tokenizers JSON object (no model)");
+    checkRegexes(tokenizerJson);
     if (tokenizerConfig !== undefined && tokenizerConfig !== null && !isObject(tokenizerConfig)) throw bad("tokenizer_config.json: not a JSON object");
     const cfg: Json = { ...(tokenizerConfig ?? {}) };
     // The library reads additional_special_tokens as strings; the config may hold {content} objects.
@@ -248,6 +303,14 @@ export class TextTokenizer {
   }
 
   encode(text: string, opts: EncodeOptions = {}): number[] {
+    const limit = opts.maxInputChars === undefined ? this.maxInputChars : checkMaxInputChars(opts.maxInputChars);
+    if (typeof text !== "string") throw bad("tokenizer: encode takes a string");
+    if (text.length > limit) {
+      throw new WebvlmError("limit_exceeded",
+        `tokenizer: an input of ${text.length} characters is over the limit of ${limit} characters per encode; ` +
+        `shorten it, or raise the limit with loadTokenizer(files, { maxInputChars }) or encode(text, { maxInputChars })`,
+        { limit, length: text.length });
+    }
     return this.tok.encode(text, { add_special_tokens: opts.addSpecialTokens ?? false }).ids;
   }
 
@@ -313,7 +376,7 @@ export class TextTokenizer {
 }
 
 /** Builds the tokenizer of a checkpoint from its files (see TokenizerFiles). */
-export function loadTokenizer(files: TokenizerFiles): TextTokenizer {
+export function loadTokenizer(files: TokenizerFiles, opts: TokenizerOptions = {}): TextTokenizer {
   const { tokenizerJson, tokenizerConfig, ...more } = files;
-  return new TextTokenizer(tokenizerJson, tokenizerConfig ?? {}, more);
+  return new TextTokenizer(tokenizerJson, tokenizerConfig ?? {}, more, opts);
 }
