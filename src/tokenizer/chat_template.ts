@@ -9,7 +9,7 @@
 // caller's, special-token strings come from the checkpoint's tokenizer.
 import { Template } from "@huggingface/jinja";
 import { WebvlmError } from "../api/errors.ts";
-import { DEFAULT_TEMPLATE_LIMITS, TemplateLimitHit, renderBounded, type TemplateLimits } from "./template_limits.ts";
+import { DEFAULT_TEMPLATE_LIMITS, TemplateLimitHit, compileSteps, renderBounded, type TemplateLimits } from "./template_limits.ts";
 import type { TextTokenizer } from "./tokenizer.ts";
 
 export { DEFAULT_TEMPLATE_LIMITS, type TemplateLimits } from "./template_limits.ts";
@@ -114,11 +114,24 @@ export class ChatTemplate {
   constructor(readonly source: string, opts: ChatTemplateOptions = {}) {
     this.name = opts.name ?? "the chat template";
     this.limits = Object.freeze(checkLimits(opts.limits, DEFAULT_TEMPLATE_LIMITS));
+    if (typeof source !== "string") throw bad(`${this.name} is not a string`);
+    const steps = compileSteps(source);
+    if (steps > this.limits.maxSteps) {
+      throw this.limitError(new TemplateLimitHit("maxSteps", steps, `compiling would take about ${steps} steps (its whitespace runs are long)`), this.limits);
+    }
     try {
       this.template = new Template(source);
     } catch (e) {
       throw new WebvlmError("unsupported_feature", `${this.name} does not compile: ${(e as Error).message}`);
     }
+  }
+
+  private limitError(e: TemplateLimitHit, limits: TemplateLimits): WebvlmError {
+    const limit = limits[e.limit];
+    return new WebvlmError("limit_exceeded",
+      `${this.name}: ${e.message} (limit ${e.limit} = ${limit}); if the template is trusted, raise it with ` +
+      `new ChatTemplate(source, { limits: { ${e.limit}: ... } })${e.message.startsWith("compiling") ? "" : ` or render(messages, { limits: { ${e.limit}: ... } })`}`,
+      { limit, option: e.limit, template: this.name });
   }
 
   render(messages: readonly ChatMessage[], opts: RenderOptions = {}): string {
@@ -134,13 +147,7 @@ export class ChatTemplate {
       this.lastSteps = steps;
       return text;
     } catch (e) {
-      if (e instanceof TemplateLimitHit) {
-        const limit = limits[e.limit];
-        throw new WebvlmError("limit_exceeded",
-          `${this.name}: ${e.message} (limit ${e.limit} = ${limit}); if the template is trusted, raise it with ` +
-          `new ChatTemplate(source, { limits: { ${e.limit}: ... } }) or render(messages, { limits: { ${e.limit}: ... } })`,
-          { limit, option: e.limit, template: this.name });
-      }
+      if (e instanceof TemplateLimitHit) throw this.limitError(e, limits);
       if (e instanceof WebvlmError) throw e;
       // A JS RangeError (call stack, string length) is the template's doing too.
       throw bad(`${this.name} failed to render: ${(e as Error).message}`);

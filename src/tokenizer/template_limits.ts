@@ -30,7 +30,10 @@
 //   \uXXXX escapes 6x, indent's 4 spaces per line, upper()'s ß -> SS), so
 //   one of them builds at most a few times maxOutputChars before its result
 //   is refused.
-// Memory stays bounded too: every new string costs steps in proportion to
+// - compiling (new ChatTemplate): the library's lexer is quadratic in
+//   whitespace runs (compileSteps), which are charged against maxSteps before
+//   the source is handed to it.
+// Memory stays bounded too: every string costs steps in proportion to
 // its length and every new list/dict in proportion to its elements, so what
 // a render can hold is about maxSteps * CHARS_PER_STEP characters (64M at
 // the defaults) plus one value of maxOutputChars.
@@ -316,6 +319,24 @@ export class BoundedInterpreter extends Interpreter {
     return this.hooks.applyFilter(operand, node, env);
   }
 }
+
+/**
+ * Steps compiling a template source costs, beyond linear: the library's
+ * lexer preprocesses the source with /(\s*){%...generation...%}(\s*)/gs,
+ * which backtracks over each whitespace run from every position in it, so a
+ * run of r whitespace characters costs about r^2/2 (a template of 40k spaces
+ * takes seconds, of 1M, minutes). Counted as 1 step per
+ * LEXER_CHARS_PER_STEP characters scanned (measured: the scan runs about
+ * 2 ns a character, an interpreter step about 2 us), so a template may hold
+ * whitespace runs of ~45k characters at the default maxSteps; real
+ * templates' runs (indentation) cost nothing.
+ */
+export function compileSteps(source: string): number {
+  let scanned = 0;
+  for (const m of source.matchAll(/\s+/g)) scanned += (m[0].length * (m[0].length + 1)) / 2;
+  return Math.floor(scanned / LEXER_CHARS_PER_STEP);
+}
+const LEXER_CHARS_PER_STEP = 1024;
 
 /** range() as the library's, with its length charged before the list is built. */
 function boundedRange(interp: () => BoundedInterpreter) {

@@ -14,7 +14,7 @@ import { Environment, Template } from "@huggingface/jinja";
 import { WebvlmError } from "../../src/api/errors.ts";
 import { ChatTemplate, DEFAULT_TEMPLATE_LIMITS, normalizeMessages, type ChatMessage } from "../../src/tokenizer/chat_template.ts";
 import { unsafeRegexReason } from "../../src/tokenizer/regex_safety.ts";
-import { BoundedInterpreter } from "../../src/tokenizer/template_limits.ts";
+import { BoundedInterpreter, compileSteps } from "../../src/tokenizer/template_limits.ts";
 import { DEFAULT_MAX_INPUT_CHARS, loadTokenizer, type TextTokenizer } from "../../src/tokenizer/tokenizer.ts";
 import { QWEN2VL_CHAT_TEMPLATE } from "../../scripts/make_tiny_qwen2vl.ts";
 import { CHAT_TEMPLATES } from "../../scripts/make_tiny_text.ts";
@@ -122,6 +122,27 @@ test("values that would be huge are refused before they are built (maxOutputChar
   const long: ChatMessage[] = [{ role: "user", content: "x".repeat(600_000) }];
   assert.equal(big.render(long).length, 1_200_000);
   assert.throws(() => big.render(long, { limits: { maxOutputChars: 1_000_000 } }), isCode("limit_exceeded", /maxOutputChars = 1000000/));
+  goodStillWorks();
+});
+
+test("a template source whose whitespace runs would take the lexer quadratic time is refused before it is compiled", () => {
+  // @huggingface/jinja's preprocessing regex backtracks over whitespace runs: r^2/2 per run.
+  const before = rss();
+  for (const src of [" ".repeat(1_000_000) + "x", ("\n".repeat(20_000) + "{{ x }}").repeat(50)]) {
+    assert.throws(() => new ChatTemplate(src, { name: "a whitespace bomb" }), (e: unknown) => {
+      isCode("limit_exceeded", /^a whitespace bomb: compiling would take about \d+ steps/)(e);
+      assert.equal((e as WebvlmError).details?.option, "maxSteps");
+      return true;
+    });
+  }
+  assert.ok((rss() - before) / MB < 200);
+  // Real templates cost nothing here; a trusted template with long runs compiles with a raised limit.
+  for (const src of [QWEN2VL_CHAT_TEMPLATE, files.qwen3.tokenizerConfig.chat_template as string, ...Object.values(CHAT_TEMPLATES)]) {
+    assert.ok(compileSteps(src) < 100, `${compileSteps(src)} steps`);
+  }
+  const spaces = `${" ".repeat(15_000)}{{ 1 }}`; // ~110k steps: within the default
+  assert.throws(() => new ChatTemplate(spaces, { limits: { maxSteps: 1000 } }), isCode("limit_exceeded"));
+  assert.equal(new ChatTemplate(spaces).render(ONE).length, 15_001);
   goodStillWorks();
 });
 
