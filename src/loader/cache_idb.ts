@@ -14,18 +14,35 @@
 // that is not there. The model key is the store's description
 // ("owner/name@rev" or the base URL).
 //
-// Validity: a complete file is served with no request at all (the manifest
-// says what exists). An incomplete one is reopened on the server first (a
-// 64 KiB probe that also yields size and ETag); if either changed, the file's
-// chunks are dropped and it is downloaded again. A "main"-revision hub model
-// that changes on the server after it was fully cached keeps its cached bytes
-// until deleteCachedModel.
-import { createStore, get, promisifyRequest, set, type UseStore } from "idb-keyval";
+//   ["q", model, key]         a quantized matrix (packedWeightCache), with its checksums and the
+//                             identity of the raw files it was derived from
+//
+// Integrity: every stored chunk and whole file has its SHA-256 in the manifest
+// (sha256.ts says why SHA-256 via Web Crypto), computed from the downloaded
+// bytes before they are stored. A chunk is verified the first time a load reads
+// it (the whole chunk, once per load; later reads of it slice the verified
+// Blob), a whole file on every read. What fails (a flipped bit on disk, a
+// chunk without a checksum from an older cache) is dropped and fetched again;
+// the model never sees bytes that did not verify. Quantized entries carry the
+// SHA-256 of their data and scales and a fingerprint of the raw files' (size,
+// ETag, Last-Modified); a bad or stale one is deleted and quantized again.
+// Where the server publishes a file's SHA-256 (the hub's X-Linked-Etag), the
+// whole file is checked against it once, when its download completes.
+//
+// Validity: a cached file is revalidated once per load with one cheap request
+// (store.stat: GET Range 0-0, comparing size, ETag, else Last-Modified); a
+// file that changed is downloaded again (its chunks and the model's quantized
+// entries dropped). When the server cannot be reached (offline, a network
+// error, a 5xx) the cached copy is used without error. An incomplete chunked
+// file is reopened on the server instead (a 64 KiB probe that also yields size
+// and ETag), with the same consequences when it changed.
+import { createStore, del, get, promisifyRequest, set, type UseStore } from "idb-keyval";
 import type { PackedQuant } from "../quant/pack.ts";
 import type { PackedWeightCache } from "../quant/packed_cache.ts";
 import { WebvlmError } from "../api/errors.ts";
 import type { CheckpointStore, ProgressiveByteSource } from "./checkpoint.ts";
-import type { FetchFn } from "./http.ts";
+import type { FetchFn, FileValidators } from "./http.ts";
+import { Sha256, sha256Hex, sha256HexOf } from "./sha256.ts";
 import { FileProgress, progressEvent, type ProgressCallback } from "./progress.ts";
 
 export const DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024;
@@ -50,6 +67,8 @@ export interface WeightCacheOptions {
   storageEstimate?: () => Promise<StorageEstimateLike>;
   /** "cache" events for bytes read from IndexedDB, "download" events for bytes fetched. */
   onProgress?: ProgressCallback;
+  /** Ask the server once per load whether each cached file changed (default true; see the top of this file). */
+  revalidate?: boolean;
 }
 
 interface FileEntry {
@@ -61,7 +80,14 @@ interface FileEntry {
   /** Indices of the stored chunks. */
   present?: number[];
   etag?: string;
+  lastModified?: string;
   complete: boolean;
+  /** SHA-256 (hex) of each stored chunk, by index (chunked files). */
+  sums?: Record<string, string>;
+  /** SHA-256 (hex) of the file (whole files: of the stored bytes; chunked: as the server published it). */
+  sha256?: string;
+  /** A chunked file whose whole-file sha256 was checked after its download. */
+  verified?: boolean;
 }
 
 interface Manifest {
@@ -197,22 +223,65 @@ export async function storageEstimate(): Promise<{ usage?: number; quota?: numbe
  */
 export function packedWeightCache(modelKey: string, opts: { dbName?: string } = {}): PackedWeightCache {
   const use = db(opts.dbName);
+  let source: Promise<string> | undefined;
+  // The raw files as the manifest knows them now: an entry derived from other bytes is stale.
+  const fingerprint = (): Promise<string> =>
+    (source ??= use("readonly", (s) => promisifyRequest(s.get(mKey(modelKey))) as Promise<Manifest | undefined>)
+      .catch(() => undefined)
+      .then((m) => sourceFingerprint(m)));
   return {
     async get(key) {
+      let rec: PackedRecord | undefined;
       try {
-        return await get<PackedQuant>(qKey(modelKey, key), use);
+        rec = await get<PackedRecord>(qKey(modelKey, key), use);
       } catch {
         return undefined;
       }
+      if (rec === undefined) return undefined;
+      const ok = isPackedRecord(rec) && rec.source === (await fingerprint()) && rec.sum === (await packedSum(rec.packed));
+      if (ok) return rec.packed;
+      // Damaged, stale or from an older cache: drop it, the caller quantizes again.
+      await del(qKey(modelKey, key), use).catch(() => undefined);
+      return undefined;
     },
     async put(key, packed) {
       try {
-        await set(qKey(modelKey, key), packed, use);
+        const rec: PackedRecord = { v: 2, source: await fingerprint(), sum: await packedSum(packed), packed };
+        await set(qKey(modelKey, key), rec, use);
       } catch (e) {
         if (!isQuotaError(e)) throw e;
       }
     },
   };
+}
+
+interface PackedRecord {
+  v: 2;
+  /** sourceFingerprint() of the manifest when it was derived. */
+  source: string;
+  /** packedSum() of `packed`. */
+  sum: string;
+  packed: PackedQuant;
+}
+
+function isPackedRecord(r: unknown): r is PackedRecord {
+  const x = r as PackedRecord | null;
+  return !!x && x.v === 2 && typeof x.source === "string" && typeof x.sum === "string" && !!x.packed && x.packed.data instanceof Uint32Array && x.packed.scales instanceof Uint16Array;
+}
+
+/** SHA-256 over a quantized matrix: its shape fields, codes and scales. */
+function packedSum(p: PackedQuant): Promise<string> {
+  const head = new TextEncoder().encode(JSON.stringify([p.format, p.rows, p.cols, p.paddedCols]));
+  return sha256HexOf([head, p.data, p.scales]);
+}
+
+/** Identity of a model's large (weight) files: name, size, ETag, Last-Modified, published SHA-256. */
+function sourceFingerprint(m: Manifest | undefined): Promise<string> {
+  const files = Object.entries(m?.files ?? {})
+    .filter(([, e]) => e.kind === "chunked")
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([f, e]) => [f, e.size, e.etag ?? null, e.lastModified ?? null, e.sha256 ?? null]);
+  return sha256Hex(new TextEncoder().encode(JSON.stringify(files)));
 }
 
 // ---------------------------------------------------------------- the caching store
@@ -281,14 +350,14 @@ class CachedStore implements CheckpointStore {
   }
 
   /** Applies `change` to a copy of the manifest and writes it, with `put` (a record), in one transaction. */
-  commit(change: (files: Record<string, FileEntry>) => void, put?: [IDBValidKey, unknown], drop?: IDBKeyRange): Promise<void> {
+  commit(change: (files: Record<string, FileEntry>) => void, put?: [IDBValidKey, unknown], drop?: IDBKeyRange | IDBKeyRange[]): Promise<void> {
     const run = async (): Promise<void> => {
       const files: Record<string, FileEntry> = JSON.parse(JSON.stringify(this.manifest.files)) as Record<string, FileEntry>;
       change(files);
       const next = summarize(this.key, files);
       try {
         await this.use("readwrite", (s) => {
-          if (drop) s.delete(drop);
+          for (const d of drop === undefined ? [] : Array.isArray(drop) ? drop : [drop]) s.delete(d);
           if (put) s.put(put[1], put[0]);
           s.put(next, mKey(this.key));
           return promisifyRequest(s.transaction);
@@ -311,22 +380,46 @@ class CachedStore implements CheckpointStore {
     this.opts.onProgress?.(progressEvent(phase, file, loaded, total));
   }
 
+  private readonly revalidations = new Map<string, Promise<boolean>>();
+
+  /**
+   * Whether `file` (cached as `e`) changed on the server: one cheap request per file and load.
+   * False when it did not, when the server cannot say (offline, an error) and when
+   * revalidation is off: the cached copy is then used.
+   */
+  changedOnServer(file: string, e: FileEntry): Promise<boolean> {
+    if (this.opts.revalidate === false || !this.inner.stat) return Promise.resolve(false);
+    let p = this.revalidations.get(file);
+    if (!p) {
+      p = this.inner.stat(file).then((v) => differs(e, v), () => false);
+      this.revalidations.set(file, p);
+    }
+    return p;
+  }
+
+  /** Drops the model's quantized entries (their raw files changed). */
+  dropsDerived(): IDBKeyRange {
+    return under("q", this.key);
+  }
+
   async readFile(file: string, onProgress?: (loaded: number, total: number | undefined) => void): Promise<Uint8Array | undefined> {
     const e = this.entry(file);
     if (e?.kind === "absent") return undefined;
-    if (e?.kind === "whole") {
+    if (e?.kind === "whole" && e.sha256 !== undefined && !(await this.changedOnServer(file, e))) {
       const v = await this.use("readonly", (s) => promisifyRequest(s.get(fKey(this.key, file))) as Promise<unknown>).catch(() => undefined);
       const bytes = await toBytes(v);
-      if (bytes && bytes.length === e.size) {
+      // Verified on every read (small files); a damaged copy is downloaded again below.
+      if (bytes && bytes.length === e.size && (await sha256Hex(bytes)) === e.sha256) {
         onProgress?.(bytes.length, bytes.length);
         this.emit("cache", file, bytes.length, bytes.length);
         return bytes;
       }
     }
+    let validators: FileValidators = {};
     const bytes = await this.inner.readFile(file, (loaded, total) => {
       onProgress?.(loaded, total);
       this.emit("download", file, loaded, total ?? loaded);
-    });
+    }, (v) => void (validators = v));
     // Full storage fails the load (quota_exceeded); any other write failure only costs the caching.
     const keep = (e: unknown): void => {
       if (e instanceof WebvlmError) throw e;
@@ -337,7 +430,12 @@ class CachedStore implements CheckpointStore {
       await this.commit((f) => void (f[file] = { kind: "absent", size: 0, complete: true })).catch(keep);
       return undefined;
     }
-    await this.commit((f) => void (f[file] = { kind: "whole", size: bytes.length, complete: true }), [fKey(this.key, file), bytes]).catch(keep);
+    const sum = await sha256Hex(bytes);
+    if (validators.sha256 !== undefined && validators.sha256 !== sum) {
+      throw new WebvlmError("integrity_failed", `${this.locate(file)}: SHA-256 ${sum} does not match the server's ${validators.sha256}`, { file, expected: validators.sha256, actual: sum });
+    }
+    const entry: FileEntry = { kind: "whole", size: bytes.length, complete: true, sha256: sum, etag: validators.etag, lastModified: validators.lastModified };
+    await this.commit((f) => void (f[file] = entry), [fKey(this.key, file), bytes]).catch(keep);
     return bytes;
   }
 
@@ -347,24 +445,31 @@ class CachedStore implements CheckpointStore {
     const keys = await this.use("readonly", (s) => promisifyRequest(s.getAllKeys(under("c", this.key, file))));
     const present = new Set<number>(keys.map((k) => (k as [string, string, string, number])[3]));
     let inner: ProgressiveByteSource | undefined;
-    if (!e || e.kind !== "chunked" || present.size < e.chunks!) {
+    const complete = e?.kind === "chunked" && present.size >= e.chunks!;
+    // A complete file is asked about once (cheap); an incomplete one is reopened below anyway.
+    const stale = complete && (await this.changedOnServer(file, e!));
+    if (!complete || stale) {
       inner = await this.inner.openFile(file);
       const size = inner.size;
       if (size === undefined) return inner; // no size, no chunking: serve uncached
-      const etag = (inner as { etag?: unknown }).etag;
-      const tag = typeof etag === "string" ? etag : undefined;
-      const changed = !e || e.kind !== "chunked" || e.size !== size || (e.etag !== undefined && tag !== undefined && e.etag !== tag);
+      const v = inner as { etag?: unknown; lastModified?: unknown; sha256?: unknown };
+      const tag = typeof v.etag === "string" ? v.etag : undefined;
+      const lastModified = typeof v.lastModified === "string" ? v.lastModified : undefined;
+      const sha256 = typeof v.sha256 === "string" ? v.sha256 : undefined;
+      const changed = stale || !e || e.kind !== "chunked" || differs(e, { size, etag: tag, lastModified, sha256 });
       if (changed) {
-        // New, or changed on the server: whatever was stored for it is stale.
+        // New, or changed on the server: whatever was stored for it, and derived from it, is stale.
         const cb = this.chunkBytes;
-        const fresh: FileEntry = { kind: "chunked", size, chunkBytes: cb, chunks: Math.ceil(size / cb), present: [], etag: tag, complete: size === 0 };
-        await this.commit((f) => void (f[file] = fresh), undefined, under("c", this.key, file));
+        const fresh: FileEntry = { kind: "chunked", size, chunkBytes: cb, chunks: Math.ceil(size / cb), present: [], sums: {}, etag: tag, lastModified, sha256, complete: size === 0 };
+        const drops = [under("c", this.key, file)];
+        if (e) drops.push(this.dropsDerived());
+        await this.commit((f) => void (f[file] = fresh), undefined, drops);
         present.clear();
         e = fresh;
-      } else if (tag !== undefined && e!.etag === undefined) {
-        const withTag = { ...e!, etag: tag };
-        await this.commit((f) => void (f[file] = { ...f[file], etag: tag }));
-        e = withTag;
+      } else if ((tag !== undefined && e!.etag === undefined) || (sha256 !== undefined && e!.sha256 === undefined)) {
+        const upd = { etag: e!.etag ?? tag, lastModified: e!.lastModified ?? lastModified, sha256: e!.sha256 ?? sha256 };
+        await this.commit((f) => void (f[file] = { ...f[file], ...upd }));
+        e = { ...e!, ...upd };
       }
     }
     const entry = e!;
@@ -380,7 +485,7 @@ class CachedStore implements CheckpointStore {
         throw err;
       }
     }
-    return new CachedSource(this, file, entry, present, inner, cached, missing, this.opts.onProgress);
+    return new CachedSource(this, file, JSON.parse(JSON.stringify(entry)) as FileEntry, present, inner, cached, missing, this.opts.onProgress);
   }
 
   async openInner(file: string): Promise<ProgressiveByteSource> {
@@ -413,21 +518,64 @@ class CachedStore implements CheckpointStore {
     }
   }
 
-  /** Stores chunk i of `file` and lists it in the manifest, atomically. */
-  putChunk(file: string, i: number, bytes: Uint8Array): Promise<void> {
+  /** Stores chunk i of `file` and lists it, with its SHA-256, in the manifest, atomically. */
+  putChunk(file: string, i: number, bytes: Uint8Array, sum: string): Promise<void> {
     return this.commit((f) => {
       const e = f[file];
       if (!e || e.kind !== "chunked") return;
       const p = new Set(e.present ?? []);
       p.add(i);
       e.present = [...p].sort((a, b) => a - b);
+      e.sums = { ...(e.sums ?? {}), [String(i)]: sum };
       e.complete = e.present.length >= e.chunks!;
     }, [cKey(this.key, file, i), new Blob([bytes as Uint8Array<ArrayBuffer>])]);
+  }
+
+  private wholeChecks = new Map<string, Promise<void>>();
+
+  /**
+   * Once a chunked file with a published SHA-256 is complete: hashes it chunk by chunk (each
+   * chunk verified against its own sum too) and compares. A mismatch drops the file's chunks
+   * and fails the load with integrity_failed; a match is recorded, so it is checked once.
+   */
+  verifyWholeFile(file: string): Promise<void> {
+    let p = this.wholeChecks.get(file);
+    if (!p) {
+      p = this.checkWhole(file);
+      this.wholeChecks.set(file, p);
+    }
+    return p;
+  }
+
+  private async checkWhole(file: string): Promise<void> {
+    const e = this.entry(file);
+    if (!e || e.kind !== "chunked" || !e.complete || e.verified || e.sha256 === undefined) return;
+    const h = new Sha256();
+    for (let i = 0; i < e.chunks!; i++) {
+      const bytes = await toBytes(await this.getChunk(file, i).catch(() => undefined));
+      if (!bytes || bytes.length !== chunkLen(e, i) || (await sha256Hex(bytes)) !== e.sums?.[String(i)]) return; // a bad chunk: refetched on read
+      h.update(bytes);
+    }
+    const sum = h.hex();
+    if (sum !== e.sha256) {
+      await this.commit((f) => void (f[file] = { ...f[file], present: [], sums: {}, complete: false }), undefined, [under("c", this.key, file), this.dropsDerived()]).catch(() => undefined);
+      throw new WebvlmError("integrity_failed", `${this.locate(file)}: SHA-256 of the downloaded file is ${sum}, the server published ${e.sha256}`, { file, expected: e.sha256, actual: sum });
+    }
+    await this.commit((f) => void (f[file] = { ...f[file], verified: true })).catch(() => undefined);
   }
 
   async getChunk(file: string, i: number): Promise<unknown> {
     return this.use("readonly", (s) => promisifyRequest(s.get(cKey(this.key, file, i))) as Promise<unknown>);
   }
+}
+
+/** Whether the server's validators say the file is not the one cached as `e`. */
+function differs(e: FileEntry, v: FileValidators): boolean {
+  if (v.size !== undefined && v.size !== e.size) return true;
+  if (v.sha256 !== undefined && e.sha256 !== undefined && e.kind === "chunked") return v.sha256 !== e.sha256;
+  if (v.etag !== undefined && e.etag !== undefined) return v.etag !== e.etag;
+  if (v.lastModified !== undefined && e.lastModified !== undefined) return v.lastModified !== e.lastModified;
+  return false;
 }
 
 async function toBytes(v: unknown): Promise<Uint8Array | undefined> {
@@ -441,7 +589,8 @@ async function toBytes(v: unknown): Promise<Uint8Array | undefined> {
 class CachedSource implements ProgressiveByteSource {
   readonly size: number;
   private readonly inflight = new Map<number, Promise<Uint8Array>>();
-  private readonly blobs = new Map<number, Blob | Uint8Array>();
+  /** Stored chunks verified by this load (a handle: the data stays on disk), or undefined when bad. */
+  private readonly verified = new Map<number, Promise<Blob | Uint8Array | undefined>>();
   private readonly cacheProgress: FileProgress;
   private readonly downloadProgress: FileProgress;
   private innerOpening?: Promise<ProgressiveByteSource>;
@@ -498,21 +647,35 @@ class CachedSource implements ProgressiveByteSource {
   private async part(i: number, from: number, to: number): Promise<Uint8Array> {
     const len = chunkLen(this.entry, i);
     if (this.present.has(i)) {
-      let v = this.blobs.get(i);
-      if (v === undefined) {
-        const got = await this.store.getChunk(this.file, i).catch(() => undefined);
-        if (got instanceof Blob || got instanceof Uint8Array) v = got;
+      let check = this.verified.get(i);
+      if (!check) {
+        check = this.verifyStored(i, len);
+        this.verified.set(i, check);
       }
-      const size = v instanceof Blob ? v.size : v?.length;
-      if (v !== undefined && size === len) {
-        this.blobs.set(i, v); // a handle: the data stays on disk
-        this.cacheProgress.update(String(i), len);
-        return v instanceof Blob ? new Uint8Array(await v.slice(from, to).arrayBuffer()) : v.subarray(from, to);
+      const v = await check;
+      if (v !== undefined) return v instanceof Blob ? new Uint8Array(await v.slice(from, to).arrayBuffer()) : v.subarray(from, to);
+      // Lost, damaged or never checksummed: fetch it again (its bytes move from "cache" to "download").
+      if (this.present.delete(i)) {
+        this.cacheProgress.totalBytes -= len;
+        this.downloadProgress.totalBytes += len;
       }
-      this.present.delete(i); // lost or damaged: fetch it again
+      this.verified.delete(i);
     }
     const bytes = await this.fetchChunk(i);
     return bytes.subarray(from, to);
+  }
+
+  /** Reads stored chunk i whole once and checks its SHA-256 against the manifest's. */
+  private async verifyStored(i: number, len: number): Promise<Blob | Uint8Array | undefined> {
+    const want = this.entry.sums?.[String(i)];
+    if (want === undefined) return undefined;
+    const got = await this.store.getChunk(this.file, i).catch(() => undefined);
+    if (!(got instanceof Blob || got instanceof Uint8Array)) return undefined;
+    if ((got instanceof Blob ? got.size : got.length) !== len) return undefined;
+    const bytes = await toBytes(got).catch(() => undefined);
+    if (!bytes || (await sha256Hex(bytes)) !== want) return undefined;
+    this.cacheProgress.update(String(i), len);
+    return got;
   }
 
   private getInner(): Promise<ProgressiveByteSource> {
@@ -547,13 +710,17 @@ class CachedSource implements ProgressiveByteSource {
         throw new WebvlmError("integrity_failed", `${this.file}: chunk ${i} is ${bytes.length} bytes, expected ${len}`, { file: this.file, chunk: i });
       }
       this.downloadProgress.update(String(i), len);
+      const sum = await sha256Hex(bytes);
       try {
-        await this.store.putChunk(this.file, i, bytes);
+        await this.store.putChunk(this.file, i, bytes, sum);
+        (this.entry.sums ??= {})[String(i)] = sum;
         this.present.add(i);
       } catch (e) {
         // Full storage is the caller's to know; any other write failure only costs the caching.
         if (e instanceof WebvlmError) throw e;
       }
+      // The file's download just completed: check it against the server's SHA-256, if published.
+      if (this.entry.sha256 !== undefined && this.present.size >= this.entry.chunks!) await this.store.verifyWholeFile(this.file);
       return bytes;
     });
     p.catch((e: unknown) => void (this.stopped ??= e instanceof Error ? e : new Error(String(e))));

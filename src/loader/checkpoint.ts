@@ -21,6 +21,8 @@ import {
   hubFileUrl,
   HttpByteSource,
   parseHubId,
+  probeFile,
+  type FileValidators,
   staticFileUrl,
   type HttpOptions,
 } from "./http.ts";
@@ -51,10 +53,22 @@ export interface CheckpointStore {
   readonly description: string;
   /** For messages: where one file is (its URL or path). */
   locate?(file: string): string;
-  /** A whole small file, or undefined when it does not exist. */
-  readFile(file: string, onProgress?: (loaded: number, total: number | undefined) => void): Promise<Uint8Array | undefined>;
+  /**
+   * A whole small file, or undefined when it does not exist. `onValidators` is told the
+   * answering response's ETag / Last-Modified / SHA-256 where the store has them (HTTP).
+   */
+  readFile(
+    file: string,
+    onProgress?: (loaded: number, total: number | undefined) => void,
+    onValidators?: (v: FileValidators) => void,
+  ): Promise<Uint8Array | undefined>;
   /** Random access to a (large) file; a missing file is model_not_found. */
   openFile(file: string): Promise<ProgressiveByteSource>;
+  /**
+   * The file's current size and validators, in one cheap request (HTTP: GET Range 0-0), for the
+   * cache's revalidation of files it already holds. Throws when the server cannot be asked.
+   */
+  stat?(file: string): Promise<FileValidators>;
 }
 
 export type CheckpointLocation =
@@ -99,25 +113,31 @@ async function nodeStat(path: string): Promise<"dir" | "file" | undefined> {
   }
 }
 
-function httpStore(description: string, urlOf: (file: string) => string, opts: HttpOptions): CheckpointStore {
+function httpStore(description: string, urlOf: (file: string) => string, opts: HttpOptions, hub = false): CheckpointStore {
   return {
     description,
     locate: urlOf,
-    readFile: (file, onProgress) => fetchFile(urlOf(file), { ...opts, onProgress }, true),
-    openFile: (file) => HttpByteSource.open(urlOf(file), opts),
+    readFile: (file, onProgress, onValidators) => fetchFile(urlOf(file), { ...opts, onProgress, onValidators, etagIsSha256: hub }, true),
+    openFile: (file) => HttpByteSource.open(urlOf(file), { ...opts, etagIsSha256: hub }),
+    stat: (file) => probeFile(urlOf(file), { ...opts, etagIsSha256: hub }),
   };
 }
 
-function localStore(dir: string): CheckpointStore {
+/** A local directory; `signal` is checked before every file open and every read. */
+function localStore(dir: string, signal?: AbortSignal): CheckpointStore {
   if (!isNode) throw new WebvlmError("unsupported_feature", `local paths need Node; in a browser use a URL or hub id (got ${dir})`);
   const base = dir.replace(/[\\/]+$/, "");
   const pathOf = (file: string): string => `${base}/${file}`;
   const load = async (): Promise<typeof FileNodeModule> =>
     (await import(/* @vite-ignore */ new URL(FILE_NODE, import.meta.url).href)) as typeof FileNodeModule;
+  const check = (file: string): void => {
+    if (signal?.aborted) throw new WebvlmError("aborted", `loading ${pathOf(file)} was aborted`, { path: pathOf(file) });
+  };
   return {
     description: base,
     locate: pathOf,
     async readFile(file, onProgress) {
+      check(file);
       const { nodeFileSource } = await load();
       let src: ByteSource;
       try {
@@ -127,6 +147,7 @@ function localStore(dir: string): CheckpointStore {
         throw e;
       }
       try {
+        check(file);
         const bytes = await src.read(0, src.size ?? 0);
         onProgress?.(bytes.length, bytes.length);
         return bytes;
@@ -135,12 +156,14 @@ function localStore(dir: string): CheckpointStore {
       }
     },
     async openFile(file) {
+      check(file);
       const { nodeFileSource } = await load();
       const src = await nodeFileSource(pathOf(file));
       return {
         size: src.size,
         close: () => src.close?.() ?? Promise.resolve(),
         async read(offset, length, onChunk) {
+          check(file);
           const b = await src.read(offset, length);
           onChunk?.(b.length);
           return b;
@@ -165,7 +188,7 @@ export async function resolveCheckpointLocation(
     if (!h) throw new WebvlmError("bad_request", `not a hub repo id ("owner/name[@revision]"): ${JSON.stringify(id)}`);
     const rev = revision ?? (id.includes("@") ? h.revision : (opts.revision ?? "main"));
     const base = opts.hubBaseUrl ?? getHubBaseUrl();
-    return { kind: "hub", store: httpStore(`${h.repo}@${rev}`, (f) => hubFileUrl(h.repo, f, rev, base), opts) };
+    return { kind: "hub", store: httpStore(`${h.repo}@${rev}`, (f) => hubFileUrl(h.repo, f, rev, base), opts, true) };
   };
   const url = (u: string): { kind: LocationKind; store: CheckpointStore } => {
     const b = u.endsWith("/") ? u : `${u}/`;
@@ -176,17 +199,17 @@ export async function resolveCheckpointLocation(
     if ("hub" in location) return hub(location.hub, location.revision);
     if ("url" in location) return url(location.url);
     if ("baseUrl" in location) return url(location.baseUrl);
-    return { kind: "path", store: localStore(location.path) };
+    return { kind: "path", store: localStore(location.path, opts.signal) };
   }
   const s = location.trim();
   if (s === "") throw new WebvlmError("bad_request", "empty checkpoint location");
   if (/^https?:\/\//i.test(s)) return url(s);
-  if (/^file:\/\//i.test(s)) return { kind: "path", store: localStore(fileUrlToPath(s)) };
+  if (/^file:\/\//i.test(s)) return { kind: "path", store: localStore(fileUrlToPath(s), opts.signal) };
   const hubShaped = parseHubId(s) !== undefined && !s.endsWith("/");
   if (isNode) {
     const pathShaped = /^(\/|\.{1,2}([\\/]|$)|~|[A-Za-z]:[\\/])/.test(s) || s.includes("\\");
     if (!pathShaped && hubShaped && (await nodeStat(s)) !== "dir") return hub(s);
-    return { kind: "path", store: localStore(s) };
+    return { kind: "path", store: localStore(s, opts.signal) };
   }
   if (hubShaped) return hub(s);
   // Browser: anything else is a URL relative to the page.

@@ -192,11 +192,80 @@ function discard(res: Response): void {
   res.body?.cancel().catch(() => undefined);
 }
 
+// ---------------------------------------------------------------- validators
+
+/** What identifies a file's version on the server (for the cache's revalidation). */
+export interface FileValidators {
+  size?: number;
+  etag?: string;
+  lastModified?: string;
+  /** The whole file's SHA-256 (hex) where the server publishes it (the hub's X-Linked-Etag for LFS files). */
+  sha256?: string;
+}
+
+const SHA256_TAG = /^(?:W\/)?"?([0-9a-f]{64})"?$/i;
+
+/**
+ * ETag, Last-Modified and, where given, the file's SHA-256: the hub's X-Linked-Etag (an LFS
+ * file's sha256) or, when `etagIsSha256` (hub URLs, whose CDN answers with the LFS oid as ETag
+ * after the redirect), a 64-hex ETag.
+ */
+export function validatorsOf(res: Response, etagIsSha256 = false): FileValidators {
+  const etag = res.headers.get("etag") ?? undefined;
+  const lastModified = res.headers.get("last-modified") ?? undefined;
+  const linked = SHA256_TAG.exec(res.headers.get("x-linked-etag")?.trim() ?? "")?.[1];
+  const fromEtag = etagIsSha256 && etag && !etag.startsWith("W/") ? SHA256_TAG.exec(etag.trim())?.[1] : undefined;
+  const sha = linked ?? fromEtag;
+  return { etag, lastModified, sha256: sha?.toLowerCase() };
+}
+
+export interface ProbeOptions extends HttpOptions {
+  etagIsSha256?: boolean;
+}
+
+/**
+ * One conditional-style request that costs one byte: GET with Range: bytes=0-0, read for the
+ * file's validators and size (Content-Range's total). No retries: a failure (offline) is the
+ * caller's to ignore.
+ */
+export async function probeFile(url: string, opts: ProbeOptions = {}): Promise<FileValidators> {
+  const o = { ...resolveOptions(opts), maxRetries: 0 };
+  checkAbort(o, url);
+  let res: Response;
+  try {
+    res = await o.fetch(url, { headers: { ...o.headers, Range: "bytes=0-0" }, signal: o.signal, redirect: "follow" });
+  } catch (e) {
+    if (o.signal?.aborted) throw abortedError(url);
+    throw new WebvlmError("download_failed", `cannot reach ${url}: ${networkMessage(e)}`, { url });
+  }
+  discard(res);
+  if (res.status === 416) {
+    // An empty file: nothing at byte 0.
+    const total = parseContentRange(res.headers.get("content-range")?.replace("*", "0-0") ?? null)?.total;
+    return { ...validatorsOf(res, opts.etagIsSha256), size: total ?? 0 };
+  }
+  if (res.status !== 206 && res.status !== 200) {
+    const err = statusError(res, url);
+    throw err instanceof WebvlmError ? err : new WebvlmError("download_failed", `${url}: ${err.message}`, { url, status: res.status });
+  }
+  let size: number | undefined;
+  if (res.status === 206) size = parseContentRange(res.headers.get("content-range"))?.total;
+  else {
+    const len = res.headers.get("content-length");
+    if (len !== null && !res.headers.get("content-encoding")) size = Number(len);
+  }
+  return { ...validatorsOf(res, opts.etagIsSha256), size };
+}
+
 // ---------------------------------------------------------------- whole files
 
 export interface FetchFileOptions extends HttpOptions {
   /** Bytes received so far and the expected total (Content-Length, when sent). */
   onProgress?: (loaded: number, total: number | undefined) => void;
+  /** The answering response's validators (ETag, Last-Modified, SHA-256 when published). */
+  onValidators?: (v: FileValidators) => void;
+  /** Treat a 64-hex ETag as the file's SHA-256 (hub URLs). */
+  etagIsSha256?: boolean;
 }
 
 /**
@@ -215,6 +284,7 @@ export async function fetchFile(url: string, opts: FetchFileOptions = {}, option
       if (optional && err instanceof WebvlmError && err.code === "model_not_found") return undefined;
       throw err;
     }
+    opts.onValidators?.(validatorsOf(res, opts.etagIsSha256));
     const lenHeader = res.headers.get("content-length");
     // A compressed body's Content-Length counts compressed bytes: no total then.
     const total = lenHeader !== null && !res.headers.get("content-encoding") ? Number(lenHeader) : undefined;
@@ -257,6 +327,8 @@ export interface HttpSourceOptions extends HttpOptions {
    * headers, so a shard's header is one small request. Default 65536.
    */
   prefixBytes?: number;
+  /** Treat a 64-hex ETag as the file's SHA-256 (hub URLs). */
+  etagIsSha256?: boolean;
 }
 
 interface ContentRange {
@@ -280,15 +352,21 @@ export class HttpByteSource implements ByteSource {
   size?: number;
   /** The file's ETag at open; a later response with another ETag is a changed file. */
   etag?: string;
+  /** The file's Last-Modified at open. */
+  lastModified?: string;
+  /** The whole file's SHA-256 (hex), where the server published it (see validatorsOf). */
+  sha256?: string;
   /** False once the server answered a Range request with 200. */
   rangeSupported = true;
   /** HTTP requests made (retries included), for diagnostics and tests. */
   requests = 0;
   private prefix = new Uint8Array(0);
   private readonly o: Resolved;
+  private readonly etagIsSha256: boolean;
 
-  private constructor(readonly url: string, opts: HttpOptions) {
+  private constructor(readonly url: string, opts: HttpSourceOptions) {
     this.o = resolveOptions(opts);
+    this.etagIsSha256 = opts.etagIsSha256 ?? false;
   }
 
   /** Opens `url`: fetches the prefix and learns the size and ETag. */
@@ -423,6 +501,11 @@ export class HttpByteSource implements ByteSource {
 
   private checkEtag(res: Response): void {
     const tag = res.headers.get("etag");
+    if (this.etag === undefined && this.lastModified === undefined && this.sha256 === undefined) {
+      const v = validatorsOf(res, this.etagIsSha256);
+      this.lastModified = v.lastModified;
+      this.sha256 = v.sha256;
+    }
     if (tag === null) return;
     if (this.etag === undefined) this.etag = tag;
     else if (tag !== this.etag) {

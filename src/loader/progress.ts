@@ -42,7 +42,8 @@ export class FileProgress {
   constructor(
     readonly phase: ProgressPhase,
     readonly file: string,
-    readonly totalBytes: number,
+    /** Can be moved between phases (a cached chunk that fails its check is downloaded instead). */
+    public totalBytes: number,
     private readonly emit?: ProgressCallback,
   ) {}
 

@@ -3,7 +3,7 @@
 // reports the answer, the error code and the progress bytes per phase; list/remove expose
 // the cache management API.
 import { Engine } from "../../src/engine/engine.ts";
-import { createStore, keys } from "idb-keyval";
+import { createStore, get, keys, set } from "idb-keyval";
 import { deleteCachedModel, listCachedModels, type CachedModelInfo } from "../../src/loader/cache_idb.ts";
 import type { ProgressEvent } from "../../src/loader/progress.ts";
 
@@ -75,6 +75,9 @@ declare global {
       list(): Promise<CachedModelInfo[]>;
       remove(key: string): Promise<boolean>;
       storedChunks(key: string, file: string): Promise<number[]>;
+      corruptChunk(key: string, file: string, i: number): Promise<void>;
+      corruptPacked(key: string): Promise<string>;
+      hashSpeed(): Promise<number>;
     };
   }
 }
@@ -88,5 +91,45 @@ async function storedChunks(key: string, file: string): Promise<number[]> {
     .sort((a, b) => a - b);
 }
 
-window.__cache = { load, list: () => listCachedModels(), remove: (key) => deleteCachedModel(key), storedChunks };
+const raw = () => createStore("webvlm-cache", "chunks");
+
+/** Flips one byte in the middle of stored chunk i, behind the cache's back (its manifest is untouched). */
+async function corruptChunk(key: string, file: string, i: number): Promise<void> {
+  const k = ["c", key, file, i];
+  const v = await get<Blob>(k, raw());
+  if (!(v instanceof Blob)) throw new Error(`no stored chunk ${i} of ${file}`);
+  const bytes = new Uint8Array(await v.arrayBuffer());
+  bytes[bytes.length >> 1] ^= 0x5a;
+  await set(k, new Blob([bytes]), raw());
+}
+
+/** Flips one bit in the codes of one stored quantized matrix; returns its key. */
+async function corruptPacked(key: string): Promise<string> {
+  const all = (await keys(raw())).filter((k): k is [string, string, string] => Array.isArray(k) && k[0] === "q" && k[1] === key);
+  if (all.length === 0) throw new Error(`no quantized entries for ${key}`);
+  const k = all[0];
+  const rec = await get<{ packed: { data: Uint32Array } }>(k, raw());
+  rec!.packed.data[rec!.packed.data.length >> 1] ^= 1 << 5;
+  await set(k, rec, raw());
+  return k[2];
+}
+
+/** MB/s of crypto.subtle SHA-256 over 64 MiB in 1 MiB chunks (the cache's per-chunk check). */
+async function hashSpeed(): Promise<number> {
+  const chunk = new Uint8Array(1 << 20);
+  for (let o = 0; o < chunk.length; o += 65536) crypto.getRandomValues(chunk.subarray(o, o + 65536));
+  const t0 = performance.now();
+  for (let i = 0; i < 64; i++) await crypto.subtle.digest("SHA-256", chunk);
+  return (64 * 1.048576) / ((performance.now() - t0) / 1000);
+}
+
+window.__cache = {
+  load,
+  list: () => listCachedModels(),
+  remove: (key) => deleteCachedModel(key),
+  storedChunks,
+  corruptChunk,
+  corruptPacked,
+  hashSpeed,
+};
 document.getElementById("log")!.textContent = "ready";
