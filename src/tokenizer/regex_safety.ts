@@ -20,9 +20,18 @@
 // - more than two repeated atoms in a row, optional atoms between them not
 //   counting as a break (\s*\s*\s*x is O(n^3) per attempt); Qwen2's
 //   `\s*[\r\n]+` and o200k's `[...]*[...]+` have two;
+// - more than MAX_CHOICES optional or alternative parts in one sequence
+//   (a?a?...a?aa...a and (?:a|a)(?:a|a)... are exponential in the pattern's
+//   length without any nested quantifier);
 // - backreferences and subexpression calls (\1, \k<x>, \g<x>).
+// What it does not catch: polynomial backtracking (`\s*x` is O(n^2) on a run
+// of spaces, as any backtracking engine is, and Qwen2's own `\s*[\r\n]+`
+// has that shape, made linear only by the alternatives after it); that is
+// bounded only through maxInputChars.
 // Inputs are bounded separately (TextTokenizer's maxInputChars), which also
 // bounds the linear-but-slow paths (BPE over one long pretoken).
+
+const MAX_DEPTH = 64;
 
 interface Item {
   /** Index of the atom in the pattern. */
@@ -95,9 +104,12 @@ class Parser {
     return { alternatives: null };
   }
 
+  private depth = 0;
+
   private group(): Pick<Item, "alternatives"> | null {
     const s = this.src;
     const start = this.i;
+    if (++this.depth > MAX_DEPTH) throw new UnsafeRegexError(`groups nested more than ${MAX_DEPTH} deep`, start);
     this.i++; // (
     if (s[this.i] === "?") {
       const rest = s.slice(this.i + 1);
@@ -105,6 +117,7 @@ class Parser {
         const end = s.indexOf(")", this.i);
         if (end < 0) throw new UnsafeRegexError("unterminated comment", start);
         this.i = end + 1;
+        this.depth--;
         return null;
       }
       const prefix = /^(?::|=|!|<=|<!|>|P?<[A-Za-z_][A-Za-z0-9_]*>|'[A-Za-z_][A-Za-z0-9_]*'|[imxWDSPy-]+:)/.exec(rest);
@@ -114,12 +127,14 @@ class Parser {
         const flags = /^[imxWDSPy-]*\)/.exec(rest); // (?i) sets options for the rest of the group
         if (!flags) throw new UnsafeRegexError(`unsupported group syntax "(?${rest.slice(0, 3)}"`, start);
         this.i += 1 + flags[0].length;
+        this.depth--;
         return null;
       }
     }
     const alternatives = this.alternatives();
     if (s[this.i] !== ")") throw new UnsafeRegexError("unterminated group", start);
     this.i++;
+    this.depth--;
     return { alternatives };
   }
 
@@ -208,8 +223,25 @@ function hasQuantifierOrAlternation(alts: Item[][]): "quantifier" | "alternation
   return null;
 }
 
+/** Choice points of a sequence: items that may match in more than one way (min != max, or alternatives), nested ones included. */
+function choices(seq: Item[]): number {
+  let n = 0;
+  for (const it of seq) {
+    if (it.min !== it.max) n++;
+    if (it.alternatives) n += (it.alternatives.length > 1 ? 1 : 0) + Math.max(...it.alternatives.map(choices));
+  }
+  return n;
+}
+
+/** More choice points than this in one sequence are refused (o200k's longest alternative has 5). */
+export const MAX_CHOICES = 6;
+
 function checkTree(alts: Item[][]): void {
   for (const seq of alts) {
+    const k = choices(seq);
+    if (k > MAX_CHOICES) {
+      throw new UnsafeRegexError(`${k} optional or alternative parts in one sequence (at most ${MAX_CHOICES}; backtracking over them is exponential, like a?a?a?...aaa)`, seq[0].at);
+    }
     let run = 0;
     for (const it of seq) {
       if (it.alternatives) {
@@ -237,7 +269,7 @@ export function unsafeRegexReason(pattern: string): string | null {
     return null;
   } catch (e) {
     if (e instanceof UnsafeRegexError) return e.message;
-    throw e;
+    return `cannot be checked (${(e as Error).message})`; // e.g. a stack overflow on absurd nesting
   }
 }
 
@@ -247,11 +279,16 @@ export interface RegexFound {
   regex: string;
 }
 
-/** Every {"Regex": "..."} pattern under tokenizer.json's normalizer, pre_tokenizer, post_processor and decoder. */
+/**
+ * Every {"Regex": "..."} pattern under tokenizer.json's normalizer,
+ * pre_tokenizer, post_processor and decoder. Throws UnsafeRegexError when
+ * those sections nest too deep to be walked (nothing real nests past 3).
+ */
 export function tokenizerRegexes(json: Record<string, unknown>): RegexFound[] {
   const out: RegexFound[] = [];
   const walk = (v: unknown, path: string, depth: number): void => {
-    if (depth > 64 || v === null || typeof v !== "object") return;
+    if (v === null || typeof v !== "object") return;
+    if (depth > 64) throw new UnsafeRegexError(`${path} is nested more than 64 levels deep`, -1);
     if (Array.isArray(v)) {
       v.forEach((x, i) => walk(x, `${path}[${i}]`, depth + 1));
       return;

@@ -168,7 +168,13 @@ function idList(v: unknown): number[] | null {
  * compiles them. The checkpoint's fault, so bad_request, naming the regex.
  */
 function checkRegexes(json: Json): void {
-  for (const { path, regex } of tokenizerRegexes(json)) {
+  let found;
+  try {
+    found = tokenizerRegexes(json);
+  } catch (e) {
+    throw bad(`tokenizer.json: ${(e as Error).message}`, { file: "tokenizer.json" });
+  }
+  for (const { path, regex } of found) {
     const reason = unsafeRegexReason(regex);
     if (reason !== null) {
       const shown = regex.length > 200 ? `${regex.slice(0, 200)}...` : regex;

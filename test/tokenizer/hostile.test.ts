@@ -266,6 +266,10 @@ test("a tokenizer.json whose Split regex backtracks catastrophically is refused 
       assert.match(String(err.details?.path), new RegExp(`^${where}\\.`));
     }
   }
+  // A pre-tokenizer nested too deep to be walked is refused as well.
+  let deep: Json = { type: "Split", pattern: { Regex: "x" }, behavior: "Isolated", invert: false };
+  for (let i = 0; i < 100; i++) deep = { type: "Sequence", pretokenizers: [deep] };
+  assert.throws(() => loadTokenizer({ tokenizerJson: { ...files.qwen3.tokenizerJson, pre_tokenizer: deep } }), isCode("bad_request", /more than 64 levels deep/));
   assert.ok((rss() - before) / MB < 200);
   checkGoodTokenizers(true);
 });
@@ -285,6 +289,9 @@ test("the static check accepts the real pre-tokenizer regexes and refuses the ca
     ["(a+)+$", /nested quantifier/], ["(a*)*", /nested quantifier/], ["(?:a?b)+", /nested quantifier/], ["x(?=(a+)+)", /nested quantifier/],
     ["a**", /nested quantifier/], ["(a|a)*", /alternation/], ["(?:(?:x|y)z)+", /alternation/], ["\\s*\\s*\\s*x", /three|two repeated/],
     ["(a)\\1", /backreference/], ["\\k<x>", /backreference/], ["(unclosed", /unterminated/],
+    // Exponential in the pattern's length, with no nested quantifier.
+    [`${"a?".repeat(30)}${"a".repeat(30)}`, /30 optional or alternative parts/], ["(?:a|a)".repeat(30), /30 optional or alternative parts/],
+    [`${"(".repeat(100_000)}a${")".repeat(100_000)}`, /nested more than 64 deep/], [`a${"?".repeat(100_000)}`, /nested quantifier|cannot be checked/],
   ];
   for (const [r, why] of refused) assert.match(unsafeRegexReason(r) ?? "accepted", why, r);
 });
