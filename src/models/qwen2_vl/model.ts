@@ -1,14 +1,13 @@
 // Qwen2-VL glue: weights + vision tower + decoder + KV cache. Each forward
 // (prefill, decode step) is one Recorder submit whose only readback is its
 // result (the argmax id and/or the last row of logits).
+import { LayerCaches, StepReader } from "../common/step.ts";
 import { WebvlmError } from "../../api/errors.ts";
 import type { GpuContext } from "../../gpu/device.ts";
 import { Recorder } from "../../gpu/recorder.ts";
-import { byteSize, type Tensor } from "../../gpu/tensor.ts";
+import type { Tensor } from "../../gpu/tensor.ts";
 import { uploadTensor } from "../../gpu/transfer.ts";
-import { argmax } from "../../ops/argmax.ts";
 import { embedding } from "../../ops/embedding.ts";
-import { createKvCache, releaseKvCache, type KvCache } from "../../ops/kv_cache.ts";
 import type { Qwen2VLConfig } from "./config.ts";
 import { getRopeIndex, type Grid, type RopeIndex } from "./rope_index.ts";
 import { textForward } from "./text.ts";
@@ -58,28 +57,12 @@ export interface PrefillResult extends StepResult, RopeIndex {
  * Per-layer KV caches plus the prompt's rope delta. truncate(n) keeps the first n tokens, e.g. the
  * common prefix of the next chat turn; the next prefill then computes only the tokens after it.
  */
-export class Qwen2VLCache {
+export class Qwen2VLCache extends LayerCaches {
   ropeDelta = 0;
 
-  constructor(
-    private readonly gpu: GpuContext,
-    readonly layers: KvCache[],
-    readonly maxSeq: number,
-  ) {}
-
-  /** Tokens cached (the cache index of the next token). */
-  get length(): number {
-    return this.layers[0]?.length ?? 0;
-  }
-
-  truncate(n: number): void {
-    if (!Number.isInteger(n) || n < 0) throw new WebvlmError("bad_request", `cache: truncate(${n})`);
-    for (const l of this.layers) l.length = Math.min(l.length, n);
+  override truncate(n: number): void {
+    super.truncate(n);
     if (this.length === 0) this.ropeDelta = 0;
-  }
-
-  dispose(): void {
-    for (const l of this.layers) releaseKvCache(this.gpu, l);
   }
 }
 
@@ -87,17 +70,16 @@ function checkSupported(config: Qwen2VLConfig): void {
   parseVitActivation(config.vision.hiddenAct); // throws unsupported_feature for activations without a kernel
 }
 
-const MAP_READ = 0x0001;
-const COPY_DST = 0x0008;
-
 export class Qwen2VLModel {
-  private staging: GPUBuffer[] = [];
+  private readonly reader: StepReader;
 
   private constructor(
     readonly gpu: GpuContext,
     readonly config: Qwen2VLConfig,
     readonly weights: Qwen2VLWeights,
-  ) {}
+  ) {
+    this.reader = new StepReader(gpu);
+  }
 
   static async load(gpu: GpuContext, config: Qwen2VLConfig, source: TensorSource, opts: WeightLoadOptions = {}): Promise<Qwen2VLModel> {
     checkSupported(config);
@@ -112,16 +94,7 @@ export class Qwen2VLModel {
 
   createCache(maxSeq: number): Qwen2VLCache {
     const t = this.config.text;
-    const layers: KvCache[] = [];
-    try {
-      for (let i = 0; i < t.numLayers; i++) {
-        layers.push(createKvCache(this.gpu, { maxSeq, numKvHeads: t.numKvHeads, headDim: t.headDim, label: `kv${i}` }));
-      }
-    } catch (e) {
-      for (const l of layers) releaseKvCache(this.gpu, l);
-      throw e;
-    }
-    return new Qwen2VLCache(this.gpu, layers, maxSeq);
+    return new Qwen2VLCache(this.gpu, LayerCaches.allocate(this.gpu, t.numLayers, maxSeq, t.numKvHeads, t.headDim), maxSeq);
   }
 
   ropeIndex(ids: readonly number[], imageGrids: readonly Grid[] = [], videoGrids: readonly Grid[] = []): RopeIndex {
@@ -257,8 +230,7 @@ export class Qwen2VLModel {
 
   dispose(): void {
     releaseQwen2VLWeights(this.gpu, this.weights);
-    for (const b of this.staging) b.destroy();
-    this.staging = [];
+    this.reader.dispose();
   }
 
   // ---------------------------------------------------------------- internals
@@ -324,42 +296,8 @@ export class Qwen2VLModel {
   }
 
   /** argmax and readback recorded after the forward, one submit, one map. */
-  private async finish(rec: Recorder, logits: Tensor, opts: StepOptions): Promise<StepResult> {
-    const read = opts.read ?? "argmax";
-    const wantId = read !== "logits";
-    const wantLogits = read !== "argmax";
-    const ids = wantId ? argmax(rec, logits) : null;
-    const logitBytes = byteSize(logits);
-    const idBytes = wantId ? 4 : 0;
-    const size = idBytes + (wantLogits ? logitBytes : 0);
-    const staging = this.takeStaging(size);
-    const enc = rec.commandEncoder();
-    if (ids) enc.copyBufferToBuffer(ids.buffer, ids.offset, staging, 0, 4);
-    if (wantLogits) enc.copyBufferToBuffer(logits.buffer, logits.offset, staging, idBytes, logitBytes);
-    rec.submit();
-    if (ids) this.gpu.pool.release(ids.buffer);
-    if (!opts.keepLogits) this.gpu.pool.release(logits.buffer);
-    try {
-      await staging.mapAsync(MAP_READ, 0, size);
-    } catch (e) {
-      staging.destroy();
-      throw this.gpu.lostError ?? new WebvlmError("device_lost", `readback failed: ${(e as Error).message}`);
-    }
-    const bytes = staging.getMappedRange(0, size).slice(0);
-    staging.unmap();
-    this.staging.push(staging);
-    return {
-      tokenId: wantId ? new Uint32Array(bytes, 0, 1)[0] : null,
-      logits: wantLogits ? new Float32Array(bytes, idBytes, logits.shape[1] * logits.shape[0]) : null,
-      logitsTensor: opts.keepLogits ? logits : null,
-    };
-  }
-
-  /** A free mappable buffer of at least `size` bytes (reused across steps). */
-  private takeStaging(size: number): GPUBuffer {
-    const i = this.staging.findIndex((b) => b.size >= size);
-    if (i >= 0) return this.staging.splice(i, 1)[0];
-    return this.gpu.device.createBuffer({ size: Math.ceil(size / 16) * 16, usage: MAP_READ | COPY_DST, label: "readback" });
+  private finish(rec: Recorder, logits: Tensor, opts: StepOptions): Promise<StepResult> {
+    return this.reader.finish(rec, logits, opts.read ?? "argmax", opts.keepLogits);
   }
 }
 

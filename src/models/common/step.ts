@@ -1,0 +1,107 @@
+// What every model's forward shares around its layers: per-layer KV caches behind the engine's
+// ModelCache, and the end of a step — argmax and the readback recorded after the forward, one
+// submit and one map per step, reusing mappable staging buffers.
+import { WebvlmError } from "../../api/errors.ts";
+import type { GpuContext } from "../../gpu/device.ts";
+import type { Recorder } from "../../gpu/recorder.ts";
+import { byteSize, type Tensor } from "../../gpu/tensor.ts";
+import { argmax } from "../../ops/argmax.ts";
+import { createKvCache, releaseKvCache, type KvCache } from "../../ops/kv_cache.ts";
+import type { ModelCache, ReadMode } from "../family.ts";
+
+/** One KV cache per layer; truncate(n) keeps the first n tokens (the next turn's common prefix). */
+export class LayerCaches implements ModelCache {
+  constructor(
+    protected readonly gpu: GpuContext,
+    readonly layers: KvCache[],
+    readonly maxSeq: number,
+  ) {}
+
+  /** Allocates the layers' caches (all or none). */
+  static allocate(gpu: GpuContext, numLayers: number, maxSeq: number, numKvHeads: number, headDim: number): KvCache[] {
+    const layers: KvCache[] = [];
+    try {
+      for (let i = 0; i < numLayers; i++) layers.push(createKvCache(gpu, { maxSeq, numKvHeads, headDim, label: `kv${i}` }));
+    } catch (e) {
+      for (const l of layers) releaseKvCache(gpu, l);
+      throw e;
+    }
+    return layers;
+  }
+
+  /** Tokens cached (the cache index of the next token). */
+  get length(): number {
+    return this.layers[0]?.length ?? 0;
+  }
+
+  truncate(n: number): void {
+    if (!Number.isInteger(n) || n < 0) throw new WebvlmError("bad_request", `cache: truncate(${n})`);
+    for (const l of this.layers) l.length = Math.min(l.length, n);
+  }
+
+  dispose(): void {
+    for (const l of this.layers) releaseKvCache(this.gpu, l);
+  }
+}
+
+export interface StepReadout {
+  /** argmax of the logits (torch.argmax: first maximum), when read. */
+  tokenId: number | null;
+  /** Logits of the last position [vocab], when read. */
+  logits: Float32Array | null;
+  /** The logits tensor, when kept (the caller releases it). */
+  logitsTensor: Tensor | null;
+}
+
+const MAP_READ = 0x0001;
+const COPY_DST = 0x0008;
+
+/** Finishes steps: argmax + readback recorded after the forward; staging buffers reused across steps. */
+export class StepReader {
+  private staging: GPUBuffer[] = [];
+
+  constructor(private readonly gpu: GpuContext) {}
+
+  /** Records argmax and the copies, submits, maps. `logits` is released unless `keepLogits`. */
+  async finish(rec: Recorder, logits: Tensor, read: ReadMode, keepLogits = false): Promise<StepReadout> {
+    const wantId = read !== "logits";
+    const wantLogits = read !== "argmax";
+    const ids = wantId ? argmax(rec, logits) : null;
+    const logitBytes = byteSize(logits);
+    const idBytes = wantId ? 4 : 0;
+    const size = idBytes + (wantLogits ? logitBytes : 0);
+    const staging = this.take(size);
+    const enc = rec.commandEncoder();
+    if (ids) enc.copyBufferToBuffer(ids.buffer, ids.offset, staging, 0, 4);
+    if (wantLogits) enc.copyBufferToBuffer(logits.buffer, logits.offset, staging, idBytes, logitBytes);
+    rec.submit();
+    if (ids) this.gpu.pool.release(ids.buffer);
+    if (!keepLogits) this.gpu.pool.release(logits.buffer);
+    try {
+      await staging.mapAsync(MAP_READ, 0, size);
+    } catch (e) {
+      staging.destroy();
+      throw this.gpu.lostError ?? new WebvlmError("device_lost", `readback failed: ${(e as Error).message}`);
+    }
+    const bytes = staging.getMappedRange(0, size).slice(0);
+    staging.unmap();
+    this.staging.push(staging);
+    return {
+      tokenId: wantId ? new Uint32Array(bytes, 0, 1)[0] : null,
+      logits: wantLogits ? new Float32Array(bytes, idBytes, logits.shape[0] * logits.shape[1]) : null,
+      logitsTensor: keepLogits ? logits : null,
+    };
+  }
+
+  dispose(): void {
+    for (const b of this.staging) b.destroy();
+    this.staging = [];
+  }
+
+  /** A free mappable buffer of at least `size` bytes. */
+  private take(size: number): GPUBuffer {
+    const i = this.staging.findIndex((b) => b.size >= size);
+    if (i >= 0) return this.staging.splice(i, 1)[0];
+    return this.gpu.device.createBuffer({ size: Math.ceil(size / 16) * 16, usage: MAP_READ | COPY_DST, label: "readback" });
+  }
+}
