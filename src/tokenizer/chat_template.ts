@@ -5,6 +5,10 @@
 // 3. expand each media placeholder token into as many copies as the model
 //    family's processor says the item takes (Qwen2-VL: t*h*w/merge^2 per
 //    grid, computed by the family, not here).
+// The template is the checkpoint's code, so rendering is bounded
+// (template_limits.ts: a step budget and an output-size budget, typed
+// limit_exceeded past either, raisable through ChatTemplateOptions.limits or
+// RenderOptions.limits).
 // Nothing here knows a model family: placeholder ids and counts are the
 // caller's, special-token strings come from the checkpoint's tokenizer.
 import { Template } from "@huggingface/jinja";
