@@ -441,6 +441,13 @@ class CachedStore implements CheckpointStore {
 
   async openFile(file: string): Promise<ProgressiveByteSource> {
     let e = this.entry(file);
+    // Complete, with a published SHA-256 never checked (a chunk went bad before its download
+    // ended): check it now; bad chunks are dropped, fetched below and the file checked again.
+    if (e?.kind === "chunked" && e.complete && e.sha256 !== undefined && !e.verified && !(await this.changedOnServer(file, e))) {
+      await this.verifyWholeFile(file);
+      this.wholeChecks.delete(file);
+      e = this.entry(file);
+    }
     // The stored chunks are the truth (another tab may have added some): reconcile with the keys.
     const keys = await this.use("readonly", (s) => promisifyRequest(s.getAllKeys(under("c", this.key, file))));
     const present = new Set<number>(keys.map((k) => (k as [string, string, string, number])[3]));
@@ -553,7 +560,18 @@ class CachedStore implements CheckpointStore {
     const h = new Sha256();
     for (let i = 0; i < e.chunks!; i++) {
       const bytes = await toBytes(await this.getChunk(file, i).catch(() => undefined));
-      if (!bytes || bytes.length !== chunkLen(e, i) || (await sha256Hex(bytes)) !== e.sums?.[String(i)]) return; // a bad chunk: refetched on read
+      if (!bytes || bytes.length !== chunkLen(e, i) || (await sha256Hex(bytes)) !== e.sums?.[String(i)]) {
+        // A bad chunk: forget it (it is fetched again and the file checked once that completes).
+        const drop = (f: Record<string, FileEntry>): void => {
+          const x = f[file];
+          if (!x) return;
+          x.present = (x.present ?? []).filter((j) => j !== i);
+          if (x.sums) delete x.sums[String(i)];
+          x.complete = false;
+        };
+        await this.commit(drop, undefined, IDBKeyRange.only(cKey(this.key, file, i))).catch(() => undefined);
+        return;
+      }
       h.update(bytes);
     }
     const sum = h.hex();

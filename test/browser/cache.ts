@@ -78,6 +78,7 @@ declare global {
       corruptChunk(key: string, file: string, i: number): Promise<void>;
       corruptPacked(key: string): Promise<string>;
       hashSpeed(): Promise<number>;
+      patchManifest(key: string, file: string, patch: Record<string, unknown>): Promise<Record<string, unknown>>;
     };
   }
 }
@@ -114,6 +115,15 @@ async function corruptPacked(key: string): Promise<string> {
   return k[2];
 }
 
+/** Changes one file's manifest entry behind the cache's back ({} to read it); returns the entry. */
+async function patchManifest(key: string, file: string, patch: Record<string, unknown>): Promise<Record<string, unknown>> {
+  const m = await get<{ files: Record<string, Record<string, unknown>> }>(["m", key], raw());
+  if (!m?.files[file]) throw new Error(`no manifest entry for ${file}`);
+  Object.assign(m.files[file], patch);
+  if (Object.keys(patch).length > 0) await set(["m", key], m, raw());
+  return m.files[file];
+}
+
 /** MB/s of crypto.subtle SHA-256 over 64 MiB in 1 MiB chunks (the cache's per-chunk check). */
 async function hashSpeed(): Promise<number> {
   const chunk = new Uint8Array(1 << 20);
@@ -131,5 +141,6 @@ window.__cache = {
   corruptChunk,
   corruptPacked,
   hashSpeed,
+  patchManifest,
 };
 document.getElementById("log")!.textContent = "ready";

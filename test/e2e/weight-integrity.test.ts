@@ -171,5 +171,18 @@ test("a published SHA-256 (the hub's X-Linked-Etag) is checked once the shard's 
   const good = await load(page, model);
   ok(good);
   assert.equal(good.weightBytes.download, shardSize, "the mismatching download was dropped and fetched again");
+  const entry = () => page.evaluate(([k, f]) => window.__cache.patchManifest(k, f, {}), [model, SHARD] as const);
+  assert.equal((await entry()).verified, true, "checked against the published SHA-256");
+
+  // Complete but never checked against the published hash, with a damaged chunk (as when a chunk
+  // goes bad before the download ends): the next load checks the file, drops and refetches the chunk.
+  await page.evaluate(([k, f]) => window.__cache.corruptChunk(k, f, 2), [model, SHARD] as const);
+  await page.evaluate(([k, f]) => window.__cache.patchManifest(k, f, { verified: false }), [model, SHARD] as const);
+  await reload(page);
+  const healed = await load(page, model);
+  ok(healed);
+  assert.equal(healed.weightBytes.download, CHUNK, "only the damaged chunk fetched again");
+  assert.equal(healed.text, good.text);
+  assert.equal((await entry()).verified, true, "checked again once the chunk was back");
   await page.context().close();
 });
