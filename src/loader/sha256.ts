@@ -7,7 +7,8 @@
 // function checks chunks, quantized entries and whole files. Measured by
 // test/loader/integrity.test.ts (Node) and test/e2e/weight-integrity.test.ts (Chromium), 64 MiB
 // in 1 MiB chunks, on this project's shared 2-core CPU machines with other jobs running:
-// Node 20 ~620-710 MB/s, Chromium ~210 MB/s: a 32 MiB chunk costs ~0.05-0.15 s, small next to
+// Node 20 620-940 MB/s, Chromium 100-240 MB/s (the spread is the machines' load): a 32 MiB
+// chunk costs ~0.05-0.3 s, small next to
 // downloading it and comparable to reading it back from IndexedDB. hash-wasm / xxhash-wasm
 // (both on npm, maintained) would be faster (xxh3 several GB/s) but add a dependency and a wasm
 // instantiation (a strict CSP needs 'wasm-unsafe-eval'), and a non-cryptographic hash could not
@@ -15,7 +16,7 @@
 //
 // crypto.subtle.digest is one-shot, so checking a whole multi-GB file against the hub's SHA-256
 // (which must not hold the file in memory) uses the small incremental implementation below
-// (~60-85 MB/s in Node here): it runs once per file, only where the server published a hash,
+// (60-155 MB/s in Node here): it runs once per file, only where the server published a hash,
 // after its download completes.
 import { WebvlmError } from "../api/errors.ts";
 
