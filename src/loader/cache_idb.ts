@@ -36,253 +36,22 @@
 // error, a 5xx) the cached copy is used without error. An incomplete chunked
 // file is reopened on the server instead (a 64 KiB probe that also yields size
 // and ETag), with the same consequences when it changed.
-import { createStore, del, get, promisifyRequest, set, type UseStore } from "idb-keyval";
-import type { PackedQuant } from "../quant/pack.ts";
-import type { PackedWeightCache } from "../quant/packed_cache.ts";
+import { promisifyRequest, type UseStore } from "idb-keyval";
 import { WebvlmError } from "../api/errors.ts";
 import type { CheckpointStore, ProgressiveByteSource } from "./checkpoint.ts";
-import type { FetchFn, FileValidators } from "./http.ts";
-import { Sha256, sha256Hex, sha256HexOf } from "./sha256.ts";
+import type { FileValidators } from "./http.ts";
+import { Sha256, sha256Hex } from "./sha256.ts";
 import { FileProgress, progressEvent, type ProgressCallback } from "./progress.ts";
+import {
+  cKey, chunkLen, db, fKey, isQuotaError, mKey, summarize, under, weightCacheAvailable,
+  DEFAULT_CHUNK_BYTES, type FileEntry, type Manifest, type StorageEstimateLike, type WeightCacheOptions,
+} from "./cache_idb_db.ts";
 
-export const DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024;
-const DEFAULT_DB = "webvlm-cache";
-const OBJECT_STORE = "chunks";
-
-export interface StorageEstimateLike {
-  usage?: number;
-  quota?: number;
-}
-
-export interface WeightCacheOptions {
-  /** Bytes per stored chunk (and per Range request) of a large file; default 32 MiB. Files already cached keep theirs. */
-  chunkBytes?: number;
-  /** IndexedDB database name (default "webvlm-cache"). */
-  dbName?: string;
-  /** Chunks downloaded at once (default 4). */
-  maxConcurrentDownloads?: number;
-  /** Ask navigator.storage.persist() before the first download (default true). */
-  persist?: boolean;
-  /** Replaces navigator.storage.estimate() (tests, or a caller's own budget). */
-  storageEstimate?: () => Promise<StorageEstimateLike>;
-  /** "cache" events for bytes read from IndexedDB, "download" events for bytes fetched. */
-  onProgress?: ProgressCallback;
-  /** Ask the server once per load whether each cached file changed (default true; see the top of this file). */
-  revalidate?: boolean;
-}
-
-interface FileEntry {
-  /** chunked: a large file stored in chunks; whole: a small file; absent: known not to exist. */
-  kind: "chunked" | "whole" | "absent";
-  size: number;
-  chunkBytes?: number;
-  chunks?: number;
-  /** Indices of the stored chunks. */
-  present?: number[];
-  etag?: string;
-  lastModified?: string;
-  complete: boolean;
-  /** SHA-256 (hex) of each stored chunk, by index (chunked files). */
-  sums?: Record<string, string>;
-  /** SHA-256 (hex) of the file (whole files: of the stored bytes; chunked: as the server published it). */
-  sha256?: string;
-  /** A chunked file whose whole-file sha256 was checked after its download. */
-  verified?: boolean;
-}
-
-interface Manifest {
-  version: 1;
-  key: string;
-  files: Record<string, FileEntry>;
-  /** Bytes stored (whole files + present chunks). */
-  bytes: number;
-  /** Every chunked file has all its chunks. */
-  complete: boolean;
-  updated: number;
-}
-
-export interface CachedFileInfo {
-  file: string;
-  size: number;
-  cachedBytes: number;
-  complete: boolean;
-}
-
-export interface CachedModelInfo {
-  key: string;
-  bytes: number;
-  complete: boolean;
-  files: CachedFileInfo[];
-  updated: number;
-}
-
-// ---------------------------------------------------------------- database
-
-const stores = new Map<string, UseStore>();
-function db(name = DEFAULT_DB): UseStore {
-  let s = stores.get(name);
-  if (!s) stores.set(name, (s = createStore(name, OBJECT_STORE)));
-  return s;
-}
-
-const mKey = (model: string): IDBValidKey => ["m", model];
-const fKey = (model: string, file: string): IDBValidKey => ["f", model, file];
-const cKey = (model: string, file: string, i: number): IDBValidKey => ["c", model, file, i];
-const qKey = (model: string, key: string): IDBValidKey => ["q", model, key];
-// [] sorts after every string and number, so [...prefix, []] bounds a prefix's range.
-const under = (...prefix: IDBValidKey[]): IDBKeyRange => IDBKeyRange.bound(prefix, [...prefix, []]);
-
-/** `fetch` (or the global one) with the HTTP cache bypassed: cached files live in IndexedDB instead. */
-export function noStoreFetch(f?: FetchFn): FetchFn {
-  return (input, init) => (f ?? globalThis.fetch.bind(globalThis))(input, { ...init, cache: "no-store" });
-}
-
-/** Whether this environment has IndexedDB (browsers, workers). */
-export function weightCacheAvailable(): boolean {
-  return typeof indexedDB !== "undefined" && typeof IDBKeyRange !== "undefined";
-}
-
-function isQuotaError(e: unknown): boolean {
-  const name = (e as { name?: string } | null)?.name;
-  return name === "QuotaExceededError" || (e as { code?: number } | null)?.code === 22;
-}
-
-function chunkLen(e: FileEntry, i: number): number {
-  const cb = e.chunkBytes!;
-  return Math.max(0, Math.min(cb, e.size - i * cb));
-}
-
-function storedBytes(e: FileEntry): number {
-  if (e.kind === "whole") return e.size;
-  if (e.kind !== "chunked") return 0;
-  return (e.present ?? []).reduce((s, i) => s + chunkLen(e, i), 0);
-}
-
-function summarize(key: string, files: Record<string, FileEntry>): Manifest {
-  let bytes = 0;
-  let chunked = 0;
-  let complete = true;
-  for (const e of Object.values(files)) {
-    bytes += storedBytes(e);
-    if (e.kind === "chunked") {
-      chunked++;
-      complete &&= e.complete;
-    }
-  }
-  return { version: 1, key, files, bytes, complete: complete && chunked > 0, updated: Date.now() };
-}
-
-function info(m: Manifest): CachedModelInfo {
-  const files = Object.entries(m.files)
-    .filter(([, e]) => e.kind !== "absent")
-    .map(([file, e]) => ({ file, size: e.size, cachedBytes: storedBytes(e), complete: e.complete }));
-  return { key: m.key, bytes: m.bytes, complete: m.complete, files, updated: m.updated };
-}
-
-// ---------------------------------------------------------------- management API
-
-/** Every cached model, with its stored bytes. */
-export async function listCachedModels(opts: { dbName?: string } = {}): Promise<CachedModelInfo[]> {
-  const all = await db(opts.dbName)("readonly", (s) => promisifyRequest(s.getAll(under("m"))) as Promise<Manifest[]>);
-  return all.map(info);
-}
-
-/** Removes one model's files and manifest; false when it was not cached. */
-export async function deleteCachedModel(key: string, opts: { dbName?: string } = {}): Promise<boolean> {
-  return db(opts.dbName)("readwrite", async (s) => {
-    const had = (await promisifyRequest(s.count(mKey(key)))) > 0;
-    s.delete(under("c", key));
-    s.delete(under("f", key));
-    s.delete(under("q", key));
-    s.delete(mKey(key));
-    await promisifyRequest(s.transaction);
-    return had;
-  });
-}
-
-/** Removes every cached model. */
-export async function clearCache(opts: { dbName?: string } = {}): Promise<void> {
-  await db(opts.dbName)("readwrite", (s) => {
-    s.clear();
-    return promisifyRequest(s.transaction);
-  });
-}
-
-/** navigator.storage's usage/quota (bytes) and whether storage is persistent; {} where unknown. */
-export async function storageEstimate(): Promise<{ usage?: number; quota?: number; persisted?: boolean }> {
-  const st = typeof navigator !== "undefined" ? navigator.storage : undefined;
-  if (!st?.estimate) return {};
-  const e = await st.estimate();
-  const persisted = st.persisted ? await st.persisted().catch(() => undefined) : undefined;
-  return { usage: e.usage, quota: e.quota, persisted };
-}
-
-/**
- * Quantized weights of one cached model (kept beside its files, deleted with it), so a second
- * load skips quantizing. A failed write (quota) only means the next load quantizes again.
- */
-export function packedWeightCache(modelKey: string, opts: { dbName?: string } = {}): PackedWeightCache {
-  const use = db(opts.dbName);
-  let source: Promise<string> | undefined;
-  // The raw files as the manifest knows them now: an entry derived from other bytes is stale.
-  const fingerprint = (): Promise<string> =>
-    (source ??= use("readonly", (s) => promisifyRequest(s.get(mKey(modelKey))) as Promise<Manifest | undefined>)
-      .catch(() => undefined)
-      .then((m) => sourceFingerprint(m)));
-  return {
-    async get(key) {
-      let rec: PackedRecord | undefined;
-      try {
-        rec = await get<PackedRecord>(qKey(modelKey, key), use);
-      } catch {
-        return undefined;
-      }
-      if (rec === undefined) return undefined;
-      const ok = isPackedRecord(rec) && rec.source === (await fingerprint()) && rec.sum === (await packedSum(rec.packed));
-      if (ok) return rec.packed;
-      // Damaged, stale or from an older cache: drop it, the caller quantizes again.
-      await del(qKey(modelKey, key), use).catch(() => undefined);
-      return undefined;
-    },
-    async put(key, packed) {
-      try {
-        const rec: PackedRecord = { v: 2, source: await fingerprint(), sum: await packedSum(packed), packed };
-        await set(qKey(modelKey, key), rec, use);
-      } catch (e) {
-        if (!isQuotaError(e)) throw e;
-      }
-    },
-  };
-}
-
-interface PackedRecord {
-  v: 2;
-  /** sourceFingerprint() of the manifest when it was derived. */
-  source: string;
-  /** packedSum() of `packed`. */
-  sum: string;
-  packed: PackedQuant;
-}
-
-function isPackedRecord(r: unknown): r is PackedRecord {
-  const x = r as PackedRecord | null;
-  return !!x && x.v === 2 && typeof x.source === "string" && typeof x.sum === "string" && !!x.packed && x.packed.data instanceof Uint32Array && x.packed.scales instanceof Uint16Array;
-}
-
-/** SHA-256 over a quantized matrix: its shape fields, codes and scales. */
-function packedSum(p: PackedQuant): Promise<string> {
-  const head = new TextEncoder().encode(JSON.stringify([p.format, p.rows, p.cols, p.paddedCols]));
-  return sha256HexOf([head, p.data, p.scales]);
-}
-
-/** Identity of a model's large (weight) files: name, size, ETag, Last-Modified, published SHA-256. */
-function sourceFingerprint(m: Manifest | undefined): Promise<string> {
-  const files = Object.entries(m?.files ?? {})
-    .filter(([, e]) => e.kind === "chunked")
-    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-    .map(([f, e]) => [f, e.size, e.etag ?? null, e.lastModified ?? null, e.sha256 ?? null]);
-  return sha256Hex(new TextEncoder().encode(JSON.stringify(files)));
-}
+export {
+  DEFAULT_CHUNK_BYTES, noStoreFetch, weightCacheAvailable,
+  type CachedFileInfo, type CachedModelInfo, type StorageEstimateLike, type WeightCacheOptions,
+} from "./cache_idb_db.ts";
+export { clearCache, deleteCachedModel, listCachedModels, packedWeightCache, storageEstimate } from "./cache_idb_admin.ts";
 
 // ---------------------------------------------------------------- the caching store
 
@@ -570,6 +339,8 @@ class CachedStore implements CheckpointStore {
           x.complete = false;
         };
         await this.commit(drop, undefined, IDBKeyRange.only(cKey(this.key, file, i))).catch(() => undefined);
+        // Check again once the refetched chunk completes the file (not this settled promise).
+        this.wholeChecks.delete(file);
         return;
       }
       h.update(bytes);
