@@ -167,7 +167,8 @@ export class Engine {
           tokenizer,
           template,
           defaults: sampling,
-          eosTokenIds: eosTokenIds.length ? eosTokenIds : [...tokenizer.eosTokenIds],
+          // generation_config.json's eos ids, else config.json's (the family's), else the tokenizer's.
+          eosTokenIds: eosTokenIds.length ? eosTokenIds : family.eosTokenIds.length ? [...family.eosTokenIds] : [...tokenizer.eosTokenIds],
           processor,
           cache,
           cachedKeys: [],
@@ -208,6 +209,9 @@ export class Engine {
     this.loaded.model.dispose();
     void this.loaded.checkpoint.close();
     this.loaded = null;
+    // Disposing returns buffers to the pool; free them, so the next model's upload (which never
+    // reuses buffers released since the last submit) does not stack on the old one's memory.
+    this.gpu.pool.trim();
   }
 
   private enqueue<T>(task: () => Promise<T>): Promise<T> {

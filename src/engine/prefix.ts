@@ -30,6 +30,11 @@ export function mediaKeyedIds(ids: readonly number[], media: readonly KeyedMedia
     }
     if (left[kind] === 0) {
       const item = queues[kind][used[kind]++];
+      if (item && item.tokens === 0) {
+        // A one-token marker for media read by cross-attention (no run of pads): keyed alone.
+        keys.push(`${kind}:${item.hash}`);
+        continue;
+      }
       left[kind] = item ? item.tokens : Number.POSITIVE_INFINITY;
       keys.push(item ? `${kind}:${item.hash}:0` : id);
     } else {

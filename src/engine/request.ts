@@ -1,28 +1,13 @@
 // OpenAI-shaped request -> what the model needs: validated parameters, the
 // media parts in prompt order with their per-item size options.
+import type { MediaRef, MediaSizeOptions } from "../models/family.ts";
 import { WebvlmError } from "../api/errors.ts";
 import type { ChatCompletionRequest, ChatMessage } from "../api/types.ts";
 import { MAX_TOP_LOGPROBS } from "../generate/logprobs.ts";
 import { MAX_STOP_STRINGS } from "../generate/stop.ts";
 import type { GenerateParams } from "../generate/types.ts";
 
-/**
- * A content part's own size controls (min_pixels, max_pixels, resized_height, resized_width):
- * validated here, interpreted by the family's processor (those without size rules ignore them).
- */
-export interface MediaSizeOptions {
-  minPixels?: number;
-  maxPixels?: number;
-  resizedHeight?: number;
-  resizedWidth?: number;
-}
-
-export interface MediaRef {
-  kind: "image" | "video";
-  /** URL string, bytes, or a browser image object (video: an array of those, one per frame) */
-  source: unknown;
-  options: MediaSizeOptions;
-}
+export type { MediaRef, MediaSizeOptions };
 
 const bad = (message: string, param?: string): WebvlmError => new WebvlmError("bad_request", message, param ? { param } : undefined);
 

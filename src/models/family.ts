@@ -3,10 +3,29 @@
 // spelling, its image processor, its placeholder tokens, its tensors and its forward — stays in
 // its folder. Adding a family is one folder and one line in registry.ts.
 import type { GpuContext } from "../gpu/device.ts";
-import type { MediaRef } from "../engine/request.ts";
 import type { WeightFormat } from "../quant/formats.ts";
 import type { MediaPlaceholder } from "../tokenizer/chat_template.ts";
 import type { TensorSource, WeightLoadOptions } from "./common/source.ts";
+
+/**
+ * A content part's own size controls (min_pixels, max_pixels, resized_height, resized_width):
+ * validated by the request layer, interpreted by the family's processor (those without size
+ * rules ignore them).
+ */
+export interface MediaSizeOptions {
+  minPixels?: number;
+  maxPixels?: number;
+  resizedHeight?: number;
+  resizedWidth?: number;
+}
+
+/** One image or video part of a request, in prompt order, before the family's processor. */
+export interface MediaRef {
+  kind: "image" | "video";
+  /** URL string, bytes, or a browser image object (video: an array of those, one per frame) */
+  source: unknown;
+  options: MediaSizeOptions;
+}
 
 /** One image or video of a request after the family's processor: an opaque per-family payload. */
 export interface PreparedMedia {
@@ -80,6 +99,8 @@ export interface OpenedFamily {
   readonly family: string;
   /** The text model's max_position_embeddings (the engine's context-length cap). */
   readonly maxPositions: number;
+  /** config.json's eos_token_id(s) (generation_config.json's win in the engine); may be empty. */
+  readonly eosTokenIds: readonly number[];
   createProcessor(preprocessorConfig: Record<string, unknown>): MediaProcessor;
   load(gpu: GpuContext, source: TensorSource, opts: WeightLoadOptions & Partial<FormatChoice>): Promise<VlmModel>;
 }
@@ -94,6 +115,8 @@ export interface ModelFamily<C> {
   readonly modelTypes: readonly string[];
   parseConfig(configJson: unknown, generationConfig?: unknown): C;
   maxPositions(config: C): number;
+  /** config.json's eos ids, when the family's config carries them. */
+  eosTokenIds?(config: C): readonly number[];
   createProcessor(config: C, preprocessorConfig: Record<string, unknown>): MediaProcessor;
   load(gpu: GpuContext, config: C, source: TensorSource, opts: WeightLoadOptions & Partial<FormatChoice>): Promise<VlmModel>;
 }
@@ -117,6 +140,7 @@ export function registerFamily<C>(f: ModelFamily<C>): RegisteredFamily {
       return {
         family: f.name,
         maxPositions: f.maxPositions(config),
+        eosTokenIds: f.eosTokenIds?.(config) ?? [],
         createProcessor: (pp) => f.createProcessor(config, pp),
         load: (gpu, source, opts) => f.load(gpu, config, source, opts),
       };

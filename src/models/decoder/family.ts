@@ -2,7 +2,7 @@
 // config parsing, a media processor that takes no media, and the DecoderModel with its warm-up.
 // Qwen2, Mistral, Llama and Phi-3 are each one call of textOnlyFamily.
 import { WebvlmError } from "../../api/errors.ts";
-import type { MediaRef } from "../../engine/request.ts";
+import type { MediaRef } from "../family.ts";
 import type { MediaPlaceholder } from "../../tokenizer/chat_template.ts";
 import type { MediaProcessor, ModelCache, ModelFamily, ModelPrefill, ModelStep, ModelStepOptions, PreparedMedia, VlmModel } from "../family.ts";
 import { isObj, parseDecoderConfig, specialIds, type DecoderConfig, type DecoderFamilyTraits } from "./config.ts";
@@ -108,6 +108,7 @@ export function textOnlyFamily(spec: TextFamilySpec): ModelFamily<TextOnlyConfig
       return { architecture, decoder, eosTokenIds: ids.eos, bosTokenId: ids.bos, padTokenId: ids.pad };
     },
     maxPositions: (c) => c.decoder.maxPositionEmbeddings,
+    eosTokenIds: (c) => c.eosTokenIds,
     createProcessor: () => new NoMediaProcessor(spec.name),
     load: async (gpu, c, source, opts) => new TextOnlyModel(await DecoderModel.load(gpu, c.decoder, source, opts), spec.name),
   };

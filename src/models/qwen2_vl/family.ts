@@ -1,7 +1,7 @@
 // Qwen2-VL as a family behind the engine's contract (models/family.ts): its config parser, its
 // media processor (smart_resize + patchify, image/video pads) and the model with its warm-up.
 import { WebvlmError } from "../../api/errors.ts";
-import type { MediaRef } from "../../engine/request.ts";
+import type { MediaRef } from "../family.ts";
 import type { MediaPlaceholder } from "../../tokenizer/chat_template.ts";
 import type { ModelCache, ModelFamily, ModelPrefill, ModelStep, ModelStepOptions, PreparedMedia, VlmModel } from "../family.ts";
 import { parseQwen2VLConfig, QWEN2VL_ARCHITECTURES, type Qwen2VLConfig } from "./config.ts";
@@ -66,7 +66,7 @@ class Qwen2VLAdapter implements VlmModel {
     onStep?.(0, 2);
     const m = c.vision.spatialMergeSize;
     const grid: [number, number, number] = [1, m, m];
-    const patchWidth = 3 * c.vision.temporalPatchSize * c.vision.patchSize * c.vision.patchSize;
+    const patchWidth = c.vision.inChannels * c.vision.temporalPatchSize * c.vision.patchSize * c.vision.patchSize;
     const cache = this.model.createCache(8);
     try {
       const ids = [c.visionStartTokenId, c.imageTokenId, c.visionEndTokenId];
@@ -90,6 +90,7 @@ export const qwen2VLFamily: ModelFamily<Qwen2VLConfig> = {
   modelTypes: ["qwen2_vl"],
   parseConfig: parseQwen2VLConfig,
   maxPositions: (c) => c.text.maxPositionEmbeddings ?? 32768,
+  eosTokenIds: (c) => c.eosTokenIds,
   createProcessor: (c, pp) => new Qwen2VLProcessor(c, checkpointPreprocess(pp)),
   load: async (gpu, c, source, opts) => new Qwen2VLAdapter(await Qwen2VLModel.load(gpu, c, source, opts)),
 };

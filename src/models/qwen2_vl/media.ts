@@ -7,7 +7,7 @@ import { patchify } from "./patchify.ts";
 import { preprocessImage, resizeForModel, type PreprocessOptions } from "./image_processor.ts";
 import { smartResize } from "./smart_resize.ts";
 import { loadImage } from "../../vision/load_image.ts";
-import type { MediaRef } from "../../engine/request.ts";
+import type { MediaRef } from "../family.ts";
 import type { PreparedMedia } from "../family.ts";
 
 /** One processed image or video: the family's PreparedMedia, its payload the patch rows and grid. */
