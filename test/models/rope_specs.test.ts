@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { WebvlmError } from "../../src/api/errors.ts";
-import { defaultInvFreq, parseRopeSpec, ropeTables } from "../../src/models/common/rope.ts";
+import { parseRopeSpec, ropeTables } from "../../src/models/common/rope.ts";
 import { llamaFamily } from "../../src/models/llama/family.ts";
 import { phi3Family } from "../../src/models/phi3/family.ts";
 import { refDecoderConfig, refRopeParameters } from "../reference/ref_decoder.ts";
@@ -39,7 +39,7 @@ test("llama3 scaling (Llama 3.1 8B): equal to the reference; low bands divided b
   const want = refRopeParameters(refDecoderConfig(LLAMA31_8B).rope, 10);
   same(got.invFreq, want.invFreq, "inv_freq");
   assert.equal(got.scaling, 1);
-  const base = defaultInvFreq(500000, 128);
+  const base = refRopeParameters({ type: "default", base: 500000, dim: 128 }, 1).invFreq;
   let kept = 0;
   let divided = 0;
   let smoothed = 0;
@@ -77,7 +77,7 @@ test("transformers 5 spelling: rope_parameters with rope_theta inside", () => {
   const spec = llamaFamily.parseConfig({ ...rest, rope_parameters: { ...rope_scaling, rope_theta } }).decoder.rope;
   same(ropeTables(spec, 1).invFreq, ropeTables(llamaFamily.parseConfig(LLAMA31_8B).decoder.rope, 1).invFreq, "same table");
   const plain = parseRopeSpec({ rope_parameters: { rope_type: "default", rope_theta: 1e6 } }, { defaultTheta: 10000, headDim: 64, maxPositions: 4096 });
-  same(ropeTables(plain, 1).invFreq, defaultInvFreq(1e6, 64), "default with theta from the block");
+  same(ropeTables(plain, 1).invFreq, refRopeParameters({ type: "default", base: 1e6, dim: 64 }, 1).invFreq, "default with theta from the block (the reference's table)");
 });
 
 test("yarn / dynamic rope and partial rotary are unsupported_feature", () => {

@@ -64,6 +64,9 @@ for (const fam of ["phi3", "mistral"] as const satisfies readonly TinyTextFamily
       );
       const again = await engine.chat.completions.create({ messages, max_tokens: 8, temperature: 0, stream: false });
       assert.equal(again.choices[0].message.content, r.choices[0].message.content);
+      // The repeated prompt comes from the KV cache (all but the last token, which is recomputed).
+      const cached = again.usage.prompt_tokens_details?.cached_tokens ?? 0;
+      assert.ok(cached > 0 && cached < again.usage.prompt_tokens, `cached ${cached} of ${again.usage.prompt_tokens} prompt tokens`);
     } finally {
       await engine.unload();
     }

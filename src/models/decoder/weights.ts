@@ -2,12 +2,11 @@
 // checked before anything is read, then tensors streamed one GPU weight at a time (q|k|v and
 // gate|up row-stacked into one matrix whether the checkpoint splits or fuses them), each matrix
 // in its requested format. Release walks the same structure.
-import { WebvlmError } from "../../api/errors.ts";
 import type { GpuContext } from "../../gpu/device.ts";
 import type { Tensor } from "../../gpu/tensor.ts";
 import type { ShardedWeight, Weight, WeightFormat } from "../../quant/formats.ts";
-import { DEFAULT_FORMATS, type TensorSource, type WeightLoadOptions } from "../common/source.ts";
-import { releaseTensors, sameShape, WeightLoader } from "../common/weight_loader.ts";
+import type { TensorSource, WeightLoadOptions } from "../common/source.ts";
+import { releaseTensors, resolveFormats, WeightLoader } from "../common/weight_loader.ts";
 import type { DecoderConfig } from "./config.ts";
 import { decoderTensorTable, type Slot, type TensorSpec } from "./names.ts";
 
@@ -38,39 +37,18 @@ export interface DecoderWeights {
   gpuBytes: number;
 }
 
-/** Checks every table entry against the source: missing_tensor / shape_mismatch naming the tensor. */
-export function checkDecoderTensors(table: readonly TensorSpec[], source: TensorSource): void {
-  for (const s of table) {
-    if (!source.has(s.name)) throw new WebvlmError("missing_tensor", `tensor "${s.name}" not found in the checkpoint`, { tensor: s.name });
-    const got = source.shape(s.name);
-    if (!sameShape(got, s.shape)) {
-      throw new WebvlmError("shape_mismatch", `tensor "${s.name}" has shape [${got.join(", ")}], expected [${s.shape.join(", ")}]`, {
-        tensor: s.name,
-        shape: [...got],
-        expected: [...s.shape],
-      });
-    }
-  }
-}
-
-function checkFormat(what: string, f: unknown): WeightFormat {
-  if (f !== "f32" && f !== "f16" && f !== "q8" && f !== "q4") throw new WebvlmError("bad_request", `weights: ${what} format ${JSON.stringify(f)} is not f32/f16/q8/q4`);
-  return f;
-}
-
 /**
  * Loads a decoder checkpoint onto the GPU. Formats: opts.textLinear for the layers' matrices,
  * opts.embedding for embed_tokens / lm_head (DEFAULT_FORMATS otherwise); norms and biases f32.
  * On failure every tensor already uploaded goes back to the pool.
  */
 export async function loadDecoderWeights(gpu: GpuContext, c: DecoderConfig, source: TensorSource, opts: WeightLoadOptions = {}): Promise<DecoderWeights> {
-  const formats = {
-    textLinear: checkFormat("textLinear", opts.textLinear ?? DEFAULT_FORMATS.textLinear),
-    embedding: checkFormat("embedding", opts.embedding ?? DEFAULT_FORMATS.embedding),
-  };
+  const { textLinear, embedding } = resolveFormats(opts);
+  const formats = { textLinear, embedding };
   const table = decoderTensorTable(c);
-  checkDecoderTensors(table, source);
   const L = new WeightLoader(gpu, source, table.length, opts);
+  // Every name and shape first: a bad checkpoint fails before anything is read or uploaded.
+  for (const s of table) L.check(s.name, s.shape);
   const made: (Tensor | DecoderLinear)[] = [];
   const keep = <T extends Tensor | DecoderLinear>(x: T): T => (made.push(x), x);
   const of = (slot: Slot, layer: number | null): TensorSpec[] => table.filter((s) => s.slot === slot && s.layer === layer);
