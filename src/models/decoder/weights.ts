@@ -6,7 +6,7 @@ import type { GpuContext } from "../../gpu/device.ts";
 import type { Tensor } from "../../gpu/tensor.ts";
 import type { ShardedWeight, Weight, WeightFormat } from "../../quant/formats.ts";
 import type { TensorSource, WeightLoadOptions } from "../common/source.ts";
-import { releaseTensors, resolveFormats, WeightLoader } from "../common/weight_loader.ts";
+import { releaseTensors, resolveFormats, WeightLoader, type WeightMaker } from "../common/weight_loader.ts";
 import type { DecoderConfig } from "./config.ts";
 import { decoderTensorTable, type Slot, type TensorSpec } from "./names.ts";
 
@@ -40,15 +40,26 @@ export interface DecoderWeights {
 /**
  * Loads a decoder checkpoint onto the GPU. Formats: opts.textLinear for the layers' matrices,
  * opts.embedding for embed_tokens / lm_head (DEFAULT_FORMATS otherwise); norms and biases f32.
- * On failure every tensor already uploaded goes back to the pool.
+ * Every name and shape is checked before anything is read; on failure every tensor already
+ * uploaded goes back to the pool.
  */
 export async function loadDecoderWeights(gpu: GpuContext, c: DecoderConfig, source: TensorSource, opts: WeightLoadOptions = {}): Promise<DecoderWeights> {
   const { textLinear, embedding } = resolveFormats(opts);
-  const formats = { textLinear, embedding };
   const table = decoderTensorTable(c);
   const L = new WeightLoader(gpu, source, table.length, opts);
-  // Every name and shape first: a bad checkpoint fails before anything is read or uploaded.
   for (const s of table) L.check(s.name, s.shape);
+  return buildDecoderWeights(gpu, c, L, { textLinear, embedding });
+}
+
+/**
+ * The decoder's weight set made by `L` from its tensor table (a checkpoint loader, or a
+ * benchmark's random maker; a family embedding the decoder passes its own maker). On failure,
+ * tensors already made are returned to the pool.
+ */
+export async function buildDecoderWeights(
+  gpu: GpuContext, c: DecoderConfig, L: WeightMaker, formats: { textLinear: WeightFormat; embedding: WeightFormat },
+): Promise<DecoderWeights> {
+  const table = decoderTensorTable(c);
   const made: (Tensor | DecoderLinear)[] = [];
   const keep = <T extends Tensor | DecoderLinear>(x: T): T => (made.push(x), x);
   const of = (slot: Slot, layer: number | null): TensorSpec[] => table.filter((s) => s.slot === slot && s.layer === layer);

@@ -7,7 +7,6 @@ import type { KvCache } from "../../ops/kv_cache.ts";
 import { ropeTables, type RopeTables } from "../common/rope.ts";
 import type { DecoderConfig } from "../decoder/config.ts";
 import { decoderForward, type DecoderForwardOptions } from "../decoder/forward.ts";
-import type { DecoderWeights } from "../decoder/weights.ts";
 import type { Qwen2VLTextConfig } from "./config.ts";
 import type { TextWeights } from "./weights.ts";
 
@@ -38,9 +37,6 @@ export function qwen2VLDecoderConfig(t: Qwen2VLTextConfig): DecoderConfig {
 
 /** Per text config: the decoder config and its rope table (default M-RoPE: independent of length). */
 const decoders = new WeakMap<Qwen2VLTextConfig, { cfg: DecoderConfig; rope: RopeTables }>();
-/** Per weight set: the decoder's view of it (the same GPU tensors). */
-const views = new WeakMap<TextWeights, DecoderWeights>();
-
 function decoderOf(t: Qwen2VLTextConfig): { cfg: DecoderConfig; rope: RopeTables } {
   let d = decoders.get(t);
   if (!d) {
@@ -49,26 +45,6 @@ function decoderOf(t: Qwen2VLTextConfig): { cfg: DecoderConfig; rope: RopeTables
     decoders.set(t, d);
   }
   return d;
-}
-
-function viewOf(w: TextWeights): DecoderWeights {
-  let v = views.get(w);
-  if (!v) {
-    v = {
-      embed: w.embed,
-      layers: w.layers.map((l) => ({
-        inputNorm: l.inputNorm, qkv: l.qkv, qkvBias: l.qkvBias, o: l.o, oBias: null,
-        postNorm: l.postNorm, gateUp: l.gateUp, gateUpBias: null, down: l.down, downBias: null,
-      })),
-      norm: w.norm,
-      lmHead: w.lmHead,
-      // Not read by the forward: the family's loader accounts for formats and bytes.
-      formats: { textLinear: "f32", embedding: "f32" },
-      gpuBytes: 0,
-    };
-    views.set(w, v);
-  }
-  return v;
 }
 
 /**
@@ -86,5 +62,5 @@ export function textForward(
   opts: TextForwardOptions = {},
 ): Tensor {
   const d = decoderOf(cfg);
-  return decoderForward(rec, d.cfg, viewOf(w), inputsEmbeds, positions, d.rope, caches, opts);
+  return decoderForward(rec, d.cfg, w, inputsEmbeds, positions, d.rope, caches, opts);
 }

@@ -6,6 +6,9 @@ import type { Tensor } from "../../gpu/tensor.ts";
 import type { Qwen2VLConfig } from "./config.ts";
 import type { LinearWeight, TensorSource, WeightFormats, WeightLoadOptions } from "../common/source.ts";
 import { releaseTensors, resolveFormats, WeightLoader, type WeightMaker } from "../common/weight_loader.ts";
+import { decoderTensorTable } from "../decoder/names.ts";
+import { buildDecoderWeights, type DecoderWeights } from "../decoder/weights.ts";
+import { qwen2VLDecoderConfig } from "./text.ts";
 
 export type { LinearWeight };
 
@@ -33,26 +36,8 @@ export interface VisionWeights {
   mlp2Bias: Tensor;
 }
 
-export interface TextLayerWeights {
-  inputNorm: Tensor;
-  /** q_proj | k_proj | v_proj rows stacked: [(Hq + 2 Hkv) * D, hidden], one GEMV per token. */
-  qkv: LinearWeight;
-  qkvBias: Tensor;
-  o: LinearWeight;
-  postNorm: Tensor;
-  /** gate_proj | up_proj rows stacked: [2 I, hidden] (siluMulFused reads both halves). */
-  gateUp: LinearWeight;
-  down: LinearWeight;
-}
-
-export interface TextWeights {
-  /** embed_tokens [vocab, hidden]. */
-  embed: LinearWeight;
-  layers: TextLayerWeights[];
-  norm: Tensor;
-  /** lm_head [vocab, hidden]; the same object as `embed` when the embeddings are tied. */
-  lmHead: LinearWeight;
-}
+/** The language model's weights: the shared decoder's. */
+export type TextWeights = DecoderWeights;
 
 export interface Qwen2VLWeights {
   text: TextWeights;
@@ -75,23 +60,6 @@ export function tensorNameCandidates(canonical: string): string[] {
 }
 
 export const qwen2VLNames = {
-  embed: "model.embed_tokens.weight",
-  norm: "model.norm.weight",
-  lmHead: "lm_head.weight",
-  layer: (i: number) => {
-    const p = `model.layers.${i}`;
-    return {
-      inputNorm: `${p}.input_layernorm.weight`,
-      postNorm: `${p}.post_attention_layernorm.weight`,
-      q: `${p}.self_attn.q_proj`,
-      k: `${p}.self_attn.k_proj`,
-      v: `${p}.self_attn.v_proj`,
-      o: `${p}.self_attn.o_proj.weight`,
-      gate: `${p}.mlp.gate_proj.weight`,
-      up: `${p}.mlp.up_proj.weight`,
-      down: `${p}.mlp.down_proj.weight`,
-    };
-  },
   patchEmbed: "visual.patch_embed.proj.weight",
   block: (i: number) => `visual.blocks.${i}`,
   mergerLnQ: "visual.merger.ln_q",
@@ -111,26 +79,9 @@ export interface TensorSpec {
 
 /** Every checkpoint tensor the model reads, with its expected shape, in load order. */
 export function qwen2VLTensorTable(c: Qwen2VLConfig): TensorSpec[] {
-  const t = c.text;
-  const H = t.hiddenSize;
-  const qDim = t.numHeads * t.headDim;
-  const kvDim = t.numKvHeads * t.headDim;
   const N = qwen2VLNames;
-  const out: TensorSpec[] = [{ name: N.embed, shape: [t.vocabSize, H] }];
-  for (let i = 0; i < t.numLayers; i++) {
-    const n = N.layer(i);
-    out.push(
-      { name: n.inputNorm, shape: [H] },
-      { name: `${n.q}.weight`, shape: [qDim, H] }, { name: `${n.k}.weight`, shape: [kvDim, H] }, { name: `${n.v}.weight`, shape: [kvDim, H] },
-      { name: `${n.q}.bias`, shape: [qDim] }, { name: `${n.k}.bias`, shape: [kvDim] }, { name: `${n.v}.bias`, shape: [kvDim] },
-      { name: n.o, shape: [H, qDim] },
-      { name: n.postNorm, shape: [H] },
-      { name: n.gate, shape: [t.intermediateSize, H] }, { name: n.up, shape: [t.intermediateSize, H] },
-      { name: n.down, shape: [H, t.intermediateSize] },
-    );
-  }
-  out.push({ name: N.norm, shape: [H] });
-  if (!t.tieWordEmbeddings) out.push({ name: N.lmHead, shape: [t.vocabSize, H] });
+  // The language model's tensors: the shared decoder's table (Qwen2's names and shapes).
+  const out: TensorSpec[] = decoderTensorTable(qwen2VLDecoderConfig(c.text)).map(({ name, shape }) => ({ name, shape }));
   const v = c.vision;
   const e = v.embedDim;
   const patchDim = v.inChannels * v.temporalPatchSize * v.patchSize * v.patchSize;
@@ -177,30 +128,9 @@ export async function buildQwen2VLWeights(gpu: GpuContext, config: Qwen2VLConfig
   const uploaded: (Tensor | LinearWeight)[] = [];
   const keep = <T extends Tensor | LinearWeight>(x: T): T => (uploaded.push(x), x);
   try {
-    const t = config.text;
-    const H = t.hiddenSize;
-    const qDim = t.numHeads * t.headDim;
-    const kvDim = t.numKvHeads * t.headDim;
+    const text = await buildDecoderWeights(gpu, qwen2VLDecoderConfig(config.text), L, formats);
+    uploaded.push(...textItems(text));
     const N = qwen2VLNames;
-    const embed = keep(await L.matrix([{ canonical: N.embed, rows: t.vocabSize }], H, formats.embedding, "embed_tokens"));
-    const layers: TextLayerWeights[] = [];
-    for (let i = 0; i < t.numLayers; i++) {
-      const n = N.layer(i);
-      const fmt = formats.textLinear;
-      layers.push({
-        inputNorm: keep(await L.vector([n.inputNorm], [H], `L${i}.input_layernorm`)),
-        qkv: keep(await L.matrix([{ canonical: `${n.q}.weight`, rows: qDim }, { canonical: `${n.k}.weight`, rows: kvDim }, { canonical: `${n.v}.weight`, rows: kvDim }], H, fmt, `L${i}.qkv`)),
-        qkvBias: keep(await L.vector([`${n.q}.bias`, `${n.k}.bias`, `${n.v}.bias`], [qDim, kvDim, kvDim], `L${i}.qkv.bias`)),
-        o: keep(await L.matrix([{ canonical: n.o, rows: H }], qDim, fmt, `L${i}.o_proj`)),
-        postNorm: keep(await L.vector([n.postNorm], [H], `L${i}.post_attention_layernorm`)),
-        gateUp: keep(await L.matrix([{ canonical: n.gate, rows: t.intermediateSize }, { canonical: n.up, rows: t.intermediateSize }], H, fmt, `L${i}.gate_up`)),
-        down: keep(await L.matrix([{ canonical: n.down, rows: H }], t.intermediateSize, fmt, `L${i}.down_proj`)),
-      });
-    }
-    const norm = keep(await L.vector([N.norm], [H], "norm"));
-    // Tied: HF overwrites lm_head with embed_tokens, so a stored lm_head.weight is ignored.
-    const lmHead = t.tieWordEmbeddings ? embed : keep(await L.matrix([{ canonical: N.lmHead, rows: t.vocabSize }], H, formats.embedding, "lm_head"));
-
     const v = config.vision;
     const e = v.embedDim;
     const vf = formats.vision;
@@ -238,7 +168,7 @@ export async function buildQwen2VLWeights(gpu: GpuContext, config: Qwen2VLConfig
     const mlp2Bias = keep(await L.vector([`${N.mergerMlp2}.bias`], [v.hiddenSize], "merger.mlp.2.bias"));
 
     return {
-      text: { embed, layers, norm, lmHead },
+      text,
       vision: { patchEmbed, blocks, lnQ, mlp0, mlp0Bias, mlp2, mlp2Bias },
       formats,
       gpuBytes: L.gpuBytes,
@@ -251,12 +181,18 @@ export async function buildQwen2VLWeights(gpu: GpuContext, config: Qwen2VLConfig
 
 /** Returns every weight buffer to the pool (the tied lm_head once). */
 export function releaseQwen2VLWeights(gpu: GpuContext, w: Qwen2VLWeights): void {
-  const items: (Tensor | LinearWeight)[] = [w.text.embed, w.text.norm, w.text.lmHead];
-  for (const l of w.text.layers) items.push(l.inputNorm, l.qkv, l.qkvBias, l.o, l.postNorm, l.gateUp, l.down);
+  const items: (Tensor | LinearWeight)[] = textItems(w.text);
   const v = w.vision;
   items.push(v.patchEmbed, v.lnQ.weight, v.lnQ.bias, v.mlp0, v.mlp0Bias, v.mlp2, v.mlp2Bias);
   for (const b of v.blocks) {
     items.push(b.norm1.weight, b.norm1.bias, b.norm2.weight, b.norm2.bias, b.qkv, b.qkvBias, b.proj, b.projBias, b.fc1, b.fc1Bias, b.fc2, b.fc2Bias);
   }
   releaseTensors(gpu, items);
+}
+
+/** Every tensor of the language model's weights (the tied lm_head is the embedding itself). */
+function textItems(t: TextWeights): (Tensor | LinearWeight)[] {
+  const items: (Tensor | LinearWeight | null)[] = [t.embed, t.norm, t.lmHead];
+  for (const l of t.layers) items.push(l.inputNorm, l.qkv, l.qkvBias, l.o, l.oBias, l.postNorm, l.gateUp, l.gateUpBias, l.down, l.downBias);
+  return items.filter((x): x is Tensor | LinearWeight => x !== null);
 }
