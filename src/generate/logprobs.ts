@@ -14,6 +14,7 @@
 // UTF-8 bytes, recovered through the tokenizer's rawBytes (byte-level BPE
 // alphabet, or a byte-fallback <0xHH> token) when the token is part of a
 // character.
+import { byteLevelBytes } from "../tokenizer/tokenizer.ts";
 import { WebvlmError } from "../api/errors.ts";
 import type { TokenDecoder, TokenLogprob, TopLogprob } from "./types.ts";
 
@@ -51,21 +52,6 @@ export function topNIds(logits: ArrayLike<number>, n: number): number[] {
   return ids;
 }
 
-// GPT-2 bytes_to_unicode, inverted: byte-level BPE alphabet char -> byte.
-let byteDecoder: Map<string, number> | null = null;
-function byteLevelDecoder(): Map<string, number> {
-  if (byteDecoder) return byteDecoder;
-  const bs: number[] = [];
-  for (let b = 0x21; b <= 0x7e; b++) bs.push(b);
-  for (let b = 0xa1; b <= 0xac; b++) bs.push(b);
-  for (let b = 0xae; b <= 0xff; b++) bs.push(b);
-  const cs = bs.slice();
-  let extra = 0;
-  for (let b = 0; b < 256; b++) if (!bs.includes(b)) { bs.push(b); cs.push(256 + extra++); }
-  byteDecoder = new Map(bs.map((b, i) => [String.fromCharCode(cs[i]), b]));
-  return byteDecoder;
-}
-
 /** Token text and bytes for logprobs, cached per id. */
 export class TokenInfo {
   private readonly cache = new Map<number, TopLogprob>();
@@ -91,7 +77,7 @@ export class TokenInfo {
     if (own) return own.slice();
     const raw = this.tokenizer.idToToken?.(id);
     if (raw !== undefined) {
-      const dec = byteLevelDecoder();
+      const dec = byteLevelBytes();
       const out: number[] = [];
       for (const ch of raw) {
         const b = dec.get(ch);

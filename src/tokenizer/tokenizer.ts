@@ -136,7 +136,7 @@ function hasDecoder(d: unknown, type: string): boolean {
 
 /** GPT-2's bytes_to_unicode, inverted: byte-level BPE alphabet character -> byte. */
 let byteLevelTable: Map<string, number> | null = null;
-function byteLevelBytes(): Map<string, number> {
+export function byteLevelBytes(): Map<string, number> {
   if (byteLevelTable) return byteLevelTable;
   const bs: number[] = [];
   for (let b = 0x21; b <= 0x7e; b++) bs.push(b);
