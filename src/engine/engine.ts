@@ -119,7 +119,7 @@ export class Engine {
         const family = resolveFamily(checkpoint.config).open(checkpoint.config, checkpoint.generationConfig);
         const tokenizer = new TextTokenizer(checkpoint.tokenizerJson, checkpoint.tokenizerConfig);
         if (!checkpoint.chatTemplate) throw new WebvlmError("bad_request", "the checkpoint has no chat template");
-        const template = new ChatTemplate(checkpoint.chatTemplate);
+        const template = new ChatTemplate(checkpoint.chatTemplate, { name: `${checkpoint.description}'s chat template` });
         const formats = {
           textLinear: opts.quantization ?? "q4",
           embedding: opts.embedding ?? "f16",
