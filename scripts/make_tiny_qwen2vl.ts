@@ -31,6 +31,7 @@
 // - Rows of ids the tokenizer cannot produce (>= its size, 151669; the model
 //   vocab is 151936) are scaled by 0.01, so they are never the argmax, as in
 //   trained checkpoints where those padding rows are never predicted.
+import { rng, tensorSeed } from "./tiny_random.ts";
 import { copyFile, mkdir, readFile, readdir, rm } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { join, resolve } from "node:path";
@@ -114,24 +115,6 @@ export function tinyTensorSpecs(s: TinyShape, tokenizerSize: number): Spec[] {
 }
 
 // ---------------------------------------------------------------- deterministic values
-
-/** FNV-1a of the seed and tensor name: each tensor's stream is independent of table order. */
-function tensorSeed(seed: number, name: string): number {
-  let h = (0x811c9dc5 ^ seed) >>> 0;
-  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193) >>> 0;
-  return h;
-}
-
-/** mulberry32: small, fast, good enough for test weights. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function fill(spec: Spec, seed: number): Float32Array {
   const n = elementCount(spec.shape);

@@ -12,6 +12,7 @@
 // lm_head (as 3.1 8B; tied tiny models mostly echo their last token) and attention/mlp biases; Phi-3 fused projections, longrope switching at 32 positions
 // with the attention factor, and a sliding window of 20. Weight scales follow
 // make_tiny_qwen2vl.ts (unit-scale blocks, logits std ~8, rows the tokenizer cannot produce x0.01).
+import { rng, tensorSeed } from "./tiny_random.ts";
 import { copyFile, mkdir, readFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { join, resolve } from "node:path";
@@ -162,22 +163,6 @@ export function tinyTextTensors(family: TinyTextFamily, tokenizerSize: number): 
   out.push({ name: "model.norm.weight", shape: [H], init: { mean: LOGIT_STD / 2, std: (0.1 * LOGIT_STD) / 2 } });
   if (!s.tied) out.push({ name: "lm_head.weight", shape: [s.vocab, H], init: embed });
   return out;
-}
-
-function tensorSeed(seed: number, name: string): number {
-  let h = (0x811c9dc5 ^ seed) >>> 0;
-  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193) >>> 0;
-  return h;
-}
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function fill(spec: Spec, seed: number): Float32Array {
