@@ -54,6 +54,12 @@ export type ReadMode = "argmax" | "logits" | "both";
 
 export interface ModelStepOptions {
   read?: ReadMode;
+  /**
+   * The request's abort signal. A prefill runs in chunks of at most PREFILL_CHUNK_TOKENS tokens
+   * (models/common/step.ts), one submit each, and checks the signal between chunks (throwing
+   * WebvlmError "aborted" and leaving the cache at its length before the call).
+   */
+  signal?: AbortSignal;
 }
 
 export interface ModelStep {

@@ -9,6 +9,17 @@ import { argmax } from "../../ops/argmax.ts";
 import { createKvCache, releaseKvCache, type KvCache } from "../../ops/kv_cache.ts";
 import type { ModelCache, ReadMode } from "../family.ts";
 
+/**
+ * Most prompt tokens one prefill submit runs: a long prompt is prefilled in chunks so that an abort
+ * takes effect between chunks and no single submit runs long enough for a browser to reset the GPU.
+ */
+export const PREFILL_CHUNK_TOKENS = 512;
+
+/** Throws WebvlmError "aborted" when `signal` has fired (between prefill chunks). */
+export function throwIfAborted(signal: AbortSignal | undefined, what = "the request"): void {
+  if (signal?.aborted) throw new WebvlmError("aborted", `${what} was aborted`);
+}
+
 /** One KV cache per layer; truncate(n) keeps the first n tokens (the next turn's common prefix). */
 export class LayerCaches implements ModelCache {
   constructor(
