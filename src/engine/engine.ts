@@ -127,8 +127,11 @@ export class Engine {
         } as const;
         const contextLength = Math.min(requested ?? 4096, family.maxPositions);
         const { sampling, eosTokenIds } = generationConfigDefaults(checkpoint.generationConfig);
-        const pp = (checkpoint.preprocessorConfig ?? {}) as Record<string, unknown>;
-        const processor = family.createProcessor(pp);
+        const processor = family.createProcessor({
+          preprocessorConfig: jsonObject(checkpoint.preprocessorConfig),
+          processorConfig: jsonObject(checkpoint.processorConfig),
+          addedTokenId: (content) => tokenizer.addedTokenId(content),
+        });
         if (opts.signal?.aborted) throw new WebvlmError("aborted", "the load was aborted");
 
         // ---- The previous model is released HERE, just before the new weights go to the GPU (GPU memory);
@@ -334,6 +337,11 @@ export class Engine {
       },
     };
   }
+}
+
+/** A JSON file's object, or {} when the file is absent or not an object. */
+function jsonObject(v: unknown): Record<string, unknown> {
+  return v !== null && typeof v === "object" && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
 }
 
 /** A signal that fires when any of `signals` does (AbortSignal.any where the platform has it). */

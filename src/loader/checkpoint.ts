@@ -341,10 +341,12 @@ export interface Checkpoint {
   config: Json;
   generationConfig?: Json;
   preprocessorConfig?: Json;
+  /** processor_config.json (e.g. Idefics2's image_seq_len and chat template). */
+  processorConfig?: Json;
   tokenizerJson: Json;
   /** tokenizer_config.json; {} when the checkpoint has none. */
   tokenizerConfig: Json;
-  /** chat_template.jinja, chat_template.json's template, or tokenizer_config.json's (the processor's order). */
+  /** chat_template.jinja, chat_template.json's, processor_config.json's or tokenizer_config.json's template (the processor's order). */
   chatTemplate?: string;
   weights: CheckpointWeights;
   /** Releases open file handles (Node); HTTP sources hold nothing. */
@@ -387,9 +389,10 @@ export async function openCheckpoint(location: CheckpointLocation, opts: OpenChe
   const at = (file: string): string => store.locate?.(file) ?? `${file} in ${where}`;
   if (!config) throw new WebvlmError("model_not_found", `not a model directory: ${at("config.json")} not found`, { location: where });
 
-  const [generationConfig, preprocessorConfig, tokenizerJson, tokenizerConfig, chatJson, chatJinja, index] = await Promise.all([
+  const [generationConfig, preprocessorConfig, processorConfig, tokenizerJson, tokenizerConfig, chatJson, chatJinja, index] = await Promise.all([
     readJson("generation_config.json"),
     readJson("preprocessor_config.json"),
+    readJson("processor_config.json"),
     readJson("tokenizer.json"),
     readJson("tokenizer_config.json"),
     readJson("chat_template.json"),
@@ -403,6 +406,7 @@ export async function openCheckpoint(location: CheckpointLocation, opts: OpenChe
     chatTemplate = resolveChatTemplate({
       chatTemplateJinja: chatJinja && new TextDecoder().decode(chatJinja),
       chatTemplateJson: chatJson,
+      processorConfig,
       tokenizerConfig,
     });
   } catch {
@@ -417,6 +421,7 @@ export async function openCheckpoint(location: CheckpointLocation, opts: OpenChe
     config,
     generationConfig,
     preprocessorConfig,
+    processorConfig,
     tokenizerJson,
     tokenizerConfig: tokenizerConfig ?? {},
     chatTemplate,

@@ -38,7 +38,17 @@ export interface PreparedMedia {
   payload: unknown;
 }
 
-/** A family's image/video processor, configured from the checkpoint's preprocessor_config.json. */
+/** What a family's processor reads besides config.json: the processor files and the tokenizer's added tokens. */
+export interface ProcessorContext {
+  /** preprocessor_config.json ({} when absent). */
+  preprocessorConfig: Record<string, unknown>;
+  /** processor_config.json ({} when absent), e.g. Idefics2's image_seq_len. */
+  processorConfig: Record<string, unknown>;
+  /** The id of an added token by its content (e.g. "<fake_token_around_image>"), when the tokenizer has it. */
+  addedTokenId(content: string): number | undefined;
+}
+
+/** A family's image/video processor, configured from the checkpoint's processor files (ProcessorContext). */
 export interface MediaProcessor {
   /** Decodes and preprocesses every media part of a request, in prompt order. */
   prepare(refs: readonly MediaRef[], signal?: AbortSignal): Promise<PreparedMedia[]>;
@@ -107,7 +117,7 @@ export interface OpenedFamily {
   readonly maxPositions: number;
   /** config.json's eos_token_id(s) (generation_config.json's win in the engine); may be empty. */
   readonly eosTokenIds: readonly number[];
-  createProcessor(preprocessorConfig: Record<string, unknown>): MediaProcessor;
+  createProcessor(ctx: ProcessorContext): MediaProcessor;
   load(gpu: GpuContext, source: TensorSource, opts: WeightLoadOptions & Partial<FormatChoice>): Promise<VlmModel>;
 }
 
@@ -123,7 +133,7 @@ export interface ModelFamily<C> {
   maxPositions(config: C): number;
   /** config.json's eos ids, when the family's config carries them. */
   eosTokenIds?(config: C): readonly number[];
-  createProcessor(config: C, preprocessorConfig: Record<string, unknown>): MediaProcessor;
+  createProcessor(config: C, ctx: ProcessorContext): MediaProcessor;
   load(gpu: GpuContext, config: C, source: TensorSource, opts: WeightLoadOptions & Partial<FormatChoice>): Promise<VlmModel>;
 }
 
@@ -147,7 +157,7 @@ export function registerFamily<C>(f: ModelFamily<C>): RegisteredFamily {
         family: f.name,
         maxPositions: f.maxPositions(config),
         eosTokenIds: f.eosTokenIds?.(config) ?? [],
-        createProcessor: (pp) => f.createProcessor(config, pp),
+        createProcessor: (ctx) => f.createProcessor(config, ctx),
         load: (gpu, source, opts) => f.load(gpu, config, source, opts),
       };
     },

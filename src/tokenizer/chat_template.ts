@@ -163,18 +163,23 @@ export class ChatTemplate {
 export interface ChatTemplateFiles {
   chatTemplateJinja?: string;
   chatTemplateJson?: unknown;
+  /** processor_config.json (Idefics2's official checkpoints keep their template only there). */
+  processorConfig?: unknown;
   tokenizerConfig?: unknown;
 }
 
 /**
  * The template transformers would use, or null: chat_template.jinja's text,
- * then chat_template.json's "chat_template", then tokenizer_config.json's
- * (a string, or a list of {name, template}: the "default" one).
+ * then chat_template.json's "chat_template", then processor_config.json's,
+ * then tokenizer_config.json's (a string, or a list of {name, template}: the
+ * "default" one).
  */
 export function findChatTemplate(files: ChatTemplateFiles): string | null {
   if (typeof files.chatTemplateJinja === "string" && files.chatTemplateJinja.length > 0) return files.chatTemplateJinja;
   const fromJson = (files.chatTemplateJson as Record<string, unknown> | undefined)?.chat_template;
   if (typeof fromJson === "string") return fromJson;
+  const fromProcessor = (files.processorConfig as Record<string, unknown> | undefined)?.chat_template;
+  if (typeof fromProcessor === "string") return fromProcessor;
   const t = (files.tokenizerConfig as Record<string, unknown> | undefined)?.chat_template;
   if (typeof t === "string") return t;
   if (Array.isArray(t)) {
@@ -187,7 +192,7 @@ export function findChatTemplate(files: ChatTemplateFiles): string | null {
 /** findChatTemplate, for callers that need one: a checkpoint without any is unsupported_feature. */
 export function resolveChatTemplate(files: ChatTemplateFiles): string {
   const t = findChatTemplate(files);
-  if (t === null) throw new WebvlmError("unsupported_feature", "checkpoint has no chat template (chat_template.jinja / chat_template.json / tokenizer_config.json)");
+  if (t === null) throw new WebvlmError("unsupported_feature", "checkpoint has no chat template (chat_template.jinja / chat_template.json / processor_config.json / tokenizer_config.json)");
   return t;
 }
 
@@ -205,12 +210,46 @@ export interface MediaPlaceholder {
   counts: readonly number[];
   /** What the items are, for error messages ("image", "video"). */
   kind?: string;
+  /**
+   * Per item, the ids its placeholder becomes when that is not counts[k] copies of tokenId, e.g.
+   * Idefics2's <fake_token_around_image> + <image> x 64 + <fake_token_around_image> (five times for
+   * a split image). counts[k] is then the number of tokenId in expansions[k] (the item's embedding
+   * rows); the other ids must be added tokens.
+   */
+  expansions?: readonly (readonly number[])[];
+  /**
+   * After expansion, each doubled occurrence of this id becomes one, left to right without overlap:
+   * Idefics2Processor's text.replace("<fake_token_around_image>" * 2, "<fake_token_around_image>").
+   */
+  collapseDoubled?: number;
 }
 
 function checkCounts(p: MediaPlaceholder): void {
   for (const n of p.counts) {
     if (!Number.isSafeInteger(n) || n < 1) throw bad(`bad token count ${n} for a ${p.kind ?? "media"} item`, { count: n });
   }
+  if (p.expansions) {
+    if (p.expansions.length !== p.counts.length) throw bad(`${p.expansions.length} expansions for ${p.counts.length} ${p.kind ?? "media"} item(s)`);
+    p.expansions.forEach((e, k) => {
+      const n = e.reduce((a, id) => a + (id === p.tokenId ? 1 : 0), 0);
+      if (n !== p.counts[k]) throw bad(`the expansion of ${p.kind ?? "media"} item ${k} holds ${n} placeholder ids, its count is ${p.counts[k]}`);
+    });
+  }
+}
+
+/** The ids item k's placeholder becomes. */
+function itemIds(p: MediaPlaceholder, k: number): readonly number[] {
+  return p.expansions ? p.expansions[k] : new Array<number>(p.counts[k]).fill(p.tokenId);
+}
+
+/** Python's seq.replace(x x, x) on ids: each doubled x, left to right without overlap, becomes one. */
+export function collapseDoubled(ids: readonly number[], x: number): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < ids.length; i++) {
+    out.push(ids[i]);
+    if (ids[i] === x && ids[i + 1] === x) i++;
+  }
+  return out;
 }
 
 function mismatch(found: number, p: MediaPlaceholder, what: string): WebvlmError {
@@ -224,14 +263,21 @@ function countOf(text: string, token: string): number {
   return n;
 }
 
-/** Expands each occurrence of `token` in rendered text, in order: the k-th becomes counts[k] copies. */
-export function expandPlaceholderText(text: string, token: string, p: MediaPlaceholder): string {
+/**
+ * Expands each occurrence of `token` in rendered text, in order: the k-th becomes counts[k] copies
+ * (or its expansion, spelled by `contentOf`), then collapses doubled `collapseDoubled` tokens.
+ */
+export function expandPlaceholderText(text: string, token: string, p: MediaPlaceholder, contentOf: (id: number) => string = () => token): string {
   checkCounts(p);
   const found = countOf(text, token);
   if (found !== p.counts.length) throw mismatch(found, p, token);
   if (found === 0) return text;
   let k = 0;
-  return text.split(token).reduce((acc, piece, i) => (i === 0 ? piece : acc + token.repeat(p.counts[k++]) + piece), "");
+  const spell = (j: number): string => (p.expansions ? p.expansions[j].map((id) => (id === p.tokenId ? token : contentOf(id))).join("") : token.repeat(p.counts[j]));
+  const out = text.split(token).reduce((acc, piece, i) => (i === 0 ? piece : acc + spell(k++) + piece), "");
+  if (p.collapseDoubled === undefined) return out;
+  const c = contentOf(p.collapseDoubled);
+  return out.split(c + c).join(c);
 }
 
 /**
@@ -254,10 +300,12 @@ export function expandPlaceholderIds(ids: readonly number[], placeholders: reado
   const out: number[] = [];
   for (const id of ids) {
     const e = byId.get(id);
-    const n = e ? e.p.counts[e.next++] : 1;
-    for (let j = 0; j < n; j++) out.push(id);
+    if (e) for (const x of itemIds(e.p, e.next++)) out.push(x);
+    else out.push(id);
   }
-  return out;
+  let collapsed = out;
+  for (const p of placeholders) if (p.collapseDoubled !== undefined) collapsed = collapseDoubled(collapsed, p.collapseDoubled);
+  return collapsed;
 }
 
 export interface ChatPrompt {
@@ -280,7 +328,11 @@ export function buildChatPrompt(
   for (const p of media) {
     const token = tokenizer.addedTokens.get(p.tokenId)?.content;
     if (token === undefined) throw bad(`placeholder id ${p.tokenId} is not an added token of this tokenizer`, { tokenId: p.tokenId });
-    text = expandPlaceholderText(text, token, p);
+    text = expandPlaceholderText(text, token, p, (id) => {
+      const c = tokenizer.addedTokens.get(id)?.content;
+      if (c === undefined) throw bad(`expansion id ${id} is not an added token of this tokenizer`, { tokenId: id });
+      return c;
+    });
   }
   return { text, ids };
 }

@@ -308,6 +308,12 @@ export class TextTokenizer {
     this.byteLevel = hasDecoder(tokenizerJson.decoder, "ByteLevel");
   }
 
+  /** The id of an added token by its content (e.g. "<image>"), or undefined. */
+  addedTokenId(content: string): number | undefined {
+    for (const a of this.addedTokens.values()) if (a.content === content) return a.id;
+    return undefined;
+  }
+
   encode(text: string, opts: EncodeOptions = {}): number[] {
     const limit = opts.maxInputChars === undefined ? this.maxInputChars : checkMaxInputChars(opts.maxInputChars);
     if (typeof text !== "string") throw bad("tokenizer: encode takes a string");

@@ -193,7 +193,7 @@ for (const fam of TINY_TEXT_FAMILIES) {
 
     test("media is unsupported_feature; no placeholders", async () => {
       const opened = resolveFamily(await readJson(dir, "config.json")).open(await readJson(dir, "config.json"));
-      const proc = opened.createProcessor({});
+      const proc = opened.createProcessor({ preprocessorConfig: {}, processorConfig: {}, addedTokenId: () => undefined });
       assert.deepEqual(await proc.prepare([]), []);
       assert.deepEqual(proc.placeholders([]), []);
       await assert.rejects(proc.prepare([{ kind: "image", source: "x.png", options: {} }]), assertWebvlmError("unsupported_feature", "text-only"));

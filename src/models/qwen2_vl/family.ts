@@ -91,6 +91,6 @@ export const qwen2VLFamily: ModelFamily<Qwen2VLConfig> = {
   parseConfig: parseQwen2VLConfig,
   maxPositions: (c) => c.text.maxPositionEmbeddings ?? 32768,
   eosTokenIds: (c) => c.eosTokenIds,
-  createProcessor: (c, pp) => new Qwen2VLProcessor(c, checkpointPreprocess(pp)),
+  createProcessor: (c, ctx) => new Qwen2VLProcessor(c, checkpointPreprocess(ctx.preprocessorConfig)),
   load: async (gpu, c, source, opts) => new Qwen2VLAdapter(await Qwen2VLModel.load(gpu, c, source, opts)),
 };
