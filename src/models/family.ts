@@ -103,6 +103,17 @@ export interface VlmModel {
   dispose(): void;
 }
 
+/** How a family's processor turns the rendered chat template into ids. */
+export interface PromptStyle {
+  /** Its chat templates read message content only as parts (Idefics2): a string becomes one text part. */
+  stringContentAsParts?: boolean;
+  /**
+   * Tokenize the rendered prompt with the tokenizer's post-processor (BOS), as processors that call
+   * tokenizer(text) on the rendered template do (Idefics2); false when the template writes the BOS.
+   */
+  addSpecialTokens?: boolean;
+}
+
 /** Weight formats by part; families map their tensors onto these three. */
 export interface FormatChoice {
   textLinear: WeightFormat;
@@ -117,6 +128,8 @@ export interface OpenedFamily {
   readonly maxPositions: number;
   /** config.json's eos_token_id(s) (generation_config.json's win in the engine); may be empty. */
   readonly eosTokenIds: readonly number[];
+  /** How the family's processor builds a prompt from its chat template (PromptStyle). */
+  readonly prompt: Required<PromptStyle>;
   createProcessor(ctx: ProcessorContext): MediaProcessor;
   load(gpu: GpuContext, source: TensorSource, opts: WeightLoadOptions & Partial<FormatChoice>): Promise<VlmModel>;
 }
@@ -133,6 +146,8 @@ export interface ModelFamily<C> {
   maxPositions(config: C): number;
   /** config.json's eos ids, when the family's config carries them. */
   eosTokenIds?(config: C): readonly number[];
+  /** How its processor builds a prompt (default: both false, as Qwen2-VL and the text families). */
+  readonly prompt?: PromptStyle;
   createProcessor(config: C, ctx: ProcessorContext): MediaProcessor;
   load(gpu: GpuContext, config: C, source: TensorSource, opts: WeightLoadOptions & Partial<FormatChoice>): Promise<VlmModel>;
 }
@@ -157,6 +172,7 @@ export function registerFamily<C>(f: ModelFamily<C>): RegisteredFamily {
         family: f.name,
         maxPositions: f.maxPositions(config),
         eosTokenIds: f.eosTokenIds?.(config) ?? [],
+        prompt: { stringContentAsParts: f.prompt?.stringContentAsParts ?? false, addSpecialTokens: f.prompt?.addSpecialTokens ?? false },
         createProcessor: (ctx) => f.createProcessor(config, ctx),
         load: (gpu, source, opts) => f.load(gpu, config, source, opts),
       };

@@ -40,6 +40,13 @@ export interface RenderOptions {
   variables?: Record<string, unknown>;
   /** This render's limits, over the template's (see ChatTemplateOptions.limits). */
   limits?: Partial<TemplateLimits>;
+  /**
+   * Give string content to the template as [{type: "text", text}] (Idefics2's template iterates
+   * content parts and would print nothing for a plain string).
+   */
+  stringContentAsParts?: boolean;
+  /** Tokenize with the tokenizer's post-processor (BOS insertion) in buildChatPrompt; default false. */
+  addSpecialTokens?: boolean;
 }
 
 export interface ChatTemplateOptions {
@@ -93,13 +100,13 @@ function normalizePart(p: unknown, where: string): Record<string, unknown> {
   }
 }
 
-export function normalizeMessages(messages: readonly ChatMessage[]): Record<string, unknown>[] {
+export function normalizeMessages(messages: readonly ChatMessage[], stringContentAsParts = false): Record<string, unknown>[] {
   if (!Array.isArray(messages) || messages.length === 0) throw bad("messages must be a non-empty array");
   return messages.map((m, i) => {
     if (m === null || typeof m !== "object" || typeof m.role !== "string") throw bad(`messages[${i}]: needs a string role`);
     const { content, ...rest } = m;
     let c: unknown;
-    if (typeof content === "string") c = content;
+    if (typeof content === "string") c = stringContentAsParts ? [{ type: "text", text: content }] : content;
     else if (content === null || content === undefined) c = ""; // assistant turns with only tool calls
     else if (Array.isArray(content)) c = content.map((p, j) => normalizePart(p, `messages[${i}].content[${j}]`));
     else throw bad(`messages[${i}]: content must be a string or an array of parts`);
@@ -142,7 +149,7 @@ export class ChatTemplate {
     const limits = checkLimits(opts.limits, this.limits);
     const vars = {
       ...opts.variables,
-      messages: normalizeMessages(messages),
+      messages: normalizeMessages(messages, opts.stringContentAsParts),
       add_generation_prompt: opts.addGenerationPrompt ?? false,
       add_vision_id: opts.addVisionId ?? false,
     };
@@ -323,7 +330,7 @@ export function buildChatPrompt(
   opts: RenderOptions = {},
 ): ChatPrompt {
   const rendered = template.render(messages, { ...opts, variables: { ...tokenizer.templateTokens(), ...opts.variables } });
-  const ids = expandPlaceholderIds(tokenizer.encode(rendered), media);
+  const ids = expandPlaceholderIds(tokenizer.encode(rendered, { addSpecialTokens: opts.addSpecialTokens ?? false }), media);
   let text = rendered;
   for (const p of media) {
     const token = tokenizer.addedTokens.get(p.tokenId)?.content;
