@@ -29,7 +29,11 @@ const stopBtn = $<HTMLButtonElement>("stop");
 const sendBtn = $<HTMLButtonElement>("send");
 const dropHint = $("drop-hint");
 
-const HUB: Record<string, string> = { "2b": "Qwen/Qwen2-VL-2B-Instruct", "7b": "Qwen/Qwen2-VL-7B-Instruct" };
+const HUB: Record<string, string> = {
+  "2b": "Qwen/Qwen2-VL-2B-Instruct",
+  "7b": "Qwen/Qwen2-VL-7B-Instruct",
+  "idefics2": "HuggingFaceM4/idefics2-8b-chatty",
+};
 const STORE_KEY = "webvlm-demo";
 const params = new URLSearchParams(location.search);
 // The tiny model: the URL given with ?model=, else where `npm start` serves it.
