@@ -12,7 +12,7 @@ import type { ProgressEvent } from "../loader/progress.ts";
 import { generateStream } from "../generate/loop.ts";
 import { generationConfigDefaults } from "../generate/sampler.ts";
 import type { GenerateChunk, GenerateParams, GenerateResult, StepModel, StepOptions as GenStepOptions } from "../generate/types.ts";
-import type { MediaProcessor, ModelCache, ModelStep, PreparedMedia, VlmModel } from "../models/family.ts";
+import type { MediaProcessor, ModelCache, OpenedFamily, ModelStep, PreparedMedia, VlmModel } from "../models/family.ts";
 import { resolveFamily } from "../models/registry.ts";
 import type { WeightFormat } from "../quant/formats.ts";
 import { buildChatPrompt, ChatTemplate, type ChatMessage as TemplateMessage } from "../tokenizer/chat_template.ts";
@@ -56,6 +56,8 @@ interface Loaded {
   defaults: GenerateParams;
   eosTokenIds: number[];
   processor: MediaProcessor;
+  /** The family's prompt style (string content as parts, BOS from the tokenizer). */
+  prompt: OpenedFamily["prompt"];
   cache: ModelCache;
   /** Token keys (ids, with media content hashes at pad positions) of what the cache holds. */
   cachedKeys: (number | string)[];
@@ -173,6 +175,7 @@ export class Engine {
           // generation_config.json's eos ids, else config.json's (the family's), else the tokenizer's.
           eosTokenIds: eosTokenIds.length ? eosTokenIds : family.eosTokenIds.length ? [...family.eosTokenIds] : [...tokenizer.eosTokenIds],
           processor,
+          prompt: family.prompt,
           cache,
           cachedKeys: [],
         };
@@ -288,7 +291,7 @@ export class Engine {
       const media = await L.processor.prepare(collectMedia(req.messages), req.signal);
       const placeholders = L.processor.placeholders(media);
       const prompt = buildChatPrompt(L.tokenizer, L.template, req.messages as unknown as TemplateMessage[], placeholders,
-        { addGenerationPrompt: true, addVisionId: req.add_vision_id ?? false });
+        { addGenerationPrompt: true, addVisionId: req.add_vision_id ?? false, ...L.prompt });
       if (prompt.ids.length >= L.info.contextLength) {
         throw new WebvlmError("context_length_exceeded", `the prompt has ${prompt.ids.length} tokens; the context holds ${L.info.contextLength}`, {
           promptTokens: prompt.ids.length,
@@ -325,13 +328,13 @@ export class Engine {
         const keep = Math.min(commonPrefix(L.cachedKeys, keys), ids.length - 1);
         L.cache.truncate(keep);
         L.cachedKeys = keys.slice(0, keep);
-        const r = await L.model.prefill(ids, media, L.cache, { read: read(o) });
+        const r = await L.model.prefill(ids, media, L.cache, { read: read(o), signal: o.signal });
         stats.cachedTokens = r.reused;
         L.cachedKeys = keys.slice();
         return toStep(r);
       },
       decode: async (id, o) => {
-        const r = await L.model.decode(id, L.cache, { read: read(o) });
+        const r = await L.model.decode(id, L.cache, { read: read(o), signal: o.signal });
         L.cachedKeys.push(id);
         return toStep(r);
       },

@@ -24,6 +24,7 @@ import { parseQwen2VLConfig, type Qwen2VLConfig } from "../../src/models/qwen2_v
 import { loadQwen2VL, type Qwen2VLCache, type Qwen2VLModel, type VisionItem } from "../../src/models/qwen2_vl/model.ts";
 import { qwen2VLTensorTable } from "../../src/models/qwen2_vl/weights.ts";
 import { checkpointTensorSource, type TensorSource, type WeightLoadOptions } from "../../src/models/common/source.ts";
+import { setPrefillChunkTokens } from "../../src/models/common/step.ts";
 import { resolveFamily } from "../../src/models/registry.ts";
 import { roundTripValues } from "../../src/quant/pack.ts";
 import { buildChatPrompt, ChatTemplate, resolveChatTemplate } from "../../src/tokenizer/chat_template.ts";
@@ -363,6 +364,61 @@ for (const shape of ["tiny-a", "tiny-b"] as const) {
         const e2 = nmse(r2.logits!, promptLogits);
         assert.ok(e1 <= 1e-10 && e2 <= 1e-10, `re-prefill NMSE ${e1}, ${e2}`);
         t.diagnostic(`NMSE vs full prefill: cut inside image ${e1.toExponential(2)}, after images ${e2.toExponential(2)}`);
+      });
+
+      test("chunked prefill: images straddling chunk boundaries give the one-pass logits; an abort between chunks leaves the cache as it was", async (t) => {
+        // A chunk boundary 3 rows into image A (6 pad tokens), so both images straddle some boundary.
+        const firstA = ids.indexOf(config.imageTokenId);
+        const chunk = firstA + 3;
+        const countA = visionTokenCount([imgA.grid], 2);
+        const firstB = ids.indexOf(config.imageTokenId, firstA + countA);
+        const straddles = (first: number, n: number): boolean => Math.floor(first / chunk) !== Math.floor((first + n - 1) / chunk);
+        assert.ok(straddles(firstA, countA), "image A straddles a chunk boundary");
+        const chunks = Math.ceil(ids.length / chunk);
+        assert.ok(chunks >= 3);
+        setPrefillChunkTokens(chunk);
+        try {
+          const cache = model.createCache(ids.length + 1);
+          const full = await countSubmits(() => model.prefill(ids, { images: images() }, cache, { read: "both" }));
+          assert.equal(full.submits, chunks, "one submit per chunk");
+          const e = nmse(full.value.logits!, promptLogits);
+          const eRef = nmse(full.value.logits!, refGen.firstLogits);
+          assert.ok(e <= 1e-10 && eRef <= 1e-6, `chunked logits NMSE vs one pass ${e}, vs reference ${eRef}`);
+          assert.equal(full.value.tokenId, refGen.tokens[0]);
+          assert.equal(full.value.ropeDelta, model.ropeIndex(ids, [imgA.grid, imgB.grid]).ropeDelta);
+
+          // From a cached prefix inside image B: the rest of B is encoded once and copied across chunks.
+          cache.truncate(firstB + 2);
+          const part = await model.prefill(ids, { images: images() }, cache, { read: "logits" });
+          assert.equal(part.reused, firstB + 2);
+          assert.ok(nmse(part.logits!, promptLogits) <= 1e-10);
+
+          // Abort fired during the first chunk's submit: the prefill stops before the second chunk.
+          cache.truncate(firstA + 1);
+          const ac = new AbortController();
+          const queue = gpu.device.queue as GPUQueue & { submit: GPUQueue["submit"] };
+          const original = queue.submit;
+          let submits = 0;
+          queue.submit = function (this: GPUQueue, buffers: Iterable<GPUCommandBuffer>) {
+            if (++submits === 1) ac.abort();
+            return original.call(this, buffers);
+          };
+          try {
+            await assert.rejects(model.prefill(ids, { images: images() }, cache, { read: "logits", signal: ac.signal }), assertWebvlmError("aborted", "aborted"));
+          } finally {
+            queue.submit = original;
+          }
+          assert.equal(submits, 1, "no chunk ran after the abort");
+          assert.equal(cache.length, firstA + 1, "the cache is back at its length before the call");
+          // An already aborted signal runs nothing; then the same cache prefills to the same logits.
+          await assert.rejects(model.prefill(ids, { images: images() }, cache, { signal: ac.signal }), assertWebvlmError("aborted", "aborted"));
+          const again = await model.prefill(ids, { images: images() }, cache, { read: "logits" });
+          assert.ok(nmse(again.logits!, promptLogits) <= 1e-10);
+          cache.dispose();
+          t.diagnostic(`L=${ids.length}, chunks of ${chunk} (${chunks} submits): NMSE vs one pass ${e.toExponential(2)}, vs reference ${eRef.toExponential(2)}`);
+        } finally {
+          setPrefillChunkTokens();
+        }
       });
 
       test("newer checkpoint names (model.language_model.*, model.visual.*) load to the same model", async () => {

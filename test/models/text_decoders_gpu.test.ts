@@ -18,6 +18,7 @@ import { acquireNodeGpu } from "../../src/gpu/node.ts";
 import { openCheckpointDir } from "../../src/loader/file_node.ts";
 import type { SafetensorsCheckpoint } from "../../src/loader/safetensors.ts";
 import { ropeTables } from "../../src/models/common/rope.ts";
+import { setPrefillChunkTokens } from "../../src/models/common/step.ts";
 import { checkpointTensorSource, type TensorSource } from "../../src/models/common/source.ts";
 import type { TextOnlyConfig } from "../../src/models/decoder/family.ts";
 import { decoderTensorTable } from "../../src/models/decoder/names.ts";
@@ -167,6 +168,44 @@ for (const fam of TINY_TEXT_FAMILIES) {
       await model.warmUp(() => steps++);
       assert.equal(steps, 3);
       assert.deepEqual(gpu.uncapturedErrors, []);
+    });
+
+    test("chunked prefill (chunks of 5: sliding windows cut inside chunks) equals the reference; an abort between chunks leaves the cache", async (t) => {
+      assert.ok(model, "loaded by the first test");
+      setPrefillChunkTokens(5);
+      const cache = model.createCache(ids.length + 1);
+      try {
+        const pre = await model.prefill(ids, [], cache, { read: "both" });
+        const e = nmse(pre.logits!, refGen.firstLogits);
+        assert.ok(e < 1e-9, `chunked prefill NMSE ${e}`);
+        assert.equal(pre.tokenId, refGen.tokens[0]);
+        // Abort fired by the first chunk's submit: no second chunk, cache back to its length (3).
+        cache.truncate(3);
+        const ac = new AbortController();
+        const queue = gpu.device.queue as GPUQueue & { submit: GPUQueue["submit"] };
+        const original = queue.submit;
+        let submits = 0;
+        queue.submit = function (this: GPUQueue, buffers: Iterable<GPUCommandBuffer>) {
+          if (++submits === 1) ac.abort();
+          return original.call(this, buffers);
+        };
+        try {
+          await assert.rejects(model.prefill(ids, [], cache, { read: "logits", signal: ac.signal }), assertWebvlmError("aborted", "aborted"));
+        } finally {
+          queue.submit = original;
+        }
+        assert.equal(submits, 1);
+        assert.equal(cache.length, 3);
+        await assert.rejects(model.decode(ids[3], cache, { signal: ac.signal }), assertWebvlmError("aborted", "aborted"));
+        assert.equal(cache.length, 3);
+        const again = await model.prefill(ids, [], cache, { read: "logits" });
+        assert.equal(again.reused, 3);
+        assert.ok(nmse(again.logits!, refGen.firstLogits) < 1e-9);
+        t.diagnostic(`${ids.length} tokens in chunks of 5: NMSE ${e.toExponential(2)}`);
+      } finally {
+        cache.dispose();
+        setPrefillChunkTokens();
+      }
     });
 
     test("rope tables equal the reference's (prompt length and past the original length)", (t) => {

@@ -15,6 +15,36 @@ import type { ModelCache, ReadMode } from "../family.ts";
  */
 export const PREFILL_CHUNK_TOKENS = 512;
 
+let chunkTokens = PREFILL_CHUNK_TOKENS;
+
+/** The prefill chunk size in use (PREFILL_CHUNK_TOKENS unless set). */
+export function prefillChunkTokens(): number {
+  return chunkTokens;
+}
+
+/**
+ * Sets the prefill chunk size for every model in this thread; no argument restores
+ * PREFILL_CHUNK_TOKENS. Tests use small chunks so that tiny prompts span several of them.
+ */
+export function setPrefillChunkTokens(n: number = PREFILL_CHUNK_TOKENS): void {
+  if (!Number.isSafeInteger(n) || n < 1) throw new WebvlmError("bad_request", `prefill chunk size must be an integer >= 1, got ${n}`);
+  chunkTokens = n;
+}
+
+/** [start, end) token ranges of the prompt positions past..total, at most prefillChunkTokens() each. */
+export function prefillChunks(past: number, total: number): [number, number][] {
+  const size = chunkTokens;
+  const out: [number, number][] = [];
+  for (let s = past; s < total; s += size) out.push([s, Math.min(total, s + size)]);
+  return out;
+}
+
+/** Resolves when the GPU has finished the work submitted so far (between prefill chunks). */
+export async function gpuIdle(gpu: GpuContext): Promise<void> {
+  await gpu.device.queue.onSubmittedWorkDone();
+  if (gpu.lostError) throw gpu.lostError;
+}
+
 /** Throws WebvlmError "aborted" when `signal` has fired (between prefill chunks). */
 export function throwIfAborted(signal: AbortSignal | undefined, what = "the request"): void {
   if (signal?.aborted) throw new WebvlmError("aborted", `${what} was aborted`);

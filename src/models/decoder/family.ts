@@ -48,11 +48,11 @@ export class TextOnlyModel implements VlmModel {
 
   prefill(ids: readonly number[], media: readonly PreparedMedia[], cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelPrefill> {
     if (media.length > 0) throw new WebvlmError("unsupported_feature", `${this.family} is a text-only model: images and videos are not supported`);
-    return this.model.prefill(ids, ownCache(cache), { read: opts.read });
+    return this.model.prefill(ids, ownCache(cache), { read: opts.read, signal: opts.signal });
   }
 
   decode(id: number, cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelStep> {
-    return this.model.decode(id, ownCache(cache), { read: opts.read });
+    return this.model.decode(id, ownCache(cache), { read: opts.read, signal: opts.signal });
   }
 
   /** A 2-token prefill and one decode step: every pipeline compiled. */

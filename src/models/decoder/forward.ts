@@ -18,8 +18,11 @@ import type { DecoderConfig } from "./config.ts";
 import type { DecoderWeights } from "./weights.ts";
 
 export interface DecoderForwardOptions {
-  /** Rows whose logits are computed: "last" (prefill / decode, default) or "all". */
-  logits?: "last" | "all";
+  /**
+   * Rows whose logits are computed: "last" (prefill / decode, default), "all", or "none" (a prefill
+   * chunk before the last only fills the caches: no final norm, no lm_head, null returned).
+   */
+  logits?: "last" | "all" | "none";
 }
 
 /**
@@ -41,8 +44,9 @@ export function windowRanges(past: number, S: number, window: number): Uint32Arr
  * place, not released). positions: i32 [rows, L] with one row per rope section (1 for text-only
  * families, 3 for M-RoPE). rope: the inv_freq table and scaling of this forward (ropeTables).
  * caches: one per layer, all holding `past` = caches[0].length rows; this chunk is appended.
- * Returns f32 logits [rows, vocab] (caller releases). Sliding-window key ranges are uploaded on
- * entry, so `rec` must not hold dispatches that still read buffers the caller released into the pool.
+ * Returns f32 logits [rows, vocab] (caller releases), or null for logits "none". Sliding-window key
+ * ranges are uploaded on entry, so `rec` must not hold dispatches that still read buffers the caller
+ * released into the pool.
  */
 export function decoderForward(
   rec: Recorder,
@@ -52,8 +56,38 @@ export function decoderForward(
   positions: Tensor,
   rope: RopeTables,
   caches: readonly KvCache[],
+  opts: DecoderForwardOptions & { logits: "none" },
+): null;
+export function decoderForward(
+  rec: Recorder,
+  cfg: DecoderConfig,
+  w: DecoderWeights,
+  x: Tensor,
+  positions: Tensor,
+  rope: RopeTables,
+  caches: readonly KvCache[],
+  opts?: DecoderForwardOptions & { logits?: "last" | "all" },
+): Tensor;
+export function decoderForward(
+  rec: Recorder,
+  cfg: DecoderConfig,
+  w: DecoderWeights,
+  x: Tensor,
+  positions: Tensor,
+  rope: RopeTables,
+  caches: readonly KvCache[],
+  opts?: DecoderForwardOptions,
+): Tensor | null;
+export function decoderForward(
+  rec: Recorder,
+  cfg: DecoderConfig,
+  w: DecoderWeights,
+  x: Tensor,
+  positions: Tensor,
+  rope: RopeTables,
+  caches: readonly KvCache[],
   opts: DecoderForwardOptions = {},
-): Tensor {
+): Tensor | null {
   const ctx = rec.ctx;
   const H = cfg.hiddenSize;
   const D = cfg.headDim;
@@ -124,6 +158,7 @@ export function decoderForward(
     for (const t of rangeTables.values()) free(t);
   }
 
+  if (opts.logits === "none") return null;
   let rows = x;
   if ((opts.logits ?? "last") === "last" && L > 1) {
     rows = allocTensor(ctx, [1, H], "f32", "decoder.last_row");

@@ -51,12 +51,12 @@ class Qwen2VLAdapter implements VlmModel {
 
   async prefill(ids: readonly number[], media: readonly PreparedMedia[], cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelPrefill> {
     const items = (kind: "image" | "video"): VisionItem[] => media.filter((m) => m.kind === kind).map(visionItem);
-    const r = await this.model.prefill(ids, { images: items("image"), videos: items("video") }, ownCache(cache), { read: opts.read });
+    const r = await this.model.prefill(ids, { images: items("image"), videos: items("video") }, ownCache(cache), { read: opts.read, signal: opts.signal });
     return { tokenId: r.tokenId, logits: r.logits, reused: r.reused };
   }
 
   async decode(id: number, cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelStep> {
-    const r = await this.model.decode(id, ownCache(cache), { read: opts.read });
+    const r = await this.model.decode(id, ownCache(cache), { read: opts.read, signal: opts.signal });
     return { tokenId: r.tokenId, logits: r.logits };
   }
 

@@ -1,7 +1,8 @@
-// Qwen2-VL glue: weights + vision tower + decoder + KV cache. Each forward
-// (prefill, decode step) is one Recorder submit whose only readback is its
-// result (the argmax id and/or the last row of logits).
-import { LayerCaches, StepReader } from "../common/step.ts";
+// Qwen2-VL glue: weights + vision tower + decoder + KV cache. A decode step is one Recorder submit
+// whose only readback is its result (the argmax id and/or the last row of logits); a prefill is one
+// submit per chunk of at most prefillChunkTokens() tokens (the vision tower runs in the first),
+// checking the abort signal between chunks; only the last chunk computes logits.
+import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted } from "../common/step.ts";
 import { WebvlmError } from "../../api/errors.ts";
 import type { GpuContext } from "../../gpu/device.ts";
 import { Recorder } from "../../gpu/recorder.ts";
@@ -35,6 +36,8 @@ export type ReadMode = "argmax" | "logits" | "both";
 
 export interface StepOptions {
   read?: ReadMode;
+  /** Checked between prefill chunks and before a decode step (WebvlmError "aborted"). */
+  signal?: AbortSignal;
   /** Also return the logits as a GPU tensor [1, vocab] (the caller releases it). */
   keepLogits?: boolean;
 }
@@ -162,12 +165,6 @@ export class Qwen2VLModel {
       }
     }
 
-    const posNow = new Int32Array(3 * S);
-    for (let r = 0; r < 3; r++) posNow.set(rope.positions.subarray(r * L + past, (r + 1) * L), r * S);
-    const free: Tensor[] = [];
-    const idsT = uploadTensor(this.gpu, Uint32Array.from(ids.slice(past)), [S], "u32", "prefill.ids");
-    const posT = uploadTensor(this.gpu, posNow, [3, S], "i32", "prefill.positions");
-    free.push(idsT, posT);
     let pixels: Tensor | null = null;
     if (toEncode.length > 0) {
       const pv = new Float32Array(toEncode.reduce((a, it) => a + it.pixelValues!.length, 0));
@@ -177,35 +174,62 @@ export class Qwen2VLModel {
         o += it.pixelValues!.length;
       }
       pixels = this.uploadPixels(pv, toEncode.map((it) => it.grid));
-      free.push(pixels);
     }
 
-    const rec = new Recorder(this.gpu);
+    // One submit per chunk; the vision items are encoded once, in the first chunk's submit, and each
+    // chunk copies the rows of its own pad positions (an image may straddle a chunk boundary).
+    let enc: Tensor | null = null;
+    const source = (it: VisionItem): { t: Tensor; row: number } => (it.embeds ? { t: it.embeds, row: 0 } : { t: enc!, row: encodedRow.get(it)! });
     try {
-      const x = embedding(rec, idsT, this.weights.text.embed);
-      free.push(x);
-      if (pixels) {
-        const enc = encodeVision(rec, c.vision, this.weights.vision, pixels, toEncode.map((it) => it.grid));
-        free.push(enc);
-        this.copyRuns(rec, copies, x, (it) => (it.embeds ? { t: it.embeds, row: 0 } : { t: enc, row: encodedRow.get(it)! }));
-      } else {
-        this.copyRuns(rec, copies, x, (it) => ({ t: it.embeds!, row: 0 }));
+      for (const [start, end] of prefillChunks(past, L)) {
+        throwIfAborted(opts.signal);
+        const last = end === L;
+        const rec = new Recorder(this.gpu);
+        if (pixels) {
+          enc = encodeVision(rec, c.vision, this.weights.vision, pixels, toEncode.map((it) => it.grid));
+          this.gpu.pool.release(pixels.buffer); // recorded: later users come after in stream order
+          pixels = null;
+        }
+        const n = end - start;
+        const pos = new Int32Array(3 * n);
+        for (let r = 0; r < 3; r++) pos.set(rope.positions.subarray(r * L + start, r * L + end), r * n);
+        const chunkFree: Tensor[] = [];
+        try {
+          const idsT = uploadTensor(this.gpu, Uint32Array.from(ids.slice(start, end)), [n], "u32", "prefill.ids");
+          chunkFree.push(idsT);
+          const posT = uploadTensor(this.gpu, pos, [3, n], "i32", "prefill.positions");
+          chunkFree.push(posT);
+          const x = embedding(rec, idsT, this.weights.text.embed);
+          chunkFree.push(x);
+          this.copyRuns(rec, runsInChunk(copies, start - past, end - past), x, source);
+          if (!last) {
+            textForward(rec, c.text, this.weights.text, x, posT, cache.layers, { logits: "none" });
+            rec.submit();
+          } else {
+            const logits = textForward(rec, c.text, this.weights.text, x, posT, cache.layers, { logits: "last" });
+            const result = await this.finish(rec, logits, opts);
+            cache.ropeDelta = rope.ropeDelta;
+            return { ...result, ...rope, reused: past, computed: S };
+          }
+        } finally {
+          for (const t of chunkFree) this.gpu.pool.release(t.buffer);
+        }
+        await gpuIdle(this.gpu); // one chunk at a time, so that an abort takes effect between chunks
       }
-      const logits = textForward(rec, c.text, this.weights.text, x, posT, cache.layers, { logits: "last" });
-      const result = await this.finish(rec, logits, opts);
-      cache.ropeDelta = rope.ropeDelta;
-      return { ...result, ...rope, reused: past, computed: S };
+      throw new WebvlmError("internal", "prefill: no chunk to run");
     } catch (e) {
       cache.truncate(past);
       throw e;
     } finally {
-      for (const t of free) this.gpu.pool.release(t.buffer);
+      if (pixels) this.gpu.pool.release(pixels.buffer);
+      if (enc) this.gpu.pool.release(enc.buffer);
     }
   }
 
   /** One token at cache index cache.length, position cache.length + ropeDelta on all three rows. */
   async decode(id: number, cache: Qwen2VLCache, opts: StepOptions = {}): Promise<StepResult> {
     this.checkIds([id]);
+    throwIfAborted(opts.signal);
     const past = cache.length;
     if (past === 0) throw new WebvlmError("bad_request", "decode: empty cache (prefill first)");
     if (past + 1 > cache.maxSeq) {
@@ -301,7 +325,18 @@ export class Qwen2VLModel {
   }
 }
 
-interface CopyRun {
+/** The parts of `runs` (destinations relative to `past`) in chunk rows [lo, hi), re-based to lo. */
+export function runsInChunk(runs: readonly CopyRun[], lo: number, hi: number): CopyRun[] {
+  const out: CopyRun[] = [];
+  for (const r of runs) {
+    const a = Math.max(r.dst, lo);
+    const b = Math.min(r.dst + r.rows, hi);
+    if (a < b) out.push({ item: r.item, srcRow: r.srcRow + (a - r.dst), dst: a - lo, rows: b - a });
+  }
+  return out;
+}
+
+export interface CopyRun {
   item: VisionItem;
   /** First row within the item's embeddings. */
   srcRow: number;

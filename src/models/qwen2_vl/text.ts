@@ -50,7 +50,8 @@ function decoderOf(t: Qwen2VLTextConfig): { cfg: DecoderConfig; rope: RopeTables
 /**
  * Runs L new tokens through the decoder: inputsEmbeds f32 [L, hidden] is the residual stream
  * (overwritten in place, not released); positions i32 [3, L] (t, h, w rows); caches one per layer
- * holding the same `past` rows. Returns f32 logits [rows, vocab], owned by the caller.
+ * holding the same `past` rows. Returns f32 logits [rows, vocab], owned by the caller (null for
+ * logits "none").
  */
 export function textForward(
   rec: Recorder,
@@ -59,8 +60,35 @@ export function textForward(
   inputsEmbeds: Tensor,
   positions: Tensor,
   caches: readonly KvCache[],
+  opts: TextForwardOptions & { logits: "none" },
+): null;
+export function textForward(
+  rec: Recorder,
+  cfg: Qwen2VLTextConfig,
+  w: TextWeights,
+  inputsEmbeds: Tensor,
+  positions: Tensor,
+  caches: readonly KvCache[],
+  opts?: TextForwardOptions & { logits?: "last" | "all" },
+): Tensor;
+export function textForward(
+  rec: Recorder,
+  cfg: Qwen2VLTextConfig,
+  w: TextWeights,
+  inputsEmbeds: Tensor,
+  positions: Tensor,
+  caches: readonly KvCache[],
+  opts?: TextForwardOptions,
+): Tensor | null;
+export function textForward(
+  rec: Recorder,
+  cfg: Qwen2VLTextConfig,
+  w: TextWeights,
+  inputsEmbeds: Tensor,
+  positions: Tensor,
+  caches: readonly KvCache[],
   opts: TextForwardOptions = {},
-): Tensor {
+): Tensor | null {
   const d = decoderOf(cfg);
   return decoderForward(rec, d.cfg, w, inputsEmbeds, positions, d.rope, caches, opts);
 }
