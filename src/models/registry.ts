@@ -2,6 +2,7 @@
 // never names one itself; adding a family is one line in FAMILIES.
 import { WebvlmError } from "../api/errors.ts";
 import { registerFamily, type RegisteredFamily } from "./family.ts";
+import { idefics2Family } from "./idefics2/family.ts";
 import { llamaFamily } from "./llama/family.ts";
 import { mistralFamily } from "./mistral/family.ts";
 import { phi3Family } from "./phi3/family.ts";
@@ -10,6 +11,7 @@ import { qwen2VLFamily } from "./qwen2_vl/family.ts";
 
 const FAMILIES: readonly RegisteredFamily[] = [
   registerFamily(qwen2VLFamily),
+  registerFamily(idefics2Family),
   registerFamily(qwen2Family),
   registerFamily(mistralFamily),
   registerFamily(llamaFamily),

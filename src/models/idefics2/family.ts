@@ -1,0 +1,102 @@
+// Idefics2 as a family behind the engine's contract (models/family.ts): its config parser, its
+// media processor (split / resize / patches, <fake><image>x n<fake> expansion) and the model with
+// its warm-up.
+import { WebvlmError } from "../../api/errors.ts";
+import type { ModelCache, ModelFamily, ModelPrefill, ModelStep, ModelStepOptions, PreparedMedia, ProcessorContext, VlmModel } from "../family.ts";
+import { IDEFICS2_ARCHITECTURES, parseIdefics2Config, type Idefics2Config } from "./config.ts";
+import { parseIdefics2Preprocess } from "./image_processor.ts";
+import { Idefics2Cache, Idefics2Model, type Idefics2ImageItem } from "./model.ts";
+import { Idefics2Processor, type Idefics2ImagePayload } from "./processor.ts";
+
+const FAKE_TOKEN = "<fake_token_around_image>";
+
+function imageItem(m: PreparedMedia): Idefics2ImageItem {
+  const p = m.payload as Idefics2ImagePayload | undefined;
+  if (m.kind !== "image" || !p || !Array.isArray(p.crops) || !p.crops.every((c) => c.patchRows instanceof Float32Array && c.positionIds instanceof Int32Array)) {
+    throw new WebvlmError("internal", "idefics2: media was not prepared by this family's processor");
+  }
+  return { crops: p.crops };
+}
+
+function ownCache(cache: ModelCache): Idefics2Cache {
+  if (!(cache instanceof Idefics2Cache)) throw new WebvlmError("internal", "idefics2: cache from another model");
+  return cache;
+}
+
+/** The processor for a checkpoint: image_seq_len must equal the resampler's latents (§4.3). */
+export function createIdefics2Processor(c: Idefics2Config, ctx: ProcessorContext): Idefics2Processor {
+  const fakeTokenId = ctx.addedTokenId(FAKE_TOKEN);
+  if (fakeTokenId === undefined) {
+    throw new WebvlmError("bad_request", `idefics2: the tokenizer has no ${FAKE_TOKEN} added token`, { token: FAKE_TOKEN });
+  }
+  const preprocess = parseIdefics2Preprocess(ctx.preprocessorConfig, ctx.processorConfig);
+  if (preprocess.imageSeqLen !== c.perceiver.numLatents) {
+    throw new WebvlmError(
+      "bad_request",
+      `processor_config.json: image_seq_len ${preprocess.imageSeqLen} != perceiver_config.resampler_n_latents ${c.perceiver.numLatents}`,
+      { imageSeqLen: preprocess.imageSeqLen, resamplerNLatents: c.perceiver.numLatents },
+    );
+  }
+  return new Idefics2Processor({ patchSize: c.vision.patchSize, imageSize: c.vision.imageSize, imageTokenId: c.imageTokenId, fakeTokenId, preprocess });
+}
+
+/** The engine's view of an Idefics2Model. */
+export class Idefics2Adapter implements VlmModel {
+  constructor(readonly model: Idefics2Model) {}
+
+  createCache(maxSeq: number): Idefics2Cache {
+    return this.model.createCache(maxSeq);
+  }
+
+  async prefill(ids: readonly number[], media: readonly PreparedMedia[], cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelPrefill> {
+    const r = await this.model.prefill(ids, media.map(imageItem), ownCache(cache), { read: opts.read, signal: opts.signal });
+    return { tokenId: r.tokenId, logits: r.logits, reused: r.reused };
+  }
+
+  decode(id: number, cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelStep> {
+    return this.model.decode(id, ownCache(cache), { read: opts.read, signal: opts.signal });
+  }
+
+  /**
+   * One 3x3-patch crop (more rows than the GEMV path takes, so the vision GEMMs compile) in a
+   * prompt of its image tokens and one text token, then one decode step: every pipeline compiled.
+   */
+  async warmUp(onStep?: (done: number, total: number) => void): Promise<void> {
+    const c = this.model.config;
+    const v = c.vision;
+    onStep?.(0, 2);
+    const patches = 9;
+    const crop = {
+      patchesH: 3,
+      patchesW: 3,
+      patchRows: new Float32Array(patches * v.numChannels * v.patchSize * v.patchSize),
+      positionIds: new Int32Array(patches),
+    };
+    const L = c.perceiver.numLatents;
+    const ids = [...new Array<number>(L).fill(c.imageTokenId), c.bosTokenId ?? 0];
+    const cache = this.model.createCache(ids.length + 1);
+    try {
+      await this.model.prefill(ids, [{ crops: [crop] }], cache, { read: "argmax" });
+      onStep?.(1, 2);
+      await this.model.decode(0, cache, { read: "argmax" });
+      onStep?.(2, 2);
+    } finally {
+      cache.dispose();
+    }
+  }
+
+  dispose(): void {
+    this.model.dispose();
+  }
+}
+
+export const idefics2Family: ModelFamily<Idefics2Config> = {
+  name: "idefics2",
+  architectures: IDEFICS2_ARCHITECTURES,
+  modelTypes: ["idefics2"],
+  parseConfig: parseIdefics2Config,
+  maxPositions: (c) => c.text.maxPositionEmbeddings,
+  eosTokenIds: (c) => c.eosTokenIds,
+  createProcessor: createIdefics2Processor,
+  load: async (gpu, c, source, opts) => new Idefics2Adapter(await Idefics2Model.load(gpu, c, source, opts)),
+};

@@ -1,0 +1,276 @@
+// Idefics2 glue: weights + vision tower + connector + the shared Mistral decoder + KV cache.
+// A prefill encodes the images whose tokens lie past the cached prefix (vision + connector, one
+// submit), then runs the new tokens in chunks of at most prefillChunkTokens (one submit each,
+// the abort signal checked between them), each chunk's <image> rows replaced by connector rows
+// (masked_scatter as buffer copies). Positions are 0..T-1. Decode is one submit per token.
+import { WebvlmError } from "../../api/errors.ts";
+import type { GpuContext } from "../../gpu/device.ts";
+import { Recorder } from "../../gpu/recorder.ts";
+import type { Tensor } from "../../gpu/tensor.ts";
+import { uploadTensor } from "../../gpu/transfer.ts";
+import { embedding } from "../../ops/embedding.ts";
+import { ropeTables } from "../common/rope.ts";
+import type { TensorSource, WeightLoadOptions } from "../common/source.ts";
+import { LayerCaches, PREFILL_CHUNK_TOKENS, StepReader, throwIfAborted, type StepReadout } from "../common/step.ts";
+import { decoderForward } from "../decoder/forward.ts";
+import type { ReadMode } from "../family.ts";
+import type { Idefics2Config } from "./config.ts";
+import { connectorForward, perceiverActivation, perceiverKeyRanges } from "./connector.ts";
+import { encodeVision, visionInputs, vitConfigOf, type VisionCrop } from "./vision.ts";
+import { loadIdefics2Weights, releaseIdefics2Weights, type Idefics2Weights } from "./weights.ts";
+
+/** One image of the prompt: its crops in order (with splitting: the 4 sub-images, then the full image). */
+export interface Idefics2ImageItem {
+  crops: readonly VisionCrop[];
+}
+
+export interface Idefics2StepOptions {
+  read?: ReadMode;
+  signal?: AbortSignal;
+}
+
+export interface Idefics2StepResult {
+  tokenId: number | null;
+  logits: Float32Array | null;
+}
+
+export interface Idefics2PrefillResult extends Idefics2StepResult {
+  /** Prompt tokens already in the cache, tokens computed now, and the submits of the chunks. */
+  reused: number;
+  computed: number;
+  chunks: number;
+}
+
+/** Per-layer KV caches; truncate(n) keeps the first n tokens. */
+export class Idefics2Cache extends LayerCaches {}
+
+interface CopyRun {
+  item: Idefics2ImageItem;
+  /** First row within the item's connector rows. */
+  srcRow: number;
+  /** First prompt position. */
+  pos: number;
+  rows: number;
+}
+
+function checkSupported(config: Idefics2Config): void {
+  vitConfigOf(config.vision); // unsupported_feature for vision activations without a kernel
+  perceiverActivation(config.perceiver.hiddenAct);
+  if (config.text.rope.sections.length !== 1) throw new WebvlmError("unsupported_feature", "idefics2: the text rope must take 1-row positions");
+}
+
+export class Idefics2Model {
+  /** Most tokens one prefill submit runs (tests make it small to cut prompts inside an image). */
+  prefillChunkTokens = PREFILL_CHUNK_TOKENS;
+  private readonly reader: StepReader;
+
+  private constructor(
+    readonly gpu: GpuContext,
+    readonly config: Idefics2Config,
+    readonly weights: Idefics2Weights,
+  ) {
+    checkSupported(config);
+    this.reader = new StepReader(gpu);
+  }
+
+  static async load(gpu: GpuContext, config: Idefics2Config, source: TensorSource, opts: WeightLoadOptions = {}): Promise<Idefics2Model> {
+    checkSupported(config);
+    return new Idefics2Model(gpu, config, await loadIdefics2Weights(gpu, config, source, opts));
+  }
+
+  /** A model over weights already on the GPU (benchmarks build random ones of a real shape). */
+  static fromWeights(gpu: GpuContext, config: Idefics2Config, weights: Idefics2Weights): Idefics2Model {
+    return new Idefics2Model(gpu, config, weights);
+  }
+
+  /** Connector rows per image: crops x resampler_n_latents. */
+  imageTokens(item: Idefics2ImageItem): number {
+    return item.crops.length * this.config.perceiver.numLatents;
+  }
+
+  createCache(maxSeq: number): Idefics2Cache {
+    const t = this.config.text;
+    return new Idefics2Cache(this.gpu, LayerCaches.allocate(this.gpu, t.numLayers, maxSeq, t.numKvHeads, t.headDim), maxSeq);
+  }
+
+  /**
+   * Image features f32 [sum crops * L, H] of the items' crops in order (vision tower + connector),
+   * recorded and submitted; the caller releases the tensor (gpu.pool.release(t.buffer)).
+   */
+  encodeImages(items: readonly Idefics2ImageItem[]): Tensor {
+    const crops = items.flatMap((it) => it.crops);
+    const inp = visionInputs(this.config.vision, crops);
+    const L = this.config.perceiver.numLatents;
+    const v = this.config.vision;
+    const patchDim = v.numChannels * v.patchSize * v.patchSize;
+    const n = inp.positionIds.length;
+    // Every upload before anything is recorded (a queue write must not overtake recorded work).
+    const inputs = [
+      uploadTensor(this.gpu, inp.patches, [n, patchDim], "f32", "idefics2.patches"),
+      uploadTensor(this.gpu, inp.positionIds, [n], "i32", "idefics2.position_ids"),
+      uploadTensor(this.gpu, inp.cuSeqlens, [crops.length + 1], "u32", "idefics2.cu_seqlens"),
+      uploadTensor(this.gpu, perceiverKeyRanges(inp.counts, L), [crops.length * L, 2], "u32", "idefics2.perceiver_ranges"),
+    ];
+    const [patches, positionIds, cu, ranges] = inputs;
+    const rec = new Recorder(this.gpu);
+    try {
+      const vision = encodeVision(rec, v, this.weights.vision, patches, positionIds, cu);
+      const out = connectorForward(rec, this.config.perceiver, this.weights.connector, vision, inp.counts, ranges);
+      this.gpu.pool.release(vision.buffer);
+      rec.submit();
+      return out;
+    } finally {
+      for (const t of inputs) this.gpu.pool.release(t.buffer);
+    }
+  }
+
+  /**
+   * Runs the prompt `ids` from the cache's current length on (the first cache.length tokens must be
+   * the cache's). `images` lists every image of the full prompt in order; only those with <image>
+   * tokens past the cached prefix are encoded, and a prefix may end inside an image.
+   */
+  async prefill(ids: readonly number[], images: readonly Idefics2ImageItem[], cache: Idefics2Cache, opts: Idefics2StepOptions = {}): Promise<Idefics2PrefillResult> {
+    this.checkIds(ids);
+    const T = ids.length;
+    const past = cache.length;
+    if (past >= T) throw new WebvlmError("bad_request", `prefill: the cache already holds ${past} tokens of a ${T}-token prompt; truncate it first`);
+    if (T > cache.maxSeq) throw new WebvlmError("context_length_exceeded", `prompt of ${T} tokens exceeds the cache's ${cache.maxSeq}`, { needed: T, maxSeq: cache.maxSeq });
+    const chunk = this.prefillChunkTokens;
+    if (!Number.isSafeInteger(chunk) || chunk < 1) throw new WebvlmError("internal", `idefics2: prefillChunkTokens ${chunk}`);
+    const runs = this.planImages(ids, images, past);
+    const toEncode = [...new Set(runs.map((r) => r.item))];
+    const firstRow = new Map<Idefics2ImageItem, number>();
+    let rows = 0;
+    for (const it of toEncode) {
+      firstRow.set(it, rows);
+      rows += this.imageTokens(it);
+    }
+
+    let features: Tensor | null = null;
+    let chunks = 0;
+    try {
+      throwIfAborted(opts.signal);
+      if (toEncode.length > 0) features = this.encodeImages(toEncode);
+      for (let start = past; ; start += chunk) {
+        const S = Math.min(chunk, T - start);
+        const last = start + S === T;
+        if (chunks > 0) {
+          // Let the previous chunk finish so an abort lands between chunks, not after all of them.
+          await this.gpu.device.queue.onSubmittedWorkDone();
+          throwIfAborted(opts.signal);
+        }
+        chunks++;
+        const r = await this.forwardChunk(ids.slice(start, start + S), start, cache, runs, features, firstRow, last ? (opts.read ?? "argmax") : null);
+        if (last) return { tokenId: r!.tokenId, logits: r!.logits, reused: past, computed: T - past, chunks };
+      }
+    } catch (e) {
+      cache.truncate(past);
+      throw e;
+    } finally {
+      if (features) this.gpu.pool.release(features.buffer);
+    }
+  }
+
+  /** One token at cache index cache.length (position = cache.length). */
+  async decode(id: number, cache: Idefics2Cache, opts: Idefics2StepOptions = {}): Promise<Idefics2StepResult> {
+    this.checkIds([id]);
+    const past = cache.length;
+    if (past === 0) throw new WebvlmError("bad_request", "decode: empty cache (prefill first)");
+    if (past + 1 > cache.maxSeq) throw new WebvlmError("context_length_exceeded", `${past + 1} tokens exceed the cache's ${cache.maxSeq}`, { needed: past + 1, maxSeq: cache.maxSeq });
+    throwIfAborted(opts.signal);
+    try {
+      const r = await this.forwardChunk([id], past, cache, [], null, new Map(), opts.read ?? "argmax");
+      return { tokenId: r!.tokenId, logits: r!.logits };
+    } catch (e) {
+      cache.truncate(past);
+      throw e;
+    }
+  }
+
+  dispose(): void {
+    releaseIdefics2Weights(this.gpu, this.weights);
+    this.reader.dispose();
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  private checkIds(ids: readonly number[]): void {
+    const vocab = this.config.text.vocabSize;
+    for (const id of ids) if (!Number.isInteger(id) || id < 0 || id >= vocab) throw new WebvlmError("bad_request", `token id ${id} outside [0, ${vocab})`);
+  }
+
+  /**
+   * masked_scatter planned on the CPU: the k-th <image> token takes row k of the images' connector
+   * rows (images concatenated in order); counts must match (bad_request). Returns runs of
+   * consecutive positions at or past `past` that take consecutive rows of one image.
+   */
+  private planImages(ids: readonly number[], images: readonly Idefics2ImageItem[], past: number): CopyRun[] {
+    const slots: number[] = [];
+    ids.forEach((id, i) => id === this.config.imageTokenId && slots.push(i));
+    const counts = images.map((it) => this.imageTokens(it));
+    const need = counts.reduce((a, b) => a + b, 0);
+    if (slots.length !== need) {
+      throw new WebvlmError("bad_request", `prompt has ${slots.length} <image> tokens but the ${images.length} image(s) give ${need} rows`, {
+        tokens: slots.length,
+        embeddings: need,
+      });
+    }
+    const runs: CopyRun[] = [];
+    let k = 0;
+    images.forEach((item, j) => {
+      for (let r = 0; r < counts[j]; r++, k++) {
+        const pos = slots[k];
+        if (pos < past) continue;
+        const prev = runs[runs.length - 1];
+        if (prev && prev.item === item && prev.pos + prev.rows === pos && prev.srcRow + prev.rows === r) prev.rows++;
+        else runs.push({ item, srcRow: r, pos, rows: 1 });
+      }
+    });
+    return runs;
+  }
+
+  /**
+   * The forward of `ids` at cache index `start`, image rows copied in from `features`; submitted.
+   * With `read`, its result is read back; without, nothing is (a chunk before the last).
+   */
+  private async forwardChunk(
+    ids: readonly number[], start: number, cache: Idefics2Cache, runs: readonly CopyRun[], features: Tensor | null,
+    firstRow: ReadonlyMap<Idefics2ImageItem, number>, read: ReadMode | null,
+  ): Promise<StepReadout | null> {
+    const S = ids.length;
+    const H = this.config.text.hiddenSize;
+    const rowBytes = H * 4;
+    const idsT = uploadTensor(this.gpu, Uint32Array.from(ids), [S], "u32", "idefics2.ids");
+    const posT = uploadTensor(this.gpu, Int32Array.from({ length: S }, (_, i) => start + i), [S], "i32", "idefics2.positions");
+    const rec = new Recorder(this.gpu);
+    let x: Tensor | null = null;
+    try {
+      x = embedding(rec, idsT, this.weights.text.embed);
+      for (const run of runs) {
+        // The part of the run inside [start, start + S).
+        const lo = Math.max(run.pos, start);
+        const hi = Math.min(run.pos + run.rows, start + S);
+        if (lo >= hi) continue;
+        if (!features) throw new WebvlmError("internal", "idefics2: image rows needed but none encoded");
+        const src = firstRow.get(run.item)! + run.srcRow + (lo - run.pos);
+        rec.copy(
+          { buffer: features.buffer, offset: features.offset + src * rowBytes, size: (hi - lo) * rowBytes },
+          { buffer: x.buffer, offset: x.offset + (lo - start) * rowBytes, size: (hi - lo) * rowBytes },
+        );
+      }
+      const rope = ropeTables(this.config.text.rope, start + S);
+      const logits = decoderForward(rec, this.config.text, this.weights.text, x, posT, rope, cache.layers, { logits: "last" });
+      if (read) return await this.reader.finish(rec, logits, read);
+      rec.submit();
+      this.gpu.pool.release(logits.buffer);
+      return null;
+    } finally {
+      for (const t of [idsT, posT, x]) if (t) this.gpu.pool.release(t.buffer);
+    }
+  }
+}
+
+/** Loads an Idefics2 checkpoint onto the GPU (see WeightLoadOptions for formats). */
+export function loadIdefics2(gpu: GpuContext, config: Idefics2Config, source: TensorSource, opts: WeightLoadOptions = {}): Promise<Idefics2Model> {
+  return Idefics2Model.load(gpu, config, source, opts);
+}
