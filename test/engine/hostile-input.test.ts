@@ -14,6 +14,7 @@ import type { ChatCompletionRequest, ChatMessage } from "../../src/api/types.ts"
 import { acquireNodeGpu } from "../../src/gpu/node.ts";
 import type { GpuContext } from "../../src/gpu/device.ts";
 import { StaticServer } from "../util/static_server.ts";
+import { setPrefillChunkTokens } from "../../src/models/common/step.ts";
 
 const F32 = { quantization: "f32", embedding: "f32", vision: "f32" } as const;
 let dir = "";
@@ -110,6 +111,65 @@ test("break out of an in-thread stream aborts its generation within one decode s
   assert.ok(decodes.count - mark <= 1);
   const s3 = await engine.chat.completions.create({ ...long, stream: true });
   await s3[Symbol.asyncIterator]().return?.();
+  assert.equal(await answer(), reference);
+});
+
+test("an abort during a multi-chunk prefill stops it between chunks; the cache stays consistent and the next request answers", { timeout: 600_000 }, async () => {
+  const loaded = (engine as unknown as { loaded: { cache: { length: number }; cachedKeys: unknown[] } }).loaded;
+  const long = greedy([{ role: "user", content: "Please read this long prompt, word after word, and then answer it briefly in one line." }], { max_tokens: 4 });
+  setPrefillChunkTokens(8);
+  const queue = gpu.device.queue as GPUQueue & { submit: GPUQueue["submit"] };
+  const original = queue.submit;
+  try {
+    // Precondition: this prompt needs several chunks (the request runs more than 2 submits before its first token).
+    let submits = 0;
+    queue.submit = function (this: GPUQueue, b: Iterable<GPUCommandBuffer>) {
+      submits++;
+      return original.call(this, b);
+    };
+    const whole = await engine.chat.completions.create(long);
+    assert.ok(whole.usage.prompt_tokens > 3 * 8, `prompt of ${whole.usage.prompt_tokens} tokens spans several chunks`);
+    assert.ok(submits >= Math.ceil(whole.usage.prompt_tokens / 8), `${submits} submits`);
+    await engine.chat.completions.create(greedy(HELLO)); // the cache now holds another prompt
+
+    // The abort fires during the first chunk's submit: no further chunk runs, no token is produced.
+    const ac = new AbortController();
+    submits = 0;
+    queue.submit = function (this: GPUQueue, b: Iterable<GPUCommandBuffer>) {
+      if (++submits === 1) ac.abort();
+      return original.call(this, b);
+    };
+    const aborted = await engine.chat.completions.create({ ...long, signal: ac.signal });
+    assert.equal(aborted.choices[0].finish_reason, "abort");
+    assert.equal(aborted.usage.completion_tokens, 0);
+    assert.equal(submits, 1, "no chunk after the abort");
+    assert.equal(loaded.cache.length, loaded.cachedKeys.length, "the cache holds exactly what the engine thinks it holds");
+    queue.submit = original;
+
+    // Streaming: the same abort ends the stream with finish_reason "abort" and no content.
+    const ac2 = new AbortController();
+    submits = 0;
+    queue.submit = function (this: GPUQueue, b: Iterable<GPUCommandBuffer>) {
+      if (++submits === 1) ac2.abort();
+      return original.call(this, b);
+    };
+    let finish: string | null = null;
+    let content = "";
+    for await (const c of await engine.chat.completions.create({ ...long, stream: true, signal: ac2.signal })) {
+      content += c.choices[0]?.delta.content ?? "";
+      finish = c.choices[0]?.finish_reason ?? finish;
+    }
+    queue.submit = original;
+    assert.equal(finish, "abort");
+    assert.equal(content, "");
+    assert.equal(submits, 1);
+
+    // Next requests on the same engine: the right answers (chunked prefill included).
+    assert.equal((await engine.chat.completions.create(long)).choices[0].message.content, whole.choices[0].message.content);
+  } finally {
+    queue.submit = original;
+    setPrefillChunkTokens();
+  }
   assert.equal(await answer(), reference);
 });
 
