@@ -1,6 +1,6 @@
 // Idefics2 glue: weights + vision tower + connector + the shared Mistral decoder + KV cache.
 // A prefill encodes the images whose tokens lie past the cached prefix (vision + connector, one
-// submit), then runs the new tokens in chunks of at most prefillChunkTokens (one submit each,
+// submit), then runs the new tokens in chunks of at most prefillChunkTokens() (one submit each,
 // the abort signal checked between them), each chunk's <image> rows replaced by connector rows
 // (masked_scatter as buffer copies). Positions are 0..T-1. Decode is one submit per token.
 import { WebvlmError } from "../../api/errors.ts";
@@ -11,7 +11,7 @@ import { uploadTensor } from "../../gpu/transfer.ts";
 import { embedding } from "../../ops/embedding.ts";
 import { ropeTables } from "../common/rope.ts";
 import type { TensorSource, WeightLoadOptions } from "../common/source.ts";
-import { LayerCaches, PREFILL_CHUNK_TOKENS, StepReader, throwIfAborted, type StepReadout } from "../common/step.ts";
+import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted, type StepReadout } from "../common/step.ts";
 import { decoderForward } from "../decoder/forward.ts";
 import type { ReadMode } from "../family.ts";
 import type { Idefics2Config } from "./config.ts";
@@ -35,7 +35,7 @@ export interface Idefics2StepResult {
 }
 
 export interface Idefics2PrefillResult extends Idefics2StepResult {
-  /** Prompt tokens already in the cache, tokens computed now, and the submits of the chunks. */
+  /** Prompt tokens already in the cache, tokens computed now, and the decoder chunks (one submit each) they took. */
   reused: number;
   computed: number;
   chunks: number;
@@ -60,8 +60,6 @@ function checkSupported(config: Idefics2Config): void {
 }
 
 export class Idefics2Model {
-  /** Most tokens one prefill submit runs (tests make it small to cut prompts inside an image). */
-  prefillChunkTokens = PREFILL_CHUNK_TOKENS;
   private readonly reader: StepReader;
 
   private constructor(
@@ -135,8 +133,6 @@ export class Idefics2Model {
     const past = cache.length;
     if (past >= T) throw new WebvlmError("bad_request", `prefill: the cache already holds ${past} tokens of a ${T}-token prompt; truncate it first`);
     if (T > cache.maxSeq) throw new WebvlmError("context_length_exceeded", `prompt of ${T} tokens exceeds the cache's ${cache.maxSeq}`, { needed: T, maxSeq: cache.maxSeq });
-    const chunk = this.prefillChunkTokens;
-    if (!Number.isSafeInteger(chunk) || chunk < 1) throw new WebvlmError("internal", `idefics2: prefillChunkTokens ${chunk}`);
     const runs = this.planImages(ids, images, past);
     const toEncode = [...new Set(runs.map((r) => r.item))];
     const firstRow = new Map<Idefics2ImageItem, number>();
@@ -151,18 +147,18 @@ export class Idefics2Model {
     try {
       throwIfAborted(opts.signal);
       if (toEncode.length > 0) features = this.encodeImages(toEncode);
-      for (let start = past; ; start += chunk) {
-        const S = Math.min(chunk, T - start);
-        const last = start + S === T;
+      for (const [start, end] of prefillChunks(past, T)) {
         if (chunks > 0) {
-          // Let the previous chunk finish so an abort lands between chunks, not after all of them.
-          await this.gpu.device.queue.onSubmittedWorkDone();
+          // One chunk at a time, so that an abort takes effect between chunks.
+          await gpuIdle(this.gpu);
           throwIfAborted(opts.signal);
         }
         chunks++;
-        const r = await this.forwardChunk(ids.slice(start, start + S), start, cache, runs, features, firstRow, last ? (opts.read ?? "argmax") : null);
+        const last = end === T;
+        const r = await this.forwardChunk(ids.slice(start, end), start, cache, runs, features, firstRow, last ? (opts.read ?? "argmax") : null);
         if (last) return { tokenId: r!.tokenId, logits: r!.logits, reused: past, computed: T - past, chunks };
       }
+      throw new WebvlmError("internal", "prefill: no chunk to run");
     } catch (e) {
       cache.truncate(past);
       throw e;
@@ -259,11 +255,14 @@ export class Idefics2Model {
         );
       }
       const rope = ropeTables(this.config.text.rope, start + S);
+      if (!read) {
+        // A chunk before the last only fills the caches.
+        decoderForward(rec, this.config.text, this.weights.text, x, posT, rope, cache.layers, { logits: "none" });
+        rec.submit();
+        return null;
+      }
       const logits = decoderForward(rec, this.config.text, this.weights.text, x, posT, rope, cache.layers, { logits: "last" });
-      if (read) return await this.reader.finish(rec, logits, read);
-      rec.submit();
-      this.gpu.pool.release(logits.buffer);
-      return null;
+      return await this.reader.finish(rec, logits, read);
     } finally {
       for (const t of [idsT, posT, x]) if (t) this.gpu.pool.release(t.buffer);
     }
