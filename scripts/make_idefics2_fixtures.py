@@ -68,6 +68,18 @@ def make_images():
     }
     for name, im in imgs.items():
         im.save(os.path.join(OUT, name), optimize=False, compress_level=9)
+    # EXIF orientations that load_image's exif_transpose must undo, in each container PIL reads them from.
+    exif_images = {
+        "exif6_31x19.png": (Image.fromarray(smooth_plus_noise(31, 19, 3, 6), "RGB"), 6, {}),
+        "exif5_27x17.jpg": (Image.fromarray(smooth_plus_noise(27, 17, 3, 7), "RGB"), 5, {"quality": 90}),
+        "exif7_20x26.webp": (Image.fromarray(smooth_plus_noise(20, 26, 3, 8), "RGB"), 7, {"lossless": True}),
+    }
+    for o in range(1, 9):
+        exif_images[f"orient{o}_7x5.png"] = (Image.fromarray(smooth_plus_noise(7, 5, 3, 10 + o), "RGB"), o, {})
+    for name, (im, orientation, kw) in exif_images.items():
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        im.save(os.path.join(OUT, name), exif=exif.tobytes(), **kw)
 
 
 def load(name):
@@ -177,6 +189,8 @@ CASES = [
     ("alpha", ["rgba_33x29.png"], {"size": {"longest_edge": 30, "shortest_edge": 28}}, 6, 36),
     ("two_images", ["rgb_30x20.png", "tall_23x90.png"], {"size": {"longest_edge": 64, "shortest_edge": 28}}, 8, 40),
     ("split_two", ["rgb_130x77.png", "rgba_33x29.png"], {"size": {"longest_edge": 40, "shortest_edge": 16}, "do_image_splitting": True}, 5, 35),
+    ("exif_png_split", ["exif6_31x19.png"], {"size": {"longest_edge": 48, "shortest_edge": 12}, "do_image_splitting": True}, 4, 32),
+    ("exif_jpeg_webp", ["exif5_27x17.jpg", "exif7_20x26.webp"], {"size": {"longest_edge": 24, "shortest_edge": 16}}, 4, 24),
     ("bicubic_clip", ["odd_51x37.png"], {"size": {"longest_edge": 40, "shortest_edge": 16}, "resample": 3,
                                          "image_mean": CLIP_MEAN, "image_std": CLIP_STD}, 4, 16),
 ]
@@ -203,8 +217,13 @@ def main():
             "name": name, "images": images, "preprocessor_config": full_cfg, "patch_size": p, "image_size": image_size,
             "pixel_values": blob.add(pv), "pixel_attention_mask": blob.add(mask), "crops": crops,
         })
+    orientations = []
+    for o in range(1, 9):
+        name = f"orient{o}_7x5.png"
+        rgb = load(name)
+        orientations.append({"file": name, "orientation": o, "height": rgb.shape[0], "width": rgb.shape[1], "rgb": blob.add(rgb)})
     with open(os.path.join(OUT, "cases.json"), "w") as f:
-        json.dump({"cases": cases}, f, indent=1)
+        json.dump({"cases": cases, "orientations": orientations}, f, indent=1)
     blob.write(os.path.join(OUT, "cases.bin"))
 
     table = []

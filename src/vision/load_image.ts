@@ -14,6 +14,7 @@ import { isNode } from "../platform.ts";
 import type { DecodedImage } from "./decode_node.ts";
 import type * as DecodeNodeModule from "./decode_node.ts";
 import { decodeImageBrowser, describeFetchFailure, type BrowserImageInput } from "./decode_browser.ts";
+import { applyExifOrientation, exifOrientation } from "./exif_orientation.ts";
 import { MAX_DECODE_PIXELS, precheckImage } from "./image_header.ts";
 
 export { MAX_DECODE_PIXELS };
@@ -34,6 +35,11 @@ export interface LoadImageOptions {
   maxPixels?: number;
   /** How error messages name the image, e.g. "image 2"; default: its URL or path, or "image". */
   label?: string;
+  /**
+   * Apply the EXIF orientation like PIL's ImageOps.exif_transpose (transformers' load_image does;
+   * default false: PIL's open() alone does not). Browsers' createImageBitmap orients by itself.
+   */
+  exifOrientation?: boolean;
 }
 
 const DECODE_NODE = "./decode_node.ts";
@@ -47,6 +53,7 @@ interface Limits {
   maxBytes: number;
   maxPixels: number;
   label: string;
+  exifOrientation: boolean;
 }
 
 function resolveLimits(opts: LoadImageOptions, fallbackLabel: string): Limits {
@@ -55,7 +62,7 @@ function resolveLimits(opts: LoadImageOptions, fallbackLabel: string): Limits {
   if (!(maxBytes > 0) || !(maxPixels > 0)) {
     throw new WebvlmError("bad_request", `bad image limits: maxBytes ${maxBytes}, maxPixels ${maxPixels}`, { maxBytes, maxPixels });
   }
-  return { maxBytes, maxPixels, label: opts.label ?? fallbackLabel };
+  return { maxBytes, maxPixels, label: opts.label ?? fallbackLabel, exifOrientation: opts.exifOrientation ?? false };
 }
 
 function abortError(label: string, stage: string): WebvlmError {
@@ -215,11 +222,14 @@ async function decodeBytes(bytes: Uint8Array, lim: Limits, signal?: AbortSignal)
   // The declared size, before anything is allocated for pixels.
   precheckImage(bytes, lim.maxPixels, lim.label);
   checkAbort(signal, lim.label, "decoding");
-  const img = isNode
-    ? await (await nodeDecoder()).decodeImageNode(bytes, { maxPixels: lim.maxPixels, label: lim.label })
-    : await decodeImageBrowser(bytes, { maxPixels: lim.maxPixels, label: lim.label });
+  if (!isNode) {
+    const img = await decodeImageBrowser(bytes, { maxPixels: lim.maxPixels, label: lim.label });
+    checkAbort(signal, lim.label, "decoding");
+    return img;
+  }
+  const img = await (await nodeDecoder()).decodeImageNode(bytes, { maxPixels: lim.maxPixels, label: lim.label });
   checkAbort(signal, lim.label, "decoding");
-  return img;
+  return lim.exifOrientation ? applyExifOrientation(img, exifOrientation(bytes)) : img;
 }
 
 /**

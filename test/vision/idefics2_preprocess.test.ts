@@ -8,6 +8,8 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { WebvlmError, type WebvlmErrorCode } from "../../src/api/errors.ts";
 import { decodeImageNode } from "../../src/vision/decode_node.ts";
+import { exifOrientation } from "../../src/vision/exif_orientation.ts";
+import { loadImage } from "../../src/vision/load_image.ts";
 import { expandPlaceholderIds, expandPlaceholderText } from "../../src/tokenizer/chat_template.ts";
 import type { MediaRef, PreparedMedia } from "../../src/models/family.ts";
 import {
@@ -33,7 +35,8 @@ interface RequestCase {
 type Entry = Omit<BlobEntry, "dtype"> & { dtype: string };
 
 const json = <T>(name: string): T => JSON.parse(readFileSync(join(DIR, name), "utf8")) as T;
-const cases = json<{ cases: RequestCase[] }>("cases.json").cases;
+interface OrientationCase { file: string; orientation: number; height: number; width: number; rgb: BlobEntry }
+const { cases, orientations } = json<{ cases: RequestCase[]; orientations: OrientationCase[] }>("cases.json");
 const blob = new Uint8Array(readFileSync(join(DIR, "cases.bin")));
 const slice = (e: Entry): ArrayBuffer => blob.slice(e.offset, e.offset + e.length).buffer;
 const f32 = (e: Entry): Float32Array => (assert.equal(e.dtype, "float32"), new Float32Array(slice(e)));
@@ -52,7 +55,8 @@ async function assertRejects(p: Promise<unknown>, code: WebvlmErrorCode, pattern
 for (const c of cases) {
   test(`pixel_values and pixel_attention_mask match the reference: ${c.name}`, async () => {
     const opts = parseIdefics2Preprocess(c.preprocessor_config, {});
-    const images = await Promise.all(c.images.map((f) => decodeImageNode(png(f))));
+    // transformers' load_image: exif_transpose + convert("RGB").
+    const images = await Promise.all(c.images.map((f) => loadImage(png(f), undefined, { exifOrientation: true })));
     const batch = idefics2PixelBatch(images, opts);
     const [n, ch, h, w] = c.pixel_values.shape;
     assert.deepEqual([batch.count, 3, batch.height, batch.width], [n, ch, h, w]);
@@ -91,6 +95,27 @@ test("alpha is dropped, not composited: the RGBA image's pixels are its RGB byte
   for (let i = 0; i < 33 * 29; i++) for (let ch = 0; ch < 3; ch++) {
     if (batch.pixelValues[ch * 33 * 29 + i] !== img.rgb[i * 3 + ch]) assert.fail(`pixel ${i} channel ${ch}`);
   }
+});
+
+test("EXIF orientations 1-8 are undone as PIL's exif_transpose does (opt-in), in PNG, JPEG and WebP", async () => {
+  assert.equal(orientations.length, 8);
+  for (const o of orientations) {
+    const bytes = png(o.file);
+    assert.equal(exifOrientation(bytes), o.orientation, o.file);
+    const img = await loadImage(bytes, undefined, { exifOrientation: true });
+    assert.deepEqual([img.width, img.height], [o.width, o.height], o.file);
+    assert.equal(diffSummary(img.rgb, u8(o.rgb)), null, o.file);
+    // Without the option the loader keeps the stored orientation (PIL's open() alone).
+    const stored = await loadImage(bytes);
+    assert.deepEqual([stored.width, stored.height], [7, 5], o.file);
+  }
+  assert.equal(exifOrientation(png("exif5_27x17.jpg")), 5);
+  assert.equal(exifOrientation(png("exif7_20x26.webp")), 7);
+  assert.equal(exifOrientation(png("rgb_30x20.png")), 1);
+  // Truncated or garbage EXIF never throws: the image keeps its orientation.
+  const jpg = png("exif5_27x17.jpg");
+  for (let cut = 4; cut < 80; cut += 3) assert.ok([1, 5].includes(exifOrientation(jpg.subarray(0, cut))));
+  assert.equal(exifOrientation(new Uint8Array([0xff, 0xd8, 0xff, 0xe1, 0, 10, 0x45, 0x78, 0x69, 0x66, 0, 0, 0x49, 0x49])), 1);
 });
 
 test("resize sizes: the spec's examples and the reference table (§5.3)", () => {

@@ -87,8 +87,8 @@ export class Idefics2Processor implements MediaProcessor {
     for (const ref of refs) {
       if (signal?.aborted) throw new WebvlmError("aborted", "the request was aborted while preparing images");
       const label = `image ${out.length + 1}`;
-      // The shared loader yields RGB8 with alpha dropped, as transformers' load_image + convert("RGB").
-      const img = await loadImage(ref.source, signal, { label });
+      // transformers' load_image: exif_transpose, then convert("RGB") (the shared loader drops alpha).
+      const img = await loadImage(ref.source, signal, { label, exifOrientation: true });
       const subImages = processIdefics2Image(img, preprocess);
       const crops = subImages.map((s, i) =>
         idefics2CropPatches(s, patchSize, imageSize, subImages.length > 1 ? `${label} ${i < 4 ? `crop ${i + 1}` : "(full)"}` : label));
