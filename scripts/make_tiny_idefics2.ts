@@ -30,7 +30,11 @@
 //   embedding's output, so a wrong position id is visible); perceiver latents std 1.
 // - embed_tokens and lm_head rows have norm ~2 (std 2/sqrt(hidden)) and the final norm weight is
 //   LOGIT_STD/2 = 4 (+-10%): logits have std ~8, so greedy picks do not flip on f32 rounding
-//   differences between GPU kernels and the CPU reference.
+//   differences between GPU kernels and the CPU reference. The tied shape uses rows of norm ~1 and
+//   a final norm weight of 8 instead (same logit std): a tied model's logits include h.E[input],
+//   and halving the input embedding's share keeps greedy output from echoing its last token.
+// - Default seeds (1234 for tiny-a, 4321 for tiny-b) were picked so that 16 greedy tokens after a
+//   chat prompt, with or without an image, are mostly distinct (not a repeated token).
 // - Rows of ids the tokenizer cannot produce (>= its size) are scaled by 0.01. With vocab_size
 //   32003 = 32000 + 3 added tokens there are none here; the rule stays for other vocab sizes.
 import { rng, tensorSeed } from "./tiny_random.ts";
@@ -56,7 +60,7 @@ interface Shape {
     fileHidden: number; fileEps: number;
   };
   preprocessor: { longestEdge: number; shortestEdge: number; split: boolean };
-  /** Default weight seed. */
+  /** Default weight seed (see the header). */
   seed: number;
 }
 
@@ -73,7 +77,7 @@ const SHAPES: Record<TinyIdefics2Shape, Shape> = {
     vision: { hidden: 32, layers: 2, heads: 2, intermediate: 64, patch: 8, imageSize: 48 },
     perceiver: { latents: 12, depth: 1, heads: 2, kvHeads: 2, headDim: 20, fileHidden: 96, fileEps: 1e-2 },
     preprocessor: { longestEdge: 64, shortestEdge: 32, split: false },
-    seed: 1234,
+    seed: 4321,
   },
 };
 
@@ -284,7 +288,10 @@ export function tinyIdefics2Tensors(shapeName: TinyIdefics2Shape, tokenizerSize 
 
   // Mistral decoder.
   const t = s.text;
-  const embed: Init = { mean: 0, std: 2 / Math.sqrt(H), validRows: tokenizerSize };
+  // Tied: rows of norm 1 and a final norm weight of LOGIT_STD (logit std still ~8), which halves the
+  // input token's own share of the last hidden state, so the tied model echoes its input less.
+  const embedNorm = t.tied ? 1 : 2;
+  const embed: Init = { mean: 0, std: embedNorm / Math.sqrt(H), validRows: tokenizerSize };
   const m = "model.text_model";
   add(`${m}.embed_tokens.weight`, [IDEFICS2_VOCAB_SIZE, H], embed);
   for (let k = 0; k < t.layers; k++) {
@@ -299,7 +306,7 @@ export function tinyIdefics2Tensors(shapeName: TinyIdefics2Shape, tokenizerSize 
     linear(`${l}.mlp.up_proj`, I, H, false);
     linear(`${l}.mlp.down_proj`, H, I, false);
   }
-  add(`${m}.norm.weight`, [H], { mean: LOGIT_STD / 2, std: (0.1 * LOGIT_STD) / 2 });
+  add(`${m}.norm.weight`, [H], { mean: LOGIT_STD / embedNorm, std: (0.1 * LOGIT_STD) / embedNorm });
   if (!t.tied) add("lm_head.weight", [IDEFICS2_VOCAB_SIZE, H], embed);
   return out;
 }
