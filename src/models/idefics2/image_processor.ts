@@ -233,7 +233,8 @@ export interface Idefics2PixelBatch {
 /**
  * The pad step (§5.7): every (sub-)image of the request zero-padded to the largest height and
  * width over all of them, with its pixel mask. The GPU path does not need this (see patches.ts):
- * it is the view the reference comparison checks.
+ * it is the view the reference comparison checks. Pads whatever do_pad says: unpadded
+ * (do_pad false) images of different sizes cannot form one tensor in transformers either.
  */
 export function padIdefics2Batch(images: readonly Chw32[]): Idefics2PixelBatch {
   if (images.length === 0) throw new WebvlmError("bad_request", "an Idefics2 pixel batch needs at least one image");
