@@ -4,6 +4,7 @@
 // transformers pads every (sub-)image of a request to the request's largest one; padding never
 // changes a valid patch or its position id (patches.ts), so each crop's valid patches are all the
 // GPU needs and the payload keeps them per crop, unpadded.
+import { contentHash } from "../common/content_hash.ts";
 import { WebvlmError } from "../../api/errors.ts";
 import { loadImage } from "../../vision/load_image.ts";
 import type { MediaPlaceholder } from "../../tokenizer/chat_template.ts";
@@ -28,27 +29,12 @@ export interface Idefics2ProcessorOptions {
   preprocess: Idefics2PreprocessOptions;
 }
 
-/** Two independent 32-bit FNV-1a-style hashes over the bytes: a 64-bit content key. */
-function hashBytes(parts: readonly ArrayBufferView[]): string {
-  let h1 = 0x811c9dc5;
-  let h2 = 0x01000193;
-  for (const part of parts) {
-    const b = new Uint8Array(part.buffer, part.byteOffset, part.byteLength);
-    h2 ^= b.length;
-    for (let i = 0; i < b.length; i++) {
-      h1 = Math.imul(h1 ^ b[i], 0x01000193);
-      h2 = Math.imul(h2 ^ b[i], 0x5bd1e995) ^ (h2 >>> 15);
-    }
-  }
-  return `${(h1 >>> 0).toString(16)}${(h2 >>> 0).toString(16)}`;
-}
-
 /** Content key of an image's crops: their sizes, grids and valid patch values. */
 function payloadHash(payload: Idefics2ImagePayload): string {
   const sizes = new Int32Array(1 + payload.crops.length * 4);
   sizes[0] = payload.crops.length;
   payload.crops.forEach((c, k) => sizes.set([c.height, c.width, c.patchesH, c.patchesW], 1 + k * 4));
-  return hashBytes([sizes, ...payload.crops.map((c) => c.patchRows)]);
+  return contentHash([sizes, ...payload.crops.map((c) => c.patchRows)]);
 }
 
 function isPayload(p: unknown): p is Idefics2ImagePayload {

@@ -1,5 +1,6 @@
 // Request media -> the model's pixel_values and grids (Qwen2-VL processor),
 // with a content hash per item so the KV cache can be reused across turns.
+import { contentHash } from "../common/content_hash.ts";
 import { WebvlmError } from "../../api/errors.ts";
 import type { Qwen2VLVisionConfig } from "./config.ts";
 import { normalizeOptionsFromConfig, normalizeRgb8ToChw } from "../../vision/normalize.ts";
@@ -19,7 +20,7 @@ export interface Qwen2VLMedia extends PreparedMedia {
 
 function media(kind: "image" | "video", grid: [number, number, number], pixelValues: Float32Array, merge: number): Qwen2VLMedia {
   const tokens = (grid[0] * grid[1] * grid[2]) / (merge * merge);
-  return { kind, grid, pixelValues, hash: contentHash(pixelValues), tokens, payload: { grid, pixelValues } };
+  return { kind, grid, pixelValues, hash: contentHash([pixelValues]), tokens, payload: { grid, pixelValues } };
 }
 
 // qwen_vl_utils' video budgets (in pixels): per frame and for the whole clip.
@@ -27,18 +28,6 @@ const VIDEO_MIN_PIXELS = 128 * 28 * 28;
 const VIDEO_MAX_PIXELS = 768 * 28 * 28;
 const VIDEO_TOTAL_PIXELS = 24576 * 28 * 28;
 const FRAME_FACTOR = 2;
-
-/** Two independent 32-bit FNV-1a variants over the bytes: a 64-bit content key. */
-function contentHash(v: Float32Array): string {
-  const b = new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-  let h1 = 0x811c9dc5;
-  let h2 = 0x01000193 ^ b.length;
-  for (let i = 0; i < b.length; i++) {
-    h1 = Math.imul(h1 ^ b[i], 0x01000193);
-    h2 = Math.imul(h2 ^ b[i], 0x5bd1e995) ^ (h2 >>> 15);
-  }
-  return `${(h1 >>> 0).toString(16)}${(h2 >>> 0).toString(16)}`;
-}
 
 /**
  * The checkpoint's preprocessing defaults from its preprocessor_config.json:
