@@ -20,6 +20,7 @@ import { TextTokenizer } from "../tokenizer/tokenizer.ts";
 import { collectMedia, generateParams, validateRequest } from "./request.ts";
 import { commonPrefix, mediaKeyedIds } from "./prefix.ts";
 import { pump } from "./pump.ts";
+import { checkEngineLimits, engineLimitError, templateLimits, type EngineLimits } from "./limits.ts";
 import { isNode } from "../platform.ts";
 
 export interface EngineOptions {
@@ -38,6 +39,8 @@ export interface LoadOptions {
   signal?: AbortSignal;
   /** Cache the checkpoint in IndexedDB (default: on in browsers, off in Node); see loader/cache_idb.ts. */
   cache?: boolean | WeightCacheOptions;
+  /** Raise the chat template's and the tokenizer's input limits (engine/limits.ts) for a trusted checkpoint or long prompts. */
+  limits?: EngineLimits;
 }
 
 export interface ModelInfo {
@@ -115,13 +118,19 @@ export class Engine {
     if (requested !== undefined && (typeof requested !== "number" || !Number.isSafeInteger(requested) || requested < 1)) {
       throw new WebvlmError("bad_request", `contextLength must be an integer >= 1 (tokens), got ${String(requested)}`, { param: "contextLength" });
     }
+    const limits = checkEngineLimits(opts.limits);
     return this.enqueue(async () => {
       const checkpoint = await openCheckpoint(location, { onProgress: opts.onProgress, signal: opts.signal, cache: opts.cache });
       try {
         const family = resolveFamily(checkpoint.config).open(checkpoint.config, checkpoint.generationConfig);
-        const tokenizer = new TextTokenizer(checkpoint.tokenizerJson, checkpoint.tokenizerConfig);
+        const tokenizer = new TextTokenizer(checkpoint.tokenizerJson, checkpoint.tokenizerConfig, {}, { maxInputChars: limits.tokenizerInputChars });
         if (!checkpoint.chatTemplate) throw new WebvlmError("bad_request", "the checkpoint has no chat template");
-        const template = new ChatTemplate(checkpoint.chatTemplate, { name: `${checkpoint.description}'s chat template` });
+        let template: ChatTemplate;
+        try {
+          template = new ChatTemplate(checkpoint.chatTemplate, { name: `${checkpoint.description}'s chat template`, limits: templateLimits(limits) });
+        } catch (e) {
+          throw engineLimitError(e);
+        }
         const formats = {
           textLinear: opts.quantization ?? "q4",
           embedding: opts.embedding ?? "f16",
@@ -290,8 +299,13 @@ export class Engine {
       if (req.signal?.aborted) throw new WebvlmError("aborted", "the request was aborted before it started");
       const media = await L.processor.prepare(collectMedia(req.messages), req.signal);
       const placeholders = L.processor.placeholders(media);
-      const prompt = buildChatPrompt(L.tokenizer, L.template, req.messages as unknown as TemplateMessage[], placeholders,
-        { addGenerationPrompt: true, addVisionId: req.add_vision_id ?? false, ...L.prompt });
+      let prompt: ReturnType<typeof buildChatPrompt>;
+      try {
+        prompt = buildChatPrompt(L.tokenizer, L.template, req.messages as unknown as TemplateMessage[], placeholders,
+          { addGenerationPrompt: true, addVisionId: req.add_vision_id ?? false, ...L.prompt });
+      } catch (e) {
+        throw engineLimitError(e);
+      }
       if (prompt.ids.length >= L.info.contextLength) {
         throw new WebvlmError("context_length_exceeded", `the prompt has ${prompt.ids.length} tokens; the context holds ${L.info.contextLength}`, {
           promptTokens: prompt.ids.length,

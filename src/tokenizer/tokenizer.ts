@@ -321,7 +321,7 @@ export class TextTokenizer {
       throw new WebvlmError("limit_exceeded",
         `tokenizer: an input of ${text.length} characters is over the limit of ${limit} characters per encode; ` +
         `shorten it, or raise the limit with loadTokenizer(files, { maxInputChars }) or encode(text, { maxInputChars })`,
-        { limit, length: text.length });
+        { limit, length: text.length, option: "maxInputChars" });
     }
     return this.tok.encode(text, { add_special_tokens: opts.addSpecialTokens ?? false }).ids;
   }

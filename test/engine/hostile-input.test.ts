@@ -232,6 +232,33 @@ test("a null request, message or content part is a bad_request naming messages",
   assert.equal(await answer(), reference);
 });
 
+test("template and tokenizer limits are raised by load({ limits }); the limit_exceeded messages name the option", { timeout: 600_000 }, async () => {
+  // A checkpoint whose chat template loops 3 x 300000 times before rendering the real prompt (~2M steps).
+  const slow = join(dir, "slow-template");
+  await cp(model, slow, { recursive: true });
+  const tj = JSON.parse(await readFile(join(slow, "chat_template.json"), "utf8")) as { chat_template: string };
+  await writeFile(join(slow, "chat_template.json"), JSON.stringify({ chat_template: `${"{% for i in range(300000) %}{% endfor %}".repeat(3)}${tj.chat_template}` }));
+  await engine.load(slow, { ...F32, contextLength: 256 });
+  const refused = await expectError(engine.chat.completions.create(greedy(HELLO)), "limit_exceeded", undefined, /limits: \{ templateSteps/);
+  assert.doesNotMatch(refused.message, /new ChatTemplate/);
+  assert.equal(refused.details?.option, "limits.templateSteps");
+  await engine.load(slow, { ...F32, contextLength: 256, limits: { templateSteps: 20_000_000 } });
+  assert.equal(await answer(), reference, "the raised limit lets the same template render the same prompt");
+
+  // The tokenizer's input limit: lowered, a prompt is refused naming tokenizerInputChars; raised again, it passes.
+  await engine.load(model, { ...F32, contextLength: 256, limits: { tokenizerInputChars: 40 } });
+  const tooLong = await expectError(engine.chat.completions.create(greedy(HELLO)), "limit_exceeded", undefined, /limits: \{ tokenizerInputChars/);
+  assert.equal(tooLong.details?.option, "limits.tokenizerInputChars");
+  await engine.load(model, { ...F32, contextLength: 256, limits: { tokenizerInputChars: 100_000 } });
+  assert.equal(await answer(), reference);
+
+  // Bad values are refused before anything loads, naming the option; the model stays loaded.
+  for (const limits of [{ templateSteps: 0 }, { tokenizerInputChars: 1.5 }, { templateOutputChars: "many" }, { steps: 5 }]) {
+    await expectError(engine.load(model, { ...F32, limits: limits as never }), "bad_request", `limits.${Object.keys(limits)[0]}`);
+  }
+  assert.equal(await answer(), reference);
+});
+
 test("a failed load() keeps the model loaded before, usable", { timeout: 600_000 }, async () => {
   const info = engine.model;
   assert.ok(info);
