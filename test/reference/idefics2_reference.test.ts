@@ -99,6 +99,16 @@ test("§6.4 bucketize: n == nps repeats bucket 0 and never reaches nps-1; n = np
   }
 });
 
+test("§6.4 buckets and boundaries equal numpy's float32 port (test/fixtures/vision/idefics2/buckets.json)", () => {
+  const fixture = JSON.parse(readFileSync(join(import.meta.dirname, "../fixtures/vision/idefics2/buckets.json"), "utf8")) as {
+    boundaries: Record<string, number[]>;
+    buckets: { nps: number; n: number; buckets: number[] }[];
+  };
+  for (const [nps, bd] of Object.entries(fixture.boundaries)) assert.deepEqual([...bucketBoundaries(Number(nps))], bd, `boundaries nps ${nps}`);
+  assert.ok(fixture.buckets.length > 100);
+  for (const { nps, n, buckets } of fixture.buckets) assert.deepEqual(bucketCoords(n, nps), buckets, `nps ${nps} n ${n}`);
+});
+
 test("§6.2/6.4 patch mask counts only complete patches; position ids fill the valid top-left block row-major, 0 elsewhere", () => {
   // One 20x15 image padded to 24x24, patch 7: a 3x3 grid with 20//7 = 2 complete rows and 15//7 = 2 columns.
   const hMax = 24, wMax = 24, p = 7;
