@@ -58,6 +58,8 @@ interface Loaded {
   template: ChatTemplate;
   defaults: GenerateParams;
   eosTokenIds: number[];
+  /** generation_config.json's bad_words_ids (never generated). */
+  badWordsIds: number[][];
   processor: MediaProcessor;
   /** The family's prompt style (string content as parts, BOS from the tokenizer). */
   prompt: OpenedFamily["prompt"];
@@ -137,7 +139,7 @@ export class Engine {
           vision: opts.vision ?? "f16",
         } as const;
         const contextLength = Math.min(requested ?? 4096, family.maxPositions);
-        const { sampling, eosTokenIds } = generationConfigDefaults(checkpoint.generationConfig);
+        const { sampling, eosTokenIds, badWordsIds } = generationConfigDefaults(checkpoint.generationConfig);
         const processor = family.createProcessor({
           preprocessorConfig: jsonObject(checkpoint.preprocessorConfig),
           processorConfig: jsonObject(checkpoint.processorConfig),
@@ -183,6 +185,7 @@ export class Engine {
           defaults: sampling,
           // generation_config.json's eos ids, else config.json's (the family's), else the tokenizer's.
           eosTokenIds: eosTokenIds.length ? eosTokenIds : family.eosTokenIds.length ? [...family.eosTokenIds] : [...tokenizer.eosTokenIds],
+          badWordsIds,
           processor,
           prompt: family.prompt,
           cache,
@@ -318,6 +321,7 @@ export class Engine {
       const gen = generateStream(this.stepModel(L, prompt.ids, keys, media, stats), prompt.ids, params, {
         tokenizer: L.tokenizer,
         eosTokenIds: L.eosTokenIds,
+        badWordsIds: L.badWordsIds,
         contextLength: L.info.contextLength,
         signal: req.signal,
       });

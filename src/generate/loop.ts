@@ -13,13 +13,15 @@
 //   string, the max_tokens-th token) is never fed back through decode().
 // - eos / stop ids count as completion tokens and appear in tokenIds (and in
 //   logprobs), never in text. Tokens of a stop string likewise.
-// - Full logits are requested from the model only when sampling, penalties
-//   or logprobs need them; plain greedy accepts the model's own argmax id.
+// - Full logits are requested from the model only when sampling, penalties,
+//   bad_words_ids or logprobs need them; plain greedy accepts the model's own
+//   argmax id. Logprobs are always those of the raw logits.
 // - finish "stop" wins over "length" when the last allowed token completes a
 //   stop condition (vLLM's order).
 import { WebvlmError } from "../api/errors.ts";
 import { StreamingDetokenizer } from "./detokenizer.ts";
 import { MAX_TOP_LOGPROBS, TokenInfo, tokenLogprob } from "./logprobs.ts";
+import { BadWords } from "./bad_words.ts";
 import { Sampler } from "./sampler.ts";
 import { StopStringMatcher, normalizeStop, stopTokenSet } from "./stop.ts";
 import type {
@@ -85,8 +87,10 @@ export async function* generateStream(
   }
   if (topN > 0 && !wantLogprobs) throw new WebvlmError("bad_request", "top_logprobs requires logprobs: true", { param: "top_logprobs" });
   const sampler = new Sampler(params, promptIds);
+  const badWords = new BadWords(opts.badWordsIds ?? [], opts.eosTokenIds, promptIds);
   const signal = opts.signal;
-  const stepOpts: StepOptions = { needLogits: sampler.needsLogits || wantLogprobs, signal };
+  // Bad words need the logits: the model's own argmax may be a banned id.
+  const stepOpts: StepOptions = { needLogits: sampler.needsLogits || wantLogprobs || badWords.active, signal };
 
   const detok = new StreamingDetokenizer(opts.tokenizer, { context: promptIds.slice(-CONTEXT_IDS) });
   const matcher = new StopStringMatcher(stops);
@@ -121,7 +125,7 @@ export async function* generateStream(
   const pick = (res: StepResult): number => {
     let id: number;
     if ("logits" in res) {
-      id = sampler.sample(res.logits);
+      id = sampler.sample(res.logits, badWords.banned());
       if (info) {
         const lp = tokenLogprob(res.logits, id, topN, info);
         pendingLp.push(lp);
@@ -149,6 +153,7 @@ export async function* generateStream(
     tokenIds.push(id);
     pendingIds.push(id);
     sampler.accept(id);
+    badWords.accept(id);
     if (stopIds.has(id)) { finish = "stop"; stopReason = id; break; }
     const r = matcher.push(detok.push(id));
     if (r.stopped !== null) { released = r.text; finish = "stop"; stopReason = r.stopped; break; }

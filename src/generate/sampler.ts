@@ -13,6 +13,8 @@
 //      removed", written from the other end); at least one token kept
 //   6. min_p: softmax over the survivors; drop p < min_p * p_max
 //   7. draw from the softmax of the survivors with the PRNG.
+// Banned ids (generation_config's bad_words_ids, bad_words.ts) are set to -Infinity after the
+// penalties, so that greedy and every filter skip them.
 // top_k = 1 is treated as greedy (deterministic argmax, lowest id on ties,
 // no PRNG draw); HF would draw among exact ties at the maximum.
 //
@@ -21,6 +23,7 @@
 // outputs. Same seed + same logits => same tokens. Unseeded requests draw a
 // random 32-bit seed from crypto.getRandomValues and report it.
 import { WebvlmError } from "../api/errors.ts";
+import { parseBadWordsIds } from "./bad_words.ts";
 import type { SamplingParams } from "./types.ts";
 
 export interface ResolvedSampling {
@@ -38,10 +41,12 @@ function bad(param: string, msg: string): WebvlmError {
   return new WebvlmError("bad_request", `${param}: ${msg}`, { param });
 }
 
+/** A finite number in [lo, hi] ((lo, hi] when loOpen); hi = Infinity: no upper bound (and none printed). */
 function num(v: unknown, param: string, dflt: number, lo: number, hi: number, loOpen = false): number {
   if (v === undefined || v === null) return dflt;
-  if (typeof v !== "number" || !Number.isFinite(v)) throw bad(param, "must be a finite number");
-  if (v < lo || v > hi || (loOpen && v === lo)) throw bad(param, `must be in ${loOpen ? "(" : "["}${lo}, ${hi}], got ${v}`);
+  const range = hi === Infinity ? `a finite number ${loOpen ? ">" : ">="} ${lo}` : `a number in ${loOpen ? "(" : "["}${lo}, ${hi}]`;
+  if (typeof v !== "number" || !Number.isFinite(v)) throw bad(param, `must be ${range}, got ${String(v)}`);
+  if (v < lo || v > hi || (loOpen && v === lo)) throw bad(param, `must be ${range}, got ${v}`);
   return v;
 }
 
@@ -53,11 +58,11 @@ export function resolveSamplingParams(p: SamplingParams): ResolvedSampling {
   if (seed !== null && !Number.isSafeInteger(seed)) throw bad("seed", `must be a safe integer, got ${seed}`);
   return {
     // OpenAI caps temperature at 2; local runtimes allow more, so only finiteness and sign are checked.
-    temperature: num(p.temperature, "temperature", 1, 0, Number.MAX_VALUE),
+    temperature: num(p.temperature, "temperature", 1, 0, Infinity),
     topP: num(p.topP, "top_p", 1, 0, 1, true),
     topK: topK < 0 ? 0 : topK,
     minP: num(p.minP, "min_p", 0, 0, 1),
-    repetitionPenalty: num(p.repetitionPenalty, "repetition_penalty", 1, 0, Number.MAX_VALUE, true),
+    repetitionPenalty: num(p.repetitionPenalty, "repetition_penalty", 1, 0, Infinity, true),
     frequencyPenalty: num(p.frequencyPenalty, "frequency_penalty", 0, -2, 2),
     presencePenalty: num(p.presencePenalty, "presence_penalty", 0, -2, 2),
     seed,
@@ -65,10 +70,10 @@ export function resolveSamplingParams(p: SamplingParams): ResolvedSampling {
 }
 
 /**
- * Sampling defaults and eos ids from a checkpoint's generation_config.json.
+ * Sampling defaults, eos ids and bad_words_ids from a checkpoint's generation_config.json.
  * do_sample false (or absent, HF's default) means greedy (temperature 0).
  */
-export function generationConfigDefaults(cfg: unknown): { sampling: SamplingParams; eosTokenIds: number[] } {
+export function generationConfigDefaults(cfg: unknown): { sampling: SamplingParams; eosTokenIds: number[]; badWordsIds: number[][] } {
   const c = (cfg !== null && typeof cfg === "object" ? cfg : {}) as Record<string, unknown>;
   const n = (k: string): number | undefined => (typeof c[k] === "number" ? (c[k] as number) : undefined);
   const sampling: SamplingParams = {};
@@ -80,7 +85,7 @@ export function generationConfigDefaults(cfg: unknown): { sampling: SamplingPara
   if (n("repetition_penalty") !== undefined) sampling.repetitionPenalty = n("repetition_penalty");
   const e = c.eos_token_id;
   const eosTokenIds = typeof e === "number" ? [e] : Array.isArray(e) ? e.filter((x): x is number => typeof x === "number") : [];
-  return { sampling, eosTokenIds };
+  return { sampling, eosTokenIds, badWordsIds: parseBadWordsIds(c.bad_words_ids) };
 }
 
 // ---------------------------------------------------------------- PRNG
@@ -352,9 +357,20 @@ export class Sampler {
     return s;
   }
 
-  /** Picks the next token. Does not record it: call accept(). */
-  sample(logits: Float32Array): number {
-    const scores = this.penalized ? this.applyPenalties(logits) : logits;
+  /**
+   * Picks the next token, never one of `banned` (bad_words_ids: their scores become -Infinity in
+   * a copy; the logits are not modified). Does not record it: call accept().
+   */
+  sample(logits: Float32Array, banned: readonly number[] = []): number {
+    let scores = this.penalized ? this.applyPenalties(logits) : logits;
+    if (banned.length > 0) {
+      if (scores === logits) {
+        if (this.processed.length !== logits.length) this.processed = new Float32Array(logits.length);
+        this.processed.set(logits);
+        scores = this.processed;
+      }
+      for (const id of banned) if (id >= 0 && id < scores.length) scores[id] = -Infinity;
+    }
     if (this.greedy) {
       const id = argmax(scores);
       if (id < 0) throw new WebvlmError("internal", "sampler: every logit is -Infinity or NaN");

@@ -88,6 +88,8 @@ export interface GenerateOptions {
   eosTokenIds: readonly number[];
   /** Model context length: generation stops with "length" when prompt + generated reaches it. */
   contextLength?: number;
+  /** generation_config.json's bad_words_ids (bad_words.ts): ids never chosen (their logprobs are still reported raw). */
+  badWordsIds?: readonly (readonly number[])[];
   signal?: AbortSignal;
   /** Receives each chunk as it is ready; a returned promise is awaited (back-pressure). */
   onChunk?: (chunk: GenerateChunk) => void | Promise<void>;

@@ -221,10 +221,23 @@ test("parameter validation and generation_config defaults", () => {
   bad({ presencePenalty: -2.5 });
   bad({ seed: 1.5 });
   assert.deepEqual(resolveSamplingParams({ topK: -1 }).topK, 0);
+  // Ranges without an upper bound are worded as such (no 1.79e308 printed).
+  const message = (p: object): string => {
+    try {
+      resolveSamplingParams(p);
+    } catch (e) {
+      return (e as Error).message;
+    }
+    return "";
+  };
+  assert.equal(message({ temperature: -1 }), "temperature: must be a finite number >= 0, got -1");
+  assert.equal(message({ temperature: Infinity }), "temperature: must be a finite number >= 0, got Infinity");
+  assert.equal(message({ repetitionPenalty: 0 }), "repetition_penalty: must be a finite number > 0, got 0");
+  assert.equal(message({ topP: 1.5 }), "top_p: must be a number in (0, 1], got 1.5");
   const d = generationConfigDefaults({ do_sample: true, temperature: 0.01, top_k: 1, top_p: 0.001, eos_token_id: [151645, 151643] });
-  assert.deepEqual(d, { sampling: { temperature: 0.01, topK: 1, topP: 0.001 }, eosTokenIds: [151645, 151643] });
+  assert.deepEqual(d, { sampling: { temperature: 0.01, topK: 1, topP: 0.001 }, eosTokenIds: [151645, 151643], badWordsIds: [] });
   assert.deepEqual(generationConfigDefaults({ eos_token_id: 2, repetition_penalty: 1.05 }), {
-    sampling: { temperature: 0, repetitionPenalty: 1.05 }, eosTokenIds: [2],
+    sampling: { temperature: 0, repetitionPenalty: 1.05 }, eosTokenIds: [2], badWordsIds: [],
   });
 });
 
