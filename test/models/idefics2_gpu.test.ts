@@ -197,6 +197,29 @@ for (const shape of ["tiny-a", "tiny-b"] as const satisfies readonly TinyIdefics
       t.diagnostic(`${subImages.length} crops (${[...sizes].join(", ")} patches) -> [${feats.shape}] NMSE=${e.toExponential(2)}`);
     });
 
+    test("crops encoded in groups under a small binding budget, the projection in row passes: same features", async (t) => {
+      const rowsPerCrop = images.flatMap((it) => it.crops.map((c) => c.patchesH * c.patchesW));
+      const saved = model.visionBindingBytes;
+      // Room for the largest crop alone: several groups, and projection passes of fewer rows than a crop.
+      const c = config;
+      const width = Math.max(3 * c.vision.hiddenSize, c.vision.intermediateSize, c.text.hiddenSize, 2 * c.perceiver.numKvHeads * c.perceiver.headDim, c.perceiver.numHeads * c.perceiver.headDim);
+      model.visionBindingBytes = (Math.max(...rowsPerCrop) + c.perceiver.numLatents) * width * 4;
+      const passRows = Math.floor(model.visionBindingBytes / (8 * c.text.intermediateSize));
+      try {
+        assert.ok(passRows < Math.max(...rowsPerCrop), `projection passes of ${passRows} rows`);
+        const feats = model.encodeImages(images);
+        const got = await readF32(gpu, feats);
+        gpu.pool.release(feats.buffer);
+        const e = nmse(got, refFeatures);
+        assert.ok(e <= 1e-6, `grouped image features NMSE ${e}`);
+        model.visionBindingBytes = 1024;
+        assert.throws(() => model.encodeImages(images), assertWebvlmError("limit_exceeded", "crop"));
+        t.diagnostic(`budget ${(saved / 1e6).toFixed(0)} MB -> ${(((Math.max(...rowsPerCrop) + c.perceiver.numLatents) * width * 4) / 1e3).toFixed(1)} kB: NMSE=${e.toExponential(2)}, projection passes of ${passRows} rows`);
+      } finally {
+        model.visionBindingBytes = saved;
+      }
+    });
+
     test("f32 prompt logits (NMSE <= 1e-6) and 32 greedy tokens equal the reference", async (t) => {
       const run = await gpuGreedy(model, ids, images, GREEDY_TOKENS, config.eosTokenIds, [32000, 32001]);
       greedyCache = run.cache;

@@ -45,7 +45,8 @@ export function perceiverKeyRanges(counts: readonly number[], numLatents: number
 /**
  * vision f32 [n, D] (crops' valid patches concatenated, `counts` per crop) -> image features f32
  * [crops * L, H], crop-major. `ranges` = perceiverKeyRanges(counts, L), uploaded by the caller.
- * The caller releases the result.
+ * `projectionRows`: most rows per modality-projection pass (see modalityProjection). The caller
+ * releases the result.
  */
 export function connectorForward(
   rec: Recorder,
@@ -54,6 +55,7 @@ export function connectorForward(
   vision: Tensor,
   counts: readonly number[],
   ranges: Tensor,
+  projectionRows = Infinity,
 ): Tensor {
   const ctx = rec.ctx;
   const free = (...ts: Tensor[]): void => ts.forEach((t) => ctx.pool.release(t.buffer));
@@ -65,12 +67,7 @@ export function connectorForward(
   const gated = perceiverActivation(cfg.hiddenAct) === "silu" ? siluMulFused : geluTanhMulFused;
   const rowBytes = H * 4;
 
-  // Modality projection: down(silu(gate(x)) * up(x)), the text model's activation (silu).
-  const gu = linear(rec, vision, w.projectionGateUp);
-  const act = siluMulFused(rec, gu);
-  free(gu);
-  const context = linear(rec, act, w.projectionDown);
-  free(act);
+  const context = modalityProjection(rec, w, vision, projectionRows);
 
   // Every crop starts from the same learned latents.
   const lat = allocTensor(ctx, [crops * L, H], "f32", "perceiver.latents");
@@ -123,5 +120,40 @@ export function connectorForward(
   free(context);
   const out = rmsNorm(rec, lat, w.norm, cfg.rmsNormEps);
   free(lat);
+  return out;
+}
+
+/**
+ * The modality projection down(silu(gate(x)) * up(x)) (the text model's activation, silu) over
+ * x f32 [n, D] -> [n, H], at most `maxRows` rows per pass: its gate|up activation is 2 * the text
+ * intermediate size wide (28672 floats a row for idefics2-8b, 0.5 GB for one 980 px crop), so a
+ * split image would pass a binding limit in one pass. Rows are independent; passes copy their rows
+ * in and out (no binding at an unaligned offset).
+ */
+export function modalityProjection(rec: Recorder, w: Idefics2ConnectorWeights, x: Tensor, maxRows = Infinity): Tensor {
+  const ctx = rec.ctx;
+  const free = (...ts: Tensor[]): void => ts.forEach((t) => ctx.pool.release(t.buffer));
+  const project = (rows: Tensor): Tensor => {
+    const gu = linear(rec, rows, w.projectionGateUp);
+    const act = siluMulFused(rec, gu);
+    free(gu);
+    const y = linear(rec, act, w.projectionDown);
+    free(act);
+    return y;
+  };
+  const [n, D] = x.shape;
+  if (n <= maxRows) return project(x);
+  if (!(maxRows >= 1)) throw new WebvlmError("internal", `idefics2 connector: ${maxRows} rows per projection pass`);
+  const H = w.projectionDown.rows;
+  const out = allocTensor(ctx, [n, H], "f32", "modality_projection");
+  for (let r0 = 0; r0 < n; r0 += maxRows) {
+    const r = Math.min(maxRows, n - r0);
+    const part = allocTensor(ctx, [r, D], "f32", "modality_projection.rows");
+    rec.copy({ buffer: x.buffer, offset: x.offset + r0 * D * 4, size: r * D * 4 }, part);
+    const y = project(part);
+    free(part);
+    rec.copy(y, { buffer: out.buffer, offset: out.offset + r0 * H * 4, size: r * H * 4 });
+    free(y);
+  }
   return out;
 }

@@ -7,7 +7,8 @@ import { WebvlmError } from "../../api/errors.ts";
 import type { GpuContext } from "../../gpu/device.ts";
 import { Recorder } from "../../gpu/recorder.ts";
 import type { Tensor } from "../../gpu/tensor.ts";
-import { uploadTensor } from "../../gpu/transfer.ts";
+import { allocTensor, uploadTensor } from "../../gpu/transfer.ts";
+import { maxWeightBytes } from "../../quant/pack.ts";
 import { embedding } from "../../ops/embedding.ts";
 import { ropeTables } from "../common/rope.ts";
 import type { TensorSource, WeightLoadOptions } from "../common/source.ts";
@@ -60,6 +61,12 @@ function checkSupported(config: Idefics2Config): void {
 }
 
 export class Idefics2Model {
+  /**
+   * Largest activation one vision-path tensor may take (default: the binding limit weights use).
+   * Crops are encoded in groups whose widest per-patch activation fits, and the modality
+   * projection in row passes; tests lower it to exercise both.
+   */
+  visionBindingBytes: number;
   private readonly reader: StepReader;
 
   private constructor(
@@ -69,6 +76,7 @@ export class Idefics2Model {
   ) {
     checkSupported(config);
     this.reader = new StepReader(gpu);
+    this.visionBindingBytes = maxWeightBytes(gpu);
   }
 
   static async load(gpu: GpuContext, config: Idefics2Config, source: TensorSource, opts: WeightLoadOptions = {}): Promise<Idefics2Model> {
@@ -96,29 +104,52 @@ export class Idefics2Model {
    * recorded and submitted; the caller releases the tensor (gpu.pool.release(t.buffer)).
    */
   encodeImages(items: readonly Idefics2ImageItem[]): Tensor {
-    const crops = items.flatMap((it) => it.crops);
-    const inp = visionInputs(this.config.vision, crops);
-    const L = this.config.perceiver.numLatents;
-    const v = this.config.vision;
+    const c = this.config;
+    const L = c.perceiver.numLatents;
+    const v = c.vision;
     const patchDim = v.numChannels * v.patchSize * v.patchSize;
-    const n = inp.positionIds.length;
+    const groups = this.cropGroups(items.flatMap((it) => it.crops));
     // Every upload before anything is recorded (a queue write must not overtake recorded work).
-    const inputs = [
-      uploadTensor(this.gpu, inp.patches, [n, patchDim], "f32", "idefics2.patches"),
-      uploadTensor(this.gpu, inp.positionIds, [n], "i32", "idefics2.position_ids"),
-      uploadTensor(this.gpu, inp.cuSeqlens, [crops.length + 1], "u32", "idefics2.cu_seqlens"),
-      uploadTensor(this.gpu, perceiverKeyRanges(inp.counts, L), [crops.length * L, 2], "u32", "idefics2.perceiver_ranges"),
-    ];
-    const [patches, positionIds, cu, ranges] = inputs;
+    const uploads: Tensor[] = [];
+    const up = <T extends Tensor>(t: T): T => (uploads.push(t), t);
+    const inputs = groups.map((g) => {
+      const inp = visionInputs(v, g);
+      const n = inp.positionIds.length;
+      return {
+        counts: inp.counts,
+        patches: up(uploadTensor(this.gpu, inp.patches, [n, patchDim], "f32", "idefics2.patches")),
+        positionIds: up(uploadTensor(this.gpu, inp.positionIds, [n], "i32", "idefics2.position_ids")),
+        cu: up(uploadTensor(this.gpu, inp.cuSeqlens, [g.length + 1], "u32", "idefics2.cu_seqlens")),
+        ranges: up(uploadTensor(this.gpu, perceiverKeyRanges(inp.counts, L), [g.length * L, 2], "u32", "idefics2.perceiver_ranges")),
+      };
+    });
+    const projectionRows = Math.max(1, Math.floor(this.visionBindingBytes / (4 * 2 * c.text.intermediateSize)));
     const rec = new Recorder(this.gpu);
     try {
-      const vision = encodeVision(rec, v, this.weights.vision, patches, positionIds, cu);
-      const out = connectorForward(rec, this.config.perceiver, this.weights.connector, vision, inp.counts, ranges);
-      this.gpu.pool.release(vision.buffer);
+      const encode = (g: (typeof inputs)[number]): Tensor => {
+        const vision = encodeVision(rec, v, this.weights.vision, g.patches, g.positionIds, g.cu);
+        const out = connectorForward(rec, c.perceiver, this.weights.connector, vision, g.counts, g.ranges, projectionRows);
+        this.gpu.pool.release(vision.buffer);
+        return out;
+      };
+      let out: Tensor;
+      if (inputs.length === 1) {
+        out = encode(inputs[0]);
+      } else {
+        const rowBytes = c.text.hiddenSize * 4;
+        out = allocTensor(this.gpu, [groups.reduce((a, g) => a + g.length, 0) * L, c.text.hiddenSize], "f32", "idefics2.image_features");
+        let row = 0;
+        for (const g of inputs) {
+          const part = encode(g);
+          rec.copy(part, { buffer: out.buffer, offset: out.offset + row * rowBytes, size: part.shape[0] * rowBytes });
+          row += part.shape[0];
+          this.gpu.pool.release(part.buffer);
+        }
+      }
       rec.submit();
       return out;
     } finally {
-      for (const t of inputs) this.gpu.pool.release(t.buffer);
+      for (const t of uploads) this.gpu.pool.release(t.buffer);
     }
   }
 
@@ -189,6 +220,39 @@ export class Idefics2Model {
   }
 
   // ---------------------------------------------------------------- internals
+
+  /**
+   * Consecutive crops whose vision-tower and perceiver activations (per patch at most
+   * max(3D, Dv, H, 2 kv dim) floats; the perceiver adds L latent rows per crop) fit
+   * visionBindingBytes; a crop too large alone is limit_exceeded.
+   */
+  private cropGroups(crops: readonly VisionCrop[]): VisionCrop[][] {
+    const c = this.config;
+    const p = c.perceiver;
+    const width = Math.max(3 * c.vision.hiddenSize, c.vision.intermediateSize, c.text.hiddenSize, 2 * p.numKvHeads * p.headDim, p.numHeads * p.headDim);
+    const rowsOf = (crop: VisionCrop): number => crop.patchesH * crop.patchesW + p.numLatents;
+    const groups: VisionCrop[][] = [];
+    let rows = 0;
+    for (const crop of crops) {
+      const r = rowsOf(crop);
+      if (r * width * 4 > this.visionBindingBytes) {
+        throw new WebvlmError("limit_exceeded", `idefics2: a ${crop.patchesH}x${crop.patchesW}-patch crop needs ${r * width * 4} bytes in one binding, over the device's ${this.visionBindingBytes}`, {
+          patchesH: crop.patchesH,
+          patchesW: crop.patchesW,
+        });
+      }
+      const last = groups[groups.length - 1];
+      if (last && (rows + r) * width * 4 <= this.visionBindingBytes) {
+        last.push(crop);
+        rows += r;
+      } else {
+        groups.push([crop]);
+        rows = r;
+      }
+    }
+    if (groups.length === 0) throw new WebvlmError("bad_request", "idefics2 vision: no crops");
+    return groups;
+  }
 
   private checkIds(ids: readonly number[]): void {
     const vocab = this.config.text.vocabSize;
