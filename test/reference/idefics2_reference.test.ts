@@ -8,6 +8,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { makeTinyIdefics2 } from "../../scripts/make_tiny_idefics2.ts";
+import { buildRefDecoder, RefDecoderCache, refDecoderConfig, refDecoderForward } from "./ref_decoder.ts";
+import { readSafetensorsDir, type RefTensor } from "./safetensors_min.ts";
 import {
   bucketBoundaries, bucketCoords, expandIdefics2Prompt, geluTanh, greedyPick, loadIdefics2Reference, logSoftmax,
   parseIdefics2Config, patchAttentionMask, visionPositionIds, type Idefics2Reference,
@@ -330,4 +332,22 @@ test("§8 merge: image-token count must equal the feature rows; feature rows rep
   swapped.set(f.subarray(0, H), H);
   swapped.set(f.subarray(H, 2 * H), 0);
   assert.ok(maxAbsDiff(refB.logits(ids, swapped), refB.logits(ids, f)) > 0);
+});
+
+test("text-only prompts: the Mistral decoder equals the text-decoder reference (ref_decoder.ts) on the renamed text tensors", () => {
+  for (const [dir, ref] of [[DIR_A, refA], [DIR_B, refB]] as const) {
+    const cfg = JSON.parse(readFileSync(join(dir, "config.json"), "utf8"));
+    const renamed = new Map<string, RefTensor>();
+    for (const [name, t] of readSafetensorsDir(dir)) {
+      if (name.startsWith("model.text_model.")) renamed.set("model." + name.slice("model.text_model.".length), t);
+      else if (name === "lm_head.weight") renamed.set(name, t);
+    }
+    const decoder = buildRefDecoder(refDecoderConfig(cfg.text_config), renamed);
+    // Longer than tiny-b's window of 48.
+    const ids = ref.promptIds("System: You answer in one short sentence, without any preamble or apology.<end_of_utterance>\nUser: What colour is the sky on a clear summer day, and why does it look that way?<end_of_utterance>\nAssistant:");
+    assert.ok(ids.length > 48, `${ids.length}`);
+    const want = refDecoderForward(decoder, ids, new RefDecoderCache(decoder.config.layers));
+    // Same f32 semantics, written separately: equal bit for bit.
+    assert.equal(maxAbsDiff(ref.logits(ids, null), want), 0, dir);
+  }
 });
