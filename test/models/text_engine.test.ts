@@ -2,9 +2,9 @@
 // and a tiny Mistral checkpoint loaded by path, chat completions rendered with the checkpoint's
 // chat template, answered greedily: the answer equals the CPU reference's greedy tokens on the
 // same prompt ids, decoded; an image in a request is unsupported_feature and the engine answers
-// the next request.
+// the next request. generation_config.json's bad_words_ids ban the token the model would pick.
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
@@ -15,7 +15,7 @@ import { acquireNodeGpu } from "../../src/gpu/node.ts";
 import { buildChatPrompt, ChatTemplate, resolveChatTemplate } from "../../src/tokenizer/chat_template.ts";
 import { TextTokenizer } from "../../src/tokenizer/tokenizer.ts";
 import { makeTinyText, type TinyTextFamily } from "../../scripts/make_tiny_text.ts";
-import { loadRefDecoder, refDecoderGreedy } from "../reference/ref_decoder.ts";
+import { loadRefDecoder, refArgmax, RefDecoderCache, refDecoderForward, refDecoderGreedy } from "../reference/ref_decoder.ts";
 
 let root = "";
 let gpu: GpuContext;
@@ -72,3 +72,52 @@ for (const fam of ["phi3", "mistral"] as const satisfies readonly TinyTextFamily
     }
   });
 }
+
+test("mistral: generation_config.json bad_words_ids bans the token the model would pick; the answer equals the reference's masked greedy", { timeout: 600_000 }, async (t) => {
+  const dir = join(root, "mistral-bad-words");
+  await makeTinyText(dir, "mistral");
+  const tok = new TextTokenizer(await readJson(dir, "tokenizer.json"), await readJson(dir, "tokenizer_config.json"));
+  const tpl = new ChatTemplate(resolveChatTemplate({ tokenizerConfig: await readJson(dir, "tokenizer_config.json") }));
+  const messages = [{ role: "user" as const, content: "Name a colour" }];
+  const ids = buildChatPrompt(tok, tpl, messages, [], { addGenerationPrompt: true }).ids;
+  const genCfg = await readJson(dir, "generation_config.json");
+  const eos = [genCfg.eos_token_id].flat() as number[];
+  const ref = loadRefDecoder(dir);
+  const banned = refArgmax(refDecoderGreedy(ref, ids, 1).firstLogits);
+  assert.ok(!eos.includes(banned), "the model's first pick is a real token");
+  await writeFile(join(dir, "generation_config.json"), JSON.stringify({ ...genCfg, bad_words_ids: [[banned]] }));
+
+  // The reference, masked by hand: greedy over logits with `banned` at -Infinity, 4 tokens.
+  const cache = new RefDecoderCache(ref.config.layers);
+  const want: number[] = [];
+  let logits = refDecoderForward(ref, ids, cache);
+  const firstLogits = logits;
+  for (;;) {
+    const masked = Float32Array.from(logits);
+    masked[banned] = -Infinity;
+    want.push(refArgmax(masked));
+    if (want.length === 4 || eos.includes(want[want.length - 1])) break;
+    logits = refDecoderForward(ref, [want[want.length - 1]], cache);
+  }
+  assert.notEqual(want[0], banned);
+
+  const engine = await Engine.create({ gpu });
+  try {
+    await engine.load(dir, { quantization: "f32", embedding: "f32", contextLength: 128 });
+    const r = await engine.chat.completions.create({ messages, max_tokens: 4, temperature: 0, logprobs: true, top_logprobs: 1, stream: false });
+    const answer = want.filter((x, i) => !(eos.includes(x) && i === want.length - 1));
+    assert.equal(r.choices[0].message.content.trimStart(), tok.decode(answer, { skipSpecialTokens: true }).trimStart());
+    assert.equal(r.usage.completion_tokens, want.length);
+    // The reported logprob is that of the raw logits; the banned token is still the top alternative.
+    let mx = -Infinity;
+    for (const x of firstLogits) mx = Math.max(mx, x);
+    let sum = 0;
+    for (const x of firstLogits) sum += Math.exp(x - mx);
+    const first = r.choices[0].logprobs!.content[0];
+    assert.ok(Math.abs(first.logprob - (firstLogits[want[0]] - mx - Math.log(sum))) < 1e-3, `logprob ${first.logprob}`);
+    assert.ok(first.top_logprobs[0].logprob > first.logprob);
+    t.diagnostic(`banned ${banned}; answer ${JSON.stringify(r.choices[0].message.content)} = reference ids ${want.join(",")}`);
+  } finally {
+    await engine.unload();
+  }
+});
