@@ -135,6 +135,8 @@ test("§2 perceiver override: a perceiver hidden_size != text hidden_size takes 
   assert.equal(official.vision.patchesPerSide, 70);
   assert.equal(official.imageSeqLen, 64);
   assert.equal(official.doImageSplitting, false);
+  assert.equal(parseIdefics2Config({}).text.rmsNormEps, 1e-5, "a missing text_config is built with rms_norm_eps 1e-5");
+  assert.equal(parseIdefics2Config({ text_config: {} }).text.rmsNormEps, 1e-6, "MistralConfig's own default");
   const small = parseIdefics2Config({ text_config: { hidden_size: 64, num_attention_heads: 4, rms_norm_eps: 1e-5, sliding_window: null } });
   assert.equal(small.perceiver.hiddenSize, 64);
   assert.equal(small.perceiver.rmsNormEps, 1e-5);

@@ -122,7 +122,8 @@ export function parseIdefics2Config(config: Json, generation: Json | null = null
     numKvHeads: tc.num_key_value_heads === null ? tHeads : num(tc, "num_key_value_heads", 8),
     headDim: num(tc, "head_dim", Math.floor(tHidden / tHeads)),
     hiddenAct: str(tc, "hidden_act", "silu"),
-    rmsNormEps: num(tc, "rms_norm_eps", 1e-6),
+    // Idefics2Config builds a missing text_config with rms_norm_eps 1e-5 (MistralConfig's default is 1e-6).
+    rmsNormEps: num(tc, "rms_norm_eps", config.text_config === undefined || config.text_config === null ? 1e-5 : 1e-6),
     ropeTheta: num(tc, "rope_theta", num(ropeParams, "rope_theta", 10000)),
     // MistralConfig: absent -> 4096, explicit null -> no window.
     slidingWindow: tc.sliding_window === null ? null : num(tc, "sliding_window", 4096),
