@@ -316,7 +316,7 @@ for (const shape of ["tiny-a", "tiny-b"] as const satisfies readonly TinyIdefics
   });
 }
 
-test("prefill errors: mismatched <image> count, an aborted signal (cache kept), missing and misshapen tensors", async () => {
+test("prefill errors: mismatched <image> count, aborts before and between chunks (cache restored), missing and misshapen tensors", async () => {
   const dir = join(root, "tiny-b");
   const config = parseIdefics2Config(await readJson(dir, "config.json"));
   const model = await Idefics2Model.load(gpu, config, await dirSource(dir), F32);
@@ -334,9 +334,30 @@ test("prefill errors: mismatched <image> count, an aborted signal (cache kept), 
     assert.equal(cache.length, 0);
     const bad = { ...crop, positionIds: Int32Array.from([0, 1, 2, 3, 4, v.positionsPerSide ** 2]) };
     await assert.rejects(model.prefill(ids, [{ crops: [bad] }], cache), assertWebvlmError("bad_request", "position id"));
-    const ok = await model.prefill(ids, [{ crops: [crop] }], cache);
-    assert.equal(ok.reused, 0);
+    // An abort while the chunks run: the chunk in flight finishes, the next is not started, the cache is restored.
+    const full = await model.prefill(ids, [{ crops: [crop] }], cache, { read: "logits" });
     assert.equal(cache.length, ids.length);
+    cache.truncate(3);
+    setPrefillChunkTokens(4);
+    const queue = gpu.device.queue as GPUQueue & { submit: GPUQueue["submit"] };
+    const submit = queue.submit;
+    const late = new AbortController();
+    let submits = 0;
+    queue.submit = function (this: GPUQueue, buffers: Iterable<GPUCommandBuffer>) {
+      if (++submits === 2) late.abort(); // the vision submit, then the first chunk
+      return submit.call(this, buffers);
+    };
+    try {
+      await assert.rejects(model.prefill(ids, [{ crops: [crop] }], cache, { signal: late.signal }), assertWebvlmError("aborted", "aborted"));
+    } finally {
+      queue.submit = submit;
+      setPrefillChunkTokens();
+    }
+    assert.equal(submits, 2);
+    assert.equal(cache.length, 3);
+    const again = await model.prefill(ids, [{ crops: [crop] }], cache, { read: "logits" });
+    assert.equal(again.reused, 3);
+    assert.ok(nmse(again.logits!, full.logits!) <= 1e-10);
     cache.dispose();
   } finally {
     model.dispose();
