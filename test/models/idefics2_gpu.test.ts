@@ -36,6 +36,9 @@ import type { Chw32 } from "../../src/vision/canvas.ts";
 import { makeTinyIdefics2, tinyIdefics2Tensors, type TinyIdefics2Shape } from "../../scripts/make_tiny_idefics2.ts";
 import { loadIdefics2Reference, type Idefics2Reference } from "../reference/idefics2_reference.ts";
 import { nmse } from "../util/compare.ts";
+import { StaticServer } from "../util/static_server.ts";
+import { Engine } from "../../src/engine/engine.ts";
+import { loadImage } from "../../src/vision/load_image.ts";
 
 const GREEDY_TOKENS = Number(process.env.WEBVLM_GREEDY_TOKENS ?? 32);
 const QUANT_TOKENS = Number(process.env.WEBVLM_QUANT_TOKENS ?? 32);
@@ -380,6 +383,7 @@ test("family: registry, config parsing rules, processor wiring, adapter prefill/
   const opened = fam.open(cfgJson, await readJson(dir, "generation_config.json"));
   assert.equal(opened.maxPositions, 32768);
   assert.deepEqual(opened.eosTokenIds, [2, 32002]);
+  assert.deepEqual(opened.prompt, { stringContentAsParts: true, addSpecialTokens: true });
 
   // §2: the perceiver keeps its own eps when its hidden size equals the text's, else takes the text's size and eps.
   const a = parseIdefics2Config(cfgJson);
@@ -450,4 +454,36 @@ test("family: registry, config parsing rules, processor wiring, adapter prefill/
     vlm.dispose();
   }
   assert.deepEqual(gpu.uncapturedErrors, []);
+});
+
+test("engine: an image question through the chat API answers with the reference's tokens and logprobs", async (t) => {
+  const image = join(process.cwd(), "test/fixtures/vision/resize_src_160x120.png");
+  const question = "What is in this picture?";
+  const dir = join(root, "tiny-a");
+  const ref = loadIdefics2Reference(dir);
+  const decoded = await loadImage(image);
+  const subs = processIdefics2Image(decoded, parseIdefics2Preprocess(await readJson(dir, "preprocessor_config.json")));
+  const b = padBatch(subs);
+  // §4.2's rendering of one user message that starts with an image.
+  const want = ref.generate(ref.promptIds(`User:<image>${question}<end_of_utterance>\nAssistant:`), ref.imageFeatures(b.pv, b.mask, b.n, b.h, b.w), 8);
+  const models = await StaticServer.start({ root });
+  const engine = await Engine.create({ gpu });
+  try {
+    const info = await engine.load(models.url("tiny-a"), { quantization: "f32", embedding: "f32", vision: "f32" });
+    assert.equal(info.family, "idefics2");
+    const r = await engine.chat.completions.create({
+      messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: image } }, { type: "text", text: question }] }],
+      max_tokens: 8,
+      temperature: 0,
+      logprobs: true,
+    });
+    const lps = (r.choices[0].logprobs?.content ?? []).map((l) => l.logprob);
+    assert.equal(r.choices[0].message.content, ref.decode(want.tokens));
+    assert.equal(lps.length, want.logprobs.length);
+    lps.forEach((lp, i) => assert.ok(Math.abs(lp - want.logprobs[i]) <= 1e-4, `token ${i}: logprob ${lp}, reference ${want.logprobs[i]}`));
+    t.diagnostic(`${r.usage.prompt_tokens} prompt tokens -> ${JSON.stringify(r.choices[0].message.content)} (${r.choices[0].finish_reason})`);
+  } finally {
+    await engine.unload();
+    await models.close();
+  }
 });

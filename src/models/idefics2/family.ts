@@ -94,6 +94,8 @@ export const idefics2Family: ModelFamily<Idefics2Config> = {
   name: "idefics2",
   architectures: IDEFICS2_ARCHITECTURES,
   modelTypes: ["idefics2"],
+  // §4.1: the template reads content only as parts; §4.4: the processor tokenizes with add_special_tokens (BOS).
+  prompt: { stringContentAsParts: true, addSpecialTokens: true },
   parseConfig: parseIdefics2Config,
   maxPositions: (c) => c.text.maxPositionEmbeddings,
   eosTokenIds: (c) => c.eosTokenIds,
