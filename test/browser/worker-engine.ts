@@ -1,8 +1,35 @@
 // The worker-backed engine in a page: streamed answer, the openai client through engine.fetch,
-// a typed error crossing the worker boundary, and an abort mid-stream; results go to Playwright.
+// a typed error crossing the worker boundary, an abort mid-stream, and leaving a stream with
+// `break`; results go to Playwright.
 import OpenAI from "openai";
 import { createEngine } from "../../src/engine/create.ts";
 import { isWebvlmError } from "../../src/api/errors.ts";
+import type { ChatCompletionChunk } from "../../src/api/types.ts";
+
+/**
+ * Chunks the worker sent, read off the message ports as they arrive. A stream the page left with
+ * `break` yields nothing more, but its last chunks (finish reason, usage) still cross the port:
+ * this is how the page sees whether the worker really stopped generating.
+ */
+const sniffed: ChatCompletionChunk[] = [];
+function sniff(data: unknown, depth = 0): void {
+  if (depth > 8 || data === null || typeof data !== "object") return;
+  if ((data as { object?: unknown }).object === "chat.completion.chunk") {
+    sniffed.push(data as ChatCompletionChunk);
+    return;
+  }
+  for (const v of Array.isArray(data) ? data : Object.values(data)) sniff(v, depth + 1);
+}
+for (const proto of [MessagePort.prototype, Worker.prototype] as EventTarget[]) {
+  const add = proto.addEventListener;
+  proto.addEventListener = function (this: EventTarget, type: string, listener: EventListenerOrEventListenerObject | null, opts?: boolean | AddEventListenerOptions) {
+    if (type !== "message" || typeof listener !== "function") return add.call(this, type, listener, opts);
+    return add.call(this, type, function (this: EventTarget, ev: Event) {
+      sniff((ev as MessageEvent).data);
+      return listener.call(this, ev);
+    }, opts);
+  };
+}
 
 export interface WorkerReport {
   streamed?: string;
@@ -14,6 +41,12 @@ export interface WorkerReport {
   missingModelCode?: string;
   /** Three requests sent at once, answers in send order. */
   queued?: string[];
+  /** Left with `break` after its first token: how the worker ended it, and its token count. */
+  breakFinish?: string | null;
+  breakTokens?: number;
+  /** In order: "break returned", then the next request's "next done". */
+  breakEvents?: string[];
+  afterBreak?: string;
   error?: string;
 }
 
@@ -34,7 +67,10 @@ async function main(): Promise<WorkerReport> {
     missingModelCode = isWebvlmError(e) ? e.code : `not a WebvlmError: ${String(e)}`;
   }
   const phases = new Set<string>();
-  await engine.load({ baseUrl: params.get("model")! }, { quantization: "f32", embedding: "f32", vision: "f32", onProgress: (e) => phases.add(e.phase) });
+  // limits cross to the worker with the other load options.
+  await engine.load({ baseUrl: params.get("model")! }, {
+    quantization: "f32", embedding: "f32", vision: "f32", onProgress: (e) => phases.add(e.phase), limits: { tokenizerInputChars: 200_000 },
+  });
   const image = params.get("image")!;
   const q = params.get("q")!;
   const max = Number(params.get("max"));
@@ -73,10 +109,30 @@ async function main(): Promise<WorkerReport> {
   for await (const c of await engine.chat.completions.create({ messages: imgMessages, max_tokens: max, temperature: 0, stream: true })) {
     afterAbort += c.choices[0]?.delta.content ?? "";
   }
+  // Leaving a stream with break: the worker stops generating (finish "abort" after a token or two of
+  // 40); the for-await's return() waits for that, so the next request runs right after it.
+  const breakEvents: string[] = [];
+  let brokenId = "";
+  const seenBefore = sniffed.length;
+  const long = { messages, max_tokens: 40, temperature: 0, stream: true as const, stream_options: { include_usage: true } };
+  for await (const c of await engine.chat.completions.create(long)) {
+    brokenId = c.id;
+    if (c.choices[0]?.delta.content) break;
+  }
+  breakEvents.push("break returned");
+  const ended = sniffed.slice(seenBefore).filter((c) => c.id === brokenId);
+  const breakFinish = ended.map((c) => c.choices[0]?.finish_reason).find((f) => f) ?? null;
+  const breakTokens = ended.find((c) => c.usage)?.usage?.completion_tokens ?? -1;
+  let afterBreak = "";
+  for await (const c of await engine.chat.completions.create({ messages, max_tokens: max, temperature: 0, stream: true })) {
+    afterBreak += c.choices[0]?.delta.content ?? "";
+  }
+  breakEvents.push("next done");
+
   const queued = await Promise.all(["One?", "Two?", q].map(async (text, i) =>
     (await engine.chat.completions.create({ messages: i === 2 ? messages : [{ role: "user", content: text }], max_tokens: max, temperature: 0 })).choices[0].message.content));
   await engine.terminate();
-  return { streamed, viaOpenAI, errorCode, abortFinish, afterAbort, progressPhases: [...phases], missingModelCode, queued };
+  return { streamed, viaOpenAI, errorCode, abortFinish, afterAbort, progressPhases: [...phases], missingModelCode, queued, breakFinish, breakTokens, breakEvents, afterBreak };
 }
 
 main().then(

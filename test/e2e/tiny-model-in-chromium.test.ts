@@ -72,7 +72,7 @@ test("tiny model answers an image question in Chromium exactly as in Node; survi
   assert.ok(weightRequests.every((l) => l.range !== undefined), "weights were read with Range requests");
 });
 
-test("the worker-backed engine: same answer, openai client via engine.fetch, typed errors, abort", { timeout: 900_000 }, async (t) => {
+test("the worker-backed engine: same answer, openai client via engine.fetch, typed errors, abort, break", { timeout: 900_000 }, async (t) => {
   assert.ok(expected.length > 0, "runs after the Node answer is known");
   const page = await browser.newPage();
   const errors: string[] = [];
@@ -96,4 +96,10 @@ test("the worker-backed engine: same answer, openai client via engine.fetch, typ
   assert.equal(r.queued?.length, 3, "three requests at once all answered");
   assert.equal(r.queued?.[2], expected, "the third queued request is answered as if alone");
   assert.equal(r.missingModelCode, "model_not_found", "a 404 model URL is model_not_found, and the engine loads afterwards");
+  // break out of a worker stream: the worker ended that generation as aborted, well short of its 40 tokens,
+  // before break's return() resolved; the next request then ran and answered as before.
+  assert.equal(r.breakFinish, "abort", "the worker ended the abandoned stream as aborted");
+  assert.ok(r.breakTokens !== undefined && r.breakTokens >= 1 && r.breakTokens < 20, `the abandoned stream generated ${r.breakTokens} of 40 tokens`);
+  assert.deepEqual(r.breakEvents, ["break returned", "next done"]);
+  assert.equal(r.afterBreak, expected, "the request after a break answers as before");
 });
