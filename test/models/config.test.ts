@@ -197,5 +197,12 @@ test("malformed configs are bad_request; unsupported rope types are unsupported_
   throwsCode(() => parseQwen2VLConfig({ ...CONFIG_2B, vision_config: { ...VISION, hidden_size: 1000 } }), "bad_request", "merger");
   throwsCode(() => parseQwen2VLConfig({ ...CONFIG_2B, text_config: 3 }), "bad_request", "text_config");
   throwsCode(() => parseQwen2VLConfig({ ...CONFIG_2B, eos_token_id: "x" }), "bad_request", "eos_token_id");
+  // Each file's values are labelled with that file.
+  const startsWith = (fn: () => unknown, prefix: string): void =>
+    assert.throws(fn, (e: unknown) => e instanceof WebvlmError && e.code === "bad_request" && e.message.startsWith(prefix));
+  for (const key of ["eos_token_id", "bos_token_id", "pad_token_id"]) {
+    startsWith(() => parseQwen2VLConfig(CONFIG_2B, { [key]: "x" }), `generation_config.json: ${key}`);
+    startsWith(() => parseQwen2VLConfig({ ...CONFIG_2B, [key]: -1 }, {}), `config.json: ${key}`);
+  }
   throwsCode(() => parseQwen2VLConfig({ ...CONFIG_2B, rope_scaling: { rope_type: "yarn", factor: 4, mrope_section: [16, 24, 24] } }), "unsupported_feature", "yarn");
 });

@@ -212,8 +212,11 @@ export function parseQwen2VLConfig(json: unknown, generationConfig?: unknown): Q
   const gen = isObj(generationConfig) ? generationConfig : undefined;
   const T = (key: string, dflt: number): number => int(pick([json, tc], key), key, dflt, 0);
   const eos = [...ids(gen?.eos_token_id, "eos_token_id", "generation_config.json"), ...ids(L("eos_token_id"), "eos_token_id")];
-  const bos = ids(pick([gen, tc, json], "bos_token_id"), "bos_token_id");
-  const pad = ids(pick([gen, tc, json], "pad_token_id"), "pad_token_id");
+  // generation_config.json's value wins; each file's errors name that file.
+  const fromEither = (key: string): number[] =>
+    pick([gen], key) !== undefined ? ids(pick([gen], key), key, "generation_config.json") : ids(pick([tc, json], key), key);
+  const bos = fromEither("bos_token_id");
+  const pad = fromEither("pad_token_id");
   const dtype = pick([json, tc], "torch_dtype", "dtype");
   return {
     architecture,
