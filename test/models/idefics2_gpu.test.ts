@@ -456,6 +456,32 @@ test("family: registry, config parsing rules, processor wiring, adapter prefill/
   assert.deepEqual(gpu.uncapturedErrors, []);
 });
 
+test("a bf16 checkpoint loads (upcast to f32) and gives the reference's image features and logits", async (t) => {
+  const dir = join(root, "tiny-a-bf16");
+  await makeTinyIdefics2("tiny-a", dir, { dtype: "bf16" });
+  const config = parseIdefics2Config(await readJson(dir, "config.json"));
+  const ref = loadIdefics2Reference(dir);
+  const subs = processIdefics2Image({ rgb: gradient(40, 45), width: 40, height: 45 }, parseIdefics2Preprocess(await readJson(dir, "preprocessor_config.json")));
+  const b = padBatch(subs);
+  const want = ref.imageFeatures(b.pv, b.mask, b.n, b.h, b.w);
+  const ids = ref.promptIds("User:<image>Describe it.<end_of_utterance>\nAssistant:");
+  const model = await Idefics2Model.load(gpu, config, await dirSource(dir), F32);
+  try {
+    const items = [{ crops: subs.map((s) => idefics2CropPatches(s, config.vision.patchSize, config.vision.imageSize)) }];
+    const feats = model.encodeImages(items);
+    const eF = nmse(await readF32(gpu, feats), want);
+    gpu.pool.release(feats.buffer);
+    const cache = model.createCache(ids.length);
+    const pre = await model.prefill(ids, items, cache, { read: "logits" });
+    cache.dispose();
+    const eL = nmse(pre.logits!, ref.logits(ids, want));
+    assert.ok(eF <= 1e-6 && eL <= 1e-6, `bf16 checkpoint: features NMSE ${eF}, logits NMSE ${eL}`);
+    t.diagnostic(`features NMSE=${eF.toExponential(2)}, logits NMSE=${eL.toExponential(2)}`);
+  } finally {
+    model.dispose();
+  }
+});
+
 test("engine: an image question through the chat API answers with the reference's tokens and logprobs", async (t) => {
   const image = join(process.cwd(), "test/fixtures/vision/resize_src_160x120.png");
   const question = "What is in this picture?";
