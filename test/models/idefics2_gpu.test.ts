@@ -125,6 +125,22 @@ async function gpuGreedy(model: Idefics2Model, ids: number[], images: Idefics2Im
   return { tokens, logits: pre.logits!, cache };
 }
 
+/** Runs fn with queue.submit counted; `onSubmit(n)` sees each submit's number before it goes out. */
+async function withSubmits<T>(fn: () => Promise<T>, onSubmit: (n: number) => void = () => {}): Promise<{ value: T; submits: number }> {
+  const queue = gpu.device.queue as GPUQueue & { submit: GPUQueue["submit"] };
+  const submit = queue.submit;
+  let submits = 0;
+  queue.submit = function (this: GPUQueue, buffers: Iterable<GPUCommandBuffer>) {
+    onSubmit(++submits);
+    return submit.call(this, buffers);
+  };
+  try {
+    return { value: await fn(), submits };
+  } finally {
+    queue.submit = submit;
+  }
+}
+
 function assertWebvlmError(code: string, includes: string): (e: unknown) => boolean {
   return (e: unknown) => {
     assert.ok(e instanceof WebvlmError, `expected a WebvlmError, got ${String(e)}`);
@@ -190,7 +206,7 @@ for (const shape of ["tiny-a", "tiny-b"] as const satisfies readonly TinyIdefics
     test("image features of two images (crops of several sizes) match the reference (f32, NMSE <= 1e-6)", async (t) => {
       const sizes = new Set(images.flatMap((it) => it.crops.map((c) => `${c.patchesH}x${c.patchesW}`)));
       assert.ok(sizes.size >= 2, `crops of one size only: ${[...sizes]}`);
-      const feats = model.encodeImages(images);
+      const feats = await model.encodeImages(images);
       const got = await readF32(gpu, feats);
       gpu.pool.release(feats.buffer);
       const L = config.perceiver.numLatents;
@@ -210,13 +226,17 @@ for (const shape of ["tiny-a", "tiny-b"] as const satisfies readonly TinyIdefics
       const passRows = Math.floor(model.visionBindingBytes / (8 * c.text.intermediateSize));
       try {
         assert.ok(passRows < Math.max(...rowsPerCrop), `projection passes of ${passRows} rows`);
-        const feats = model.encodeImages(images);
+        const { value: feats, submits } = await withSubmits(() => model.encodeImages(images));
         const got = await readF32(gpu, feats);
         gpu.pool.release(feats.buffer);
         const e = nmse(got, refFeatures);
         assert.ok(e <= 1e-6, `grouped image features NMSE ${e}`);
+        assert.ok(submits > 1, "one submit per group of crops");
+        // An abort between groups stops the encode.
+        const ac = new AbortController();
+        await assert.rejects(withSubmits(() => model.encodeImages(images, ac.signal), () => ac.abort()), assertWebvlmError("aborted", "aborted"));
         model.visionBindingBytes = 1024;
-        assert.throws(() => model.encodeImages(images), assertWebvlmError("limit_exceeded", "crop"));
+        await assert.rejects(model.encodeImages(images), assertWebvlmError("limit_exceeded", "crop"));
         t.diagnostic(`budget ${(saved / 1e6).toFixed(0)} MB -> ${(((Math.max(...rowsPerCrop) + c.perceiver.numLatents) * width * 4) / 1e3).toFixed(1)} kB: NMSE=${e.toExponential(2)}, projection passes of ${passRows} rows`);
       } finally {
         model.visionBindingBytes = saved;
@@ -291,7 +311,7 @@ for (const shape of ["tiny-a", "tiny-b"] as const satisfies readonly TinyIdefics
             });
             const b = padBatch(subImages);
             const featsQ = refQ.imageFeatures(b.pv, b.mask, b.n, b.h, b.w);
-            const gotFeats = q.encodeImages(images);
+            const gotFeats = await q.encodeImages(images);
             const eF = nmse(await readF32(gpu, gotFeats), featsQ);
             gpu.pool.release(gotFeats.buffer);
             const genQ = refQ.generate(ids, featsQ, QUANT_TOKENS);
@@ -342,18 +362,15 @@ test("prefill errors: mismatched <image> count, aborts before and between chunks
     assert.equal(cache.length, ids.length);
     cache.truncate(3);
     setPrefillChunkTokens(4);
-    const queue = gpu.device.queue as GPUQueue & { submit: GPUQueue["submit"] };
-    const submit = queue.submit;
     const late = new AbortController();
     let submits = 0;
-    queue.submit = function (this: GPUQueue, buffers: Iterable<GPUCommandBuffer>) {
-      if (++submits === 2) late.abort(); // the vision submit, then the first chunk
-      return submit.call(this, buffers);
-    };
     try {
-      await assert.rejects(model.prefill(ids, [{ crops: [crop] }], cache, { signal: late.signal }), assertWebvlmError("aborted", "aborted"));
+      const run = withSubmits(() => model.prefill(ids, [{ crops: [crop] }], cache, { signal: late.signal }), (n) => {
+        submits = n;
+        if (n === 2) late.abort(); // the vision submit, then the first chunk
+      });
+      await assert.rejects(run, assertWebvlmError("aborted", "aborted"));
     } finally {
-      queue.submit = submit;
       setPrefillChunkTokens();
     }
     assert.equal(submits, 2);
@@ -468,7 +485,7 @@ test("a bf16 checkpoint loads (upcast to f32) and gives the reference's image fe
   const model = await Idefics2Model.load(gpu, config, await dirSource(dir), F32);
   try {
     const items = [{ crops: subs.map((s) => idefics2CropPatches(s, config.vision.patchSize, config.vision.imageSize)) }];
-    const feats = model.encodeImages(items);
+    const feats = await model.encodeImages(items);
     const eF = nmse(await readF32(gpu, feats), want);
     gpu.pool.release(feats.buffer);
     const cache = model.createCache(ids.length);

@@ -54,6 +54,12 @@ interface CopyRun {
   rows: number;
 }
 
+/**
+ * Patches one vision submit batches (a crop with more runs alone): an idefics2-8b crop of 980 px
+ * has 4900, about 0.3 TFLOP through the tower, so small crops share a submit and large ones don't.
+ */
+const VISION_PATCHES_PER_SUBMIT = 4096;
+
 function checkSupported(config: Idefics2Config): void {
   vitConfigOf(config.vision); // unsupported_feature for vision activations without a kernel
   perceiverActivation(config.perceiver.hiddenAct);
@@ -100,56 +106,58 @@ export class Idefics2Model {
   }
 
   /**
-   * Image features f32 [sum crops * L, H] of the items' crops in order (vision tower + connector),
-   * recorded and submitted; the caller releases the tensor (gpu.pool.release(t.buffer)).
+   * Image features f32 [sum crops * L, H] of the items' crops in order (vision tower + connector);
+   * the caller releases the tensor (gpu.pool.release(t.buffer)). Crops run in groups (cropGroups),
+   * one submit each, the signal checked between them: a split 980 px image is ~25k patch rows
+   * through a 27-layer tower, more than one submit should hold.
    */
-  encodeImages(items: readonly Idefics2ImageItem[]): Tensor {
+  async encodeImages(items: readonly Idefics2ImageItem[], signal?: AbortSignal): Promise<Tensor> {
     const c = this.config;
     const L = c.perceiver.numLatents;
+    const H = c.text.hiddenSize;
     const v = c.vision;
     const patchDim = v.numChannels * v.patchSize * v.patchSize;
     const groups = this.cropGroups(items.flatMap((it) => it.crops));
-    // Every upload before anything is recorded (a queue write must not overtake recorded work).
-    const uploads: Tensor[] = [];
-    const up = <T extends Tensor>(t: T): T => (uploads.push(t), t);
-    const inputs = groups.map((g) => {
-      const inp = visionInputs(v, g);
-      const n = inp.positionIds.length;
-      return {
-        counts: inp.counts,
-        patches: up(uploadTensor(this.gpu, inp.patches, [n, patchDim], "f32", "idefics2.patches")),
-        positionIds: up(uploadTensor(this.gpu, inp.positionIds, [n], "i32", "idefics2.position_ids")),
-        cu: up(uploadTensor(this.gpu, inp.cuSeqlens, [g.length + 1], "u32", "idefics2.cu_seqlens")),
-        ranges: up(uploadTensor(this.gpu, perceiverKeyRanges(inp.counts, L), [g.length * L, 2], "u32", "idefics2.perceiver_ranges")),
-      };
-    });
+    const inputs = groups.map((g) => ({ crops: g, ...visionInputs(v, g) }));
     const projectionRows = Math.max(1, Math.floor(this.visionBindingBytes / (4 * 2 * c.text.intermediateSize)));
-    const rec = new Recorder(this.gpu);
+    const total = groups.reduce((a, g) => a + g.length, 0) * L;
+    let out: Tensor | null = groups.length > 1 ? allocTensor(this.gpu, [total, H], "f32", "idefics2.image_features") : null;
+    let row = 0;
     try {
-      const encode = (g: (typeof inputs)[number]): Tensor => {
-        const vision = encodeVision(rec, v, this.weights.vision, g.patches, g.positionIds, g.cu);
-        const out = connectorForward(rec, c.perceiver, this.weights.connector, vision, g.counts, g.ranges, projectionRows);
-        this.gpu.pool.release(vision.buffer);
-        return out;
-      };
-      let out: Tensor;
-      if (inputs.length === 1) {
-        out = encode(inputs[0]);
-      } else {
-        const rowBytes = c.text.hiddenSize * 4;
-        out = allocTensor(this.gpu, [groups.reduce((a, g) => a + g.length, 0) * L, c.text.hiddenSize], "f32", "idefics2.image_features");
-        let row = 0;
-        for (const g of inputs) {
-          const part = encode(g);
-          rec.copy(part, { buffer: out.buffer, offset: out.offset + row * rowBytes, size: part.shape[0] * rowBytes });
-          row += part.shape[0];
-          this.gpu.pool.release(part.buffer);
+      for (const [i, g] of inputs.entries()) {
+        if (i > 0) {
+          await gpuIdle(this.gpu);
+          throwIfAborted(signal);
+        }
+        const n = g.positionIds.length;
+        const uploads = [
+          uploadTensor(this.gpu, g.patches, [n, patchDim], "f32", "idefics2.patches"),
+          uploadTensor(this.gpu, g.positionIds, [n], "i32", "idefics2.position_ids"),
+          uploadTensor(this.gpu, g.cuSeqlens, [g.crops.length + 1], "u32", "idefics2.cu_seqlens"),
+          uploadTensor(this.gpu, perceiverKeyRanges(g.counts, L), [g.crops.length * L, 2], "u32", "idefics2.perceiver_ranges"),
+        ];
+        const [patches, positionIds, cu, ranges] = uploads;
+        const rec = new Recorder(this.gpu);
+        try {
+          const vision = encodeVision(rec, v, this.weights.vision, patches, positionIds, cu);
+          const part = connectorForward(rec, c.perceiver, this.weights.connector, vision, g.counts, ranges, projectionRows);
+          this.gpu.pool.release(vision.buffer);
+          if (out) {
+            rec.copy(part, { buffer: out.buffer, offset: out.offset + row * H * 4, size: part.shape[0] * H * 4 });
+            this.gpu.pool.release(part.buffer);
+          } else {
+            out = part;
+          }
+          row += g.crops.length * L;
+          rec.submit();
+        } finally {
+          for (const t of uploads) this.gpu.pool.release(t.buffer);
         }
       }
-      rec.submit();
-      return out;
-    } finally {
-      for (const t of uploads) this.gpu.pool.release(t.buffer);
+      return out!;
+    } catch (e) {
+      if (out) this.gpu.pool.release(out.buffer);
+      throw e;
     }
   }
 
@@ -177,7 +185,11 @@ export class Idefics2Model {
     let chunks = 0;
     try {
       throwIfAborted(opts.signal);
-      if (toEncode.length > 0) features = this.encodeImages(toEncode);
+      if (toEncode.length > 0) {
+        features = await this.encodeImages(toEncode, opts.signal);
+        await gpuIdle(this.gpu);
+        throwIfAborted(opts.signal);
+      }
       for (const [start, end] of prefillChunks(past, T)) {
         if (chunks > 0) {
           // One chunk at a time, so that an abort takes effect between chunks.
@@ -224,7 +236,8 @@ export class Idefics2Model {
   /**
    * Consecutive crops whose vision-tower and perceiver activations (per patch at most
    * max(3D, Dv, H, 2 kv dim) floats; the perceiver adds L latent rows per crop) fit
-   * visionBindingBytes; a crop too large alone is limit_exceeded.
+   * visionBindingBytes, with at most VISION_PATCHES_PER_SUBMIT patches unless one crop has more;
+   * a crop too large for the binding limit alone is limit_exceeded.
    */
   private cropGroups(crops: readonly VisionCrop[]): VisionCrop[][] {
     const c = this.config;
@@ -233,6 +246,7 @@ export class Idefics2Model {
     const rowsOf = (crop: VisionCrop): number => crop.patchesH * crop.patchesW + p.numLatents;
     const groups: VisionCrop[][] = [];
     let rows = 0;
+    let patches = 0;
     for (const crop of crops) {
       const r = rowsOf(crop);
       if (r * width * 4 > this.visionBindingBytes) {
@@ -242,12 +256,15 @@ export class Idefics2Model {
         });
       }
       const last = groups[groups.length - 1];
-      if (last && (rows + r) * width * 4 <= this.visionBindingBytes) {
+      const n = crop.patchesH * crop.patchesW;
+      if (last && (rows + r) * width * 4 <= this.visionBindingBytes && patches + n <= VISION_PATCHES_PER_SUBMIT) {
         last.push(crop);
         rows += r;
+        patches += n;
       } else {
         groups.push([crop]);
         rows = r;
+        patches = n;
       }
     }
     if (groups.length === 0) throw new WebvlmError("bad_request", "idefics2 vision: no crops");
