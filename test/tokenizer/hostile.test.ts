@@ -303,7 +303,7 @@ test("an input over maxInputChars is limit_exceeded; the limit is raised per tok
   const before = rss();
   assert.throws(() => tok.encode("a".repeat(DEFAULT_MAX_INPUT_CHARS + 1)), (e: unknown) => {
     isCode("limit_exceeded", /over the limit of 1000000 characters per encode/)(e);
-    assert.deepEqual((e as WebvlmError).details, { limit: DEFAULT_MAX_INPUT_CHARS, length: DEFAULT_MAX_INPUT_CHARS + 1 });
+    assert.deepEqual((e as WebvlmError).details, { limit: DEFAULT_MAX_INPUT_CHARS, length: DEFAULT_MAX_INPUT_CHARS + 1, option: "maxInputChars" });
     assert.match((e as WebvlmError).message, /maxInputChars/);
     return true;
   });
