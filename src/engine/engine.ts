@@ -304,8 +304,9 @@ export class Engine {
       const placeholders = L.processor.placeholders(media);
       let prompt: ReturnType<typeof buildChatPrompt>;
       try {
-        prompt = buildChatPrompt(L.tokenizer, L.template, req.messages as unknown as TemplateMessage[], placeholders,
-          { addGenerationPrompt: true, addVisionId: req.add_vision_id ?? false, ...L.prompt });
+        const { build, ...style } = L.prompt;
+        prompt = build(L.tokenizer, L.template, req.messages as unknown as TemplateMessage[], placeholders,
+          { addGenerationPrompt: true, addVisionId: req.add_vision_id ?? false, ...style });
       } catch (e) {
         throw engineLimitError(e);
       }

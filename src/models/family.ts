@@ -4,7 +4,8 @@
 // its folder. Adding a family is one folder and one line in registry.ts.
 import type { GpuContext } from "../gpu/device.ts";
 import type { WeightFormat } from "../quant/formats.ts";
-import type { MediaPlaceholder } from "../tokenizer/chat_template.ts";
+import { buildChatPrompt, type ChatMessage, type ChatPrompt, type ChatTemplate, type MediaPlaceholder, type RenderOptions } from "../tokenizer/chat_template.ts";
+import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
 import type { TensorSource, WeightLoadOptions } from "./common/source.ts";
 
 /**
@@ -103,6 +104,20 @@ export interface VlmModel {
   dispose(): void;
 }
 
+/**
+ * Messages -> prompt ids (and the expanded text): render the template, tokenize, expand the media
+ * placeholders. buildChatPrompt (tokenizer/chat_template.ts) is the default; a family whose
+ * processor builds prompts differently (Phi-3-vision's numbered image tags, tokenized chunk by
+ * chunk) gives its own.
+ */
+export type PromptBuilder = (
+  tokenizer: TextTokenizer,
+  template: ChatTemplate,
+  messages: readonly ChatMessage[],
+  media: readonly MediaPlaceholder[],
+  opts: RenderOptions,
+) => ChatPrompt;
+
 /** How a family's processor turns the rendered chat template into ids. */
 export interface PromptStyle {
   /** Its chat templates read message content only as parts (Idefics2): a string becomes one text part. */
@@ -112,6 +127,8 @@ export interface PromptStyle {
    * tokenizer(text) on the rendered template do (Idefics2); false when the template writes the BOS.
    */
   addSpecialTokens?: boolean;
+  /** The family's own prompt builder (default buildChatPrompt); it receives the two flags above in opts. */
+  build?: PromptBuilder;
 }
 
 /** Weight formats by part; families map their tensors onto these three. */
@@ -172,7 +189,11 @@ export function registerFamily<C>(f: ModelFamily<C>): RegisteredFamily {
         family: f.name,
         maxPositions: f.maxPositions(config),
         eosTokenIds: f.eosTokenIds?.(config) ?? [],
-        prompt: { stringContentAsParts: f.prompt?.stringContentAsParts ?? false, addSpecialTokens: f.prompt?.addSpecialTokens ?? false },
+        prompt: {
+          stringContentAsParts: f.prompt?.stringContentAsParts ?? false,
+          addSpecialTokens: f.prompt?.addSpecialTokens ?? false,
+          build: f.prompt?.build ?? buildChatPrompt,
+        },
         createProcessor: (ctx) => f.createProcessor(config, ctx),
         load: (gpu, source, opts) => f.load(gpu, config, source, opts),
       };
