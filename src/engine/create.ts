@@ -74,9 +74,15 @@ class WorkerEngine implements ChatEngine {
     if (typeof location === "object" && "store" in location) {
       throw new WebvlmError("bad_request", "a custom CheckpointStore cannot cross to the worker; use createEngine({ worker: false })");
     }
-    const { onProgress, signal: _signal, ...rest } = opts;
+    const { onProgress, signal, ...rest } = opts;
     location = pageRelative(location);
-    this.model = await this.api.load(location, rest, onProgress ? Comlink.proxy(onProgress) : undefined);
+    // The signal cannot be cloned: an abort goes to the worker by the load's id, like a request's.
+    const { id, detach } = this.abortById(signal);
+    try {
+      this.model = await this.api.load(id, location, rest, onProgress ? Comlink.proxy(onProgress) : undefined);
+    } finally {
+      detach();
+    }
     return this.model;
   }
 
@@ -89,13 +95,18 @@ class WorkerEngine implements ChatEngine {
     this.worker.terminate();
   }
 
-  private withSignal(req: ChatCompletionRequest): { id: number; wire: Omit<ChatCompletionRequest, "signal">; detach: () => void } {
+  /** A new id whose abort(id) is sent to the worker when `signal` fires (or has fired). */
+  private abortById(signal: AbortSignal | undefined): { id: number; detach: () => void } {
     const id = this.nextId++;
-    const { signal, ...wire } = req;
     const onAbort = (): void => void this.api.abort(id);
     if (signal?.aborted) queueMicrotask(onAbort);
     signal?.addEventListener("abort", onAbort);
-    return { id, wire, detach: () => signal?.removeEventListener("abort", onAbort) };
+    return { id, detach: () => signal?.removeEventListener("abort", onAbort) };
+  }
+
+  private withSignal(req: ChatCompletionRequest): { id: number; wire: Omit<ChatCompletionRequest, "signal">; detach: () => void } {
+    const { signal, ...wire } = req;
+    return { ...this.abortById(signal), wire };
   }
 
   private async complete(req: ChatCompletionRequest): Promise<ChatCompletion> {

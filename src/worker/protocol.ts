@@ -9,7 +9,8 @@ export type WorkerChatRequest = Omit<ChatCompletionRequest, "signal">;
 /** The worker's side, exposed with comlink. Streams arrive in batches through a proxied callback. */
 export interface WorkerEngineApi {
   init(): Promise<{ adapter: string }>;
-  load(location: Exclude<CheckpointLocation, { store: unknown }>, opts: Omit<LoadOptions, "onProgress" | "signal">, onProgress?: (e: ProgressEvent) => void): Promise<ModelInfo>;
+  /** `id` names the load for abort(id) (the page's LoadOptions.signal). */
+  load(id: number, location: Exclude<CheckpointLocation, { store: unknown }>, opts: Omit<LoadOptions, "onProgress" | "signal">, onProgress?: (e: ProgressEvent) => void): Promise<ModelInfo>;
   unload(): Promise<void>;
   complete(id: number, req: WorkerChatRequest): Promise<ChatCompletion>;
   stream(id: number, req: WorkerChatRequest, onChunks: (chunks: ChatCompletionChunk[]) => void): Promise<void>;

@@ -33,8 +33,9 @@ const api: WorkerEngineApi = {
     const e = await getEngine();
     return { adapter: `${e.gpu.adapter.vendor} ${e.gpu.adapter.architecture} ${e.gpu.adapter.description}`.trim() };
   },
-  async load(location, opts, onProgress) {
-    return (await getEngine()).load(location, { ...opts, onProgress: onProgress ? (e) => void onProgress(e) : undefined });
+  load(id, location, opts, onProgress) {
+    return withAbort(id, async (signal) =>
+      (await getEngine()).load(location, { ...opts, signal, onProgress: onProgress ? (e) => void onProgress(e) : undefined }));
   },
   async unload() {
     await engine?.unload();

@@ -39,6 +39,8 @@ export interface WorkerReport {
   afterAbort?: string;
   progressPhases?: string[];
   missingModelCode?: string;
+  /** load() with an already aborted signal. */
+  loadAbortCode?: string;
   /** Three requests sent at once, answers in send order. */
   queued?: string[];
   /** Left with `break` after its first token: how the worker ended it, and its token count. */
@@ -65,6 +67,16 @@ async function main(): Promise<WorkerReport> {
     await engine.load(new URL("/no-such-model/", params.get("model")!).href, { cache: false });
   } catch (e) {
     missingModelCode = isWebvlmError(e) ? e.code : `not a WebvlmError: ${String(e)}`;
+  }
+  // A load's signal reaches the worker: an aborted load is "aborted", and the next load works.
+  let loadAbortCode = "";
+  const loadAbort = new AbortController();
+  loadAbort.abort();
+  try {
+    await engine.load({ baseUrl: params.get("model")! }, { quantization: "f32", embedding: "f32", vision: "f32", signal: loadAbort.signal });
+    loadAbortCode = "loaded";
+  } catch (e) {
+    loadAbortCode = isWebvlmError(e) ? e.code : `not a WebvlmError: ${String(e)}`;
   }
   const phases = new Set<string>();
   // limits cross to the worker with the other load options.
@@ -132,7 +144,7 @@ async function main(): Promise<WorkerReport> {
   const queued = await Promise.all(["One?", "Two?", q].map(async (text, i) =>
     (await engine.chat.completions.create({ messages: i === 2 ? messages : [{ role: "user", content: text }], max_tokens: max, temperature: 0 })).choices[0].message.content));
   await engine.terminate();
-  return { streamed, viaOpenAI, errorCode, abortFinish, afterAbort, progressPhases: [...phases], missingModelCode, queued, breakFinish, breakTokens, breakEvents, afterBreak };
+  return { streamed, viaOpenAI, errorCode, abortFinish, afterAbort, progressPhases: [...phases], missingModelCode, queued, breakFinish, breakTokens, breakEvents, afterBreak, loadAbortCode };
 }
 
 main().then(

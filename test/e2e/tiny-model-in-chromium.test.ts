@@ -102,4 +102,5 @@ test("the worker-backed engine: same answer, openai client via engine.fetch, typ
   assert.ok(r.breakTokens !== undefined && r.breakTokens >= 1 && r.breakTokens < 20, `the abandoned stream generated ${r.breakTokens} of 40 tokens`);
   assert.deepEqual(r.breakEvents, ["break returned", "next done"]);
   assert.equal(r.afterBreak, expected, "the request after a break answers as before");
+  assert.equal(r.loadAbortCode, "aborted", "load()'s signal reaches the worker");
 });
