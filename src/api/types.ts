@@ -8,12 +8,14 @@ export interface ImageUrlPart {
   image_url: { url: string; detail?: "auto" | "low" | "high" } & VisionSizeOptions;
 }
 
-/** Per-image size controls (Qwen2-VL processor semantics). */
+/** Per-image size controls (min/max_pixels, resized_*: Qwen2-VL's processor; num_crops: Phi-3-vision's HD transform). */
 export interface VisionSizeOptions {
   min_pixels?: number;
   max_pixels?: number;
   resized_height?: number;
   resized_width?: number;
+  /** Most 336x336 HD crops for this image (Phi-3-vision; default: preprocessor_config.json's num_crops). */
+  num_crops?: number;
 }
 
 /** An image handed over as an object (browser: Blob/File/ImageBitmap/ImageData/canvas/<img>; Node: bytes). */

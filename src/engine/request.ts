@@ -23,6 +23,9 @@ function sizeOptions(o: Record<string, unknown>, where: string): MediaSizeOption
   out.maxPixels = num("max_pixels");
   out.resizedHeight = num("resized_height");
   out.resizedWidth = num("resized_width");
+  const crops = num("num_crops");
+  if (crops !== undefined && !Number.isSafeInteger(crops)) throw bad(`${where}.num_crops must be a positive integer`, "num_crops");
+  out.numCrops = crops;
   return out;
 }
 

@@ -9,15 +9,17 @@ import type { TextTokenizer } from "../tokenizer/tokenizer.ts";
 import type { TensorSource, WeightLoadOptions } from "./common/source.ts";
 
 /**
- * A content part's own size controls (min_pixels, max_pixels, resized_height, resized_width):
- * validated by the request layer, interpreted by the family's processor (those without size
- * rules ignore them).
+ * A content part's own size controls (min_pixels, max_pixels, resized_height, resized_width,
+ * num_crops): validated by the request layer, interpreted by the family's processor (those
+ * without such rules ignore them).
  */
 export interface MediaSizeOptions {
   minPixels?: number;
   maxPixels?: number;
   resizedHeight?: number;
   resizedWidth?: number;
+  /** Phi-3-vision's HD transform: most 336x336 crops (default: preprocessor_config.json's num_crops). */
+  numCrops?: number;
 }
 
 /** One image or video part of a request, in prompt order, before the family's processor. */
