@@ -25,6 +25,8 @@ export interface BrowserDecodeOptions {
   maxPixels?: number;
   /** How errors name the image ("image 2", a URL); default "image". */
   label?: string;
+  /** Also return the alpha (DecodedImage.alpha) when some pixel is not opaque. */
+  keepAlpha?: boolean;
 }
 
 const CORS_FIX =
@@ -91,14 +93,16 @@ export function describeFetchFailure(e: unknown, url: string, label = `image ${u
   return new WebvlmError("download_failed", `could not fetch ${label}: ${msg}`, { url, image: label });
 }
 
-function rgbaToRgb(rgba: Uint8ClampedArray, width: number, height: number): DecodedImage {
+function rgbaToRgb(rgba: Uint8ClampedArray, width: number, height: number, keepAlpha = false): DecodedImage {
   const rgb = new Uint8Array(width * height * 3);
+  let alpha: Uint8Array | undefined;
   for (let i = 0, j = 0; i < rgb.length; i += 3, j += 4) {
     rgb[i] = rgba[j];
     rgb[i + 1] = rgba[j + 1];
     rgb[i + 2] = rgba[j + 2];
+    if (keepAlpha && rgba[j + 3] !== 255) (alpha ??= new Uint8Array(width * height).fill(255))[j >> 2] = rgba[j + 3];
   }
-  return { rgb, width, height };
+  return alpha ? { rgb, width, height, alpha } : { rgb, width, height };
 }
 
 async function toBitmap(input: Exclude<BrowserImageInput, ImageData>, label: string): Promise<ImageBitmap> {
@@ -136,7 +140,7 @@ export async function decodeImageBrowser(input: BrowserImageInput, opts: Browser
   const maxPixels = opts.maxPixels ?? MAX_DECODE_PIXELS;
   const declared = await declaredSize(input);
   if (declared) checkPixelLimit(declared[0], declared[1], maxPixels, label);
-  if (isImageData(input)) return rgbaToRgb(input.data, input.width, input.height);
+  if (isImageData(input)) return rgbaToRgb(input.data, input.width, input.height, opts.keepAlpha);
   const bitmap = await toBitmap(input, label);
   const { width, height } = bitmap;
   if (width === 0 || height === 0) throw new WebvlmError("image_decode_failed", `${label} has no pixels`, { image: label });
@@ -153,7 +157,7 @@ export async function decodeImageBrowser(input: BrowserImageInput, opts: Browser
       const img = typeof HTMLImageElement !== "undefined" && input instanceof HTMLImageElement ? input : null;
       throw describeBrowserImageError(e, img ? `${label} (<img src="${img.currentSrc || img.src}">)` : label);
     }
-    return rgbaToRgb(data, width, height);
+    return rgbaToRgb(data, width, height, opts.keepAlpha);
   } finally {
     if (bitmap !== input) bitmap.close();
   }

@@ -32,6 +32,11 @@ export interface DecodeOptions {
   maxPixels?: number;
   /** How errors name the input ("image 2", a path or URL); default "image". */
   label?: string;
+  /**
+   * Also return the image's alpha (DecodedImage.alpha) when it has transparency: an alpha
+   * channel, a PNG palette or 8-bit colour key (tRNS), a GIF transparent index, WebP alpha.
+   */
+  keepAlpha?: boolean;
 }
 
 export interface DecodedImage {
@@ -39,6 +44,13 @@ export interface DecodedImage {
   rgb: Uint8Array;
   width: number;
   height: number;
+  /** Per-pixel alpha (PIL's convert("RGBA")), only with DecodeOptions.keepAlpha and when some pixel is not opaque. */
+  alpha?: Uint8Array;
+}
+
+/** The decoded image with its alpha attached when asked for and not all opaque. */
+function withAlpha(img: DecodedImage, alpha: Uint8Array | null, opts: DecodeOptions): DecodedImage {
+  return opts.keepAlpha && alpha !== null && alpha.some((a) => a !== 255) ? { ...img, alpha } : img;
 }
 
 // Last line a wasm codec printed to stderr (libjpeg/libwebp say why they failed
@@ -75,6 +87,7 @@ export function decodePng(bytes: Uint8Array, opts: DecodeOptions = {}): DecodedI
     checkSize(width, height, opts);
     const n = width * height;
     const rgb = new Uint8Array(n * 3);
+    const alpha = opts.keepAlpha ? pngAlpha(png, n) : null;
     if (depth < 8) {
       // Sub-byte samples are packed MSB first; each row starts on a byte.
       const rowBytes = Math.ceil((width * depth) / 8);
@@ -86,9 +99,10 @@ export function decodePng(bytes: Uint8Array, opts: DecodeOptions = {}): DecodedI
           const bit = x * depth;
           const v = (data[y * rowBytes + (bit >> 3)] >> (8 - depth - (bit & 7))) & mask;
           writeIndexedOrGray(rgb, (y * width + x) * 3, v, palette, scale);
+          if (alpha && palette) alpha[y * width + x] = palette[v]?.[3] ?? 255;
         }
       }
-      return { rgb, width, height };
+      return withAlpha({ rgb, width, height }, alpha, opts);
     }
     if (data.length < n * channels) throw new Error("truncated image data");
     // 16-bit: keep the high byte; gray16 is mode "I" in PIL and clips instead.
@@ -104,12 +118,30 @@ export function decodePng(bytes: Uint8Array, opts: DecodeOptions = {}): DecodedI
       } else {
         const v = depth === 16 ? data[s] >> 8 : data[s];
         writeIndexedOrGray(rgb, o, v, palette, 1);
+        if (alpha && palette) alpha[i] = palette[v]?.[3] ?? 255;
       }
     }
-    return { rgb, width, height };
+    if (alpha && depth === 8 && !palette && (channels === 1 || channels === 3) && png.transparency?.length === channels) {
+      // An 8-bit colour key: pixels equal to it are transparent (PIL's convert_transparent).
+      const key = png.transparency;
+      for (let i = 0; i < n; i++) {
+        if (rgb[i * 3] === key[0] && (channels === 1 || (rgb[i * 3 + 1] === key[1] && rgb[i * 3 + 2] === key[2]))) alpha[i] = 0;
+      }
+    }
+    return withAlpha({ rgb, width, height }, alpha, opts);
   } catch (e) {
     throw fail("png", e, opts.label);
   }
+}
+
+/** Alpha of a PNG with an alpha channel (high byte of 16-bit samples); 255 elsewhere, filled in by the caller. */
+function pngAlpha(png: { data: ArrayLike<number>; channels: number; depth: number }, n: number): Uint8Array {
+  const alpha = new Uint8Array(n).fill(255);
+  const { data, channels, depth } = png;
+  if ((channels === 2 || channels === 4) && data.length >= n * channels) {
+    for (let i = 0; i < n; i++) alpha[i] = depth === 16 ? data[i * channels + channels - 1] >> 8 : data[i * channels + channels - 1];
+  }
+  return alpha;
 }
 
 function writeIndexedOrGray(
@@ -190,7 +222,12 @@ export function decodeGif(bytes: Uint8Array, opts: DecodeOptions = {}): DecodedI
       rgb[i * 3 + 1] = p ? p[1] : hasPalette ? 0 : v;
       rgb[i * 3 + 2] = p ? p[2] : hasPalette ? 0 : v;
     }
-    return { rgb, width, height };
+    let alpha: Uint8Array | null = null;
+    if (opts.keepAlpha && hasPalette && fr.transparentIndex !== undefined && fr.transparentIndex !== null) {
+      alpha = new Uint8Array(idx.length);
+      for (let i = 0; i < idx.length; i++) alpha[i] = idx[i] === fr.transparentIndex ? 0 : 255;
+    }
+    return withAlpha({ rgb, width, height }, alpha, opts);
   } catch (e) {
     throw fail("gif", e, opts.label);
   }
@@ -232,12 +269,14 @@ function rgbaToRgb(img: { data: Uint8ClampedArray; width: number; height: number
   const n = img.width * img.height;
   if (img.data.length !== n * 4) throw new Error("decoder returned a bad buffer");
   const rgb = new Uint8Array(n * 3);
+  const alpha = opts.keepAlpha ? new Uint8Array(n) : null;
   for (let i = 0; i < n; i++) {
     rgb[i * 3] = img.data[i * 4];
     rgb[i * 3 + 1] = img.data[i * 4 + 1];
     rgb[i * 3 + 2] = img.data[i * 4 + 2];
+    if (alpha) alpha[i] = img.data[i * 4 + 3];
   }
-  return { rgb, width: img.width, height: img.height };
+  return withAlpha({ rgb, width: img.width, height: img.height }, alpha, opts);
 }
 
 export async function decodeJpeg(bytes: Uint8Array, opts: DecodeOptions = {}): Promise<DecodedImage> {

@@ -14,6 +14,7 @@ import { isNode } from "../platform.ts";
 import type { DecodedImage } from "./decode_node.ts";
 import type * as DecodeNodeModule from "./decode_node.ts";
 import { decodeImageBrowser, describeFetchFailure, type BrowserImageInput } from "./decode_browser.ts";
+import { compositeOverBackground } from "./alpha.ts";
 import { applyExifOrientation, exifOrientation } from "./exif_orientation.ts";
 import { MAX_DECODE_PIXELS, precheckImage } from "./image_header.ts";
 
@@ -40,6 +41,12 @@ export interface LoadImageOptions {
    * default false: PIL's open() alone does not). Browsers' createImageBitmap orients by itself.
    */
   exifOrientation?: boolean;
+  /**
+   * Composite transparent images over this opaque RGB colour, as Pillow's alpha_composite over
+   * Image.new("RGBA", size, background) then convert("RGB") (transformers' Mllama/Idefics2
+   * convert_to_rgb uses white). Default: alpha is dropped, as PIL's convert("RGB").
+   */
+  alphaBackground?: readonly [number, number, number];
 }
 
 const DECODE_NODE = "./decode_node.ts";
@@ -54,6 +61,7 @@ interface Limits {
   maxPixels: number;
   label: string;
   exifOrientation: boolean;
+  alphaBackground: readonly [number, number, number] | undefined;
 }
 
 function resolveLimits(opts: LoadImageOptions, fallbackLabel: string): Limits {
@@ -62,7 +70,11 @@ function resolveLimits(opts: LoadImageOptions, fallbackLabel: string): Limits {
   if (!(maxBytes > 0) || !(maxPixels > 0)) {
     throw new WebvlmError("bad_request", `bad image limits: maxBytes ${maxBytes}, maxPixels ${maxPixels}`, { maxBytes, maxPixels });
   }
-  return { maxBytes, maxPixels, label: opts.label ?? fallbackLabel, exifOrientation: opts.exifOrientation ?? false };
+  const bg = opts.alphaBackground;
+  if (bg !== undefined && !(Array.isArray(bg) && bg.length === 3 && bg.every((v) => Number.isInteger(v) && v >= 0 && v <= 255))) {
+    throw new WebvlmError("bad_request", `bad alphaBackground ${JSON.stringify(bg)}: three integers in 0..255`, { alphaBackground: bg });
+  }
+  return { maxBytes, maxPixels, label: opts.label ?? fallbackLabel, exifOrientation: opts.exifOrientation ?? false, alphaBackground: bg };
 }
 
 function abortError(label: string, stage: string): WebvlmError {
@@ -216,6 +228,13 @@ async function readFileBytes(source: string, lim: Limits, signal?: AbortSignal):
   }
 }
 
+/** The decoded image over lim.alphaBackground when it came with alpha; RGB only either way. */
+function flatten(img: DecodedImage, lim: Limits): DecodedImage {
+  if (img.alpha === undefined) return img;
+  const { alpha, ...rgbOnly } = img;
+  return lim.alphaBackground === undefined ? rgbOnly : { ...rgbOnly, rgb: compositeOverBackground(img.rgb, alpha, lim.alphaBackground) };
+}
+
 async function decodeBytes(bytes: Uint8Array, lim: Limits, signal?: AbortSignal): Promise<DecodedImage> {
   checkAbort(signal, lim.label, "reading");
   if (bytes.length > lim.maxBytes) throw bytesLimitError(lim.label, lim.maxBytes, bytes.length, bytes.length);
@@ -223,11 +242,11 @@ async function decodeBytes(bytes: Uint8Array, lim: Limits, signal?: AbortSignal)
   precheckImage(bytes, lim.maxPixels, lim.label);
   checkAbort(signal, lim.label, "decoding");
   if (!isNode) {
-    const img = await decodeImageBrowser(bytes, { maxPixels: lim.maxPixels, label: lim.label });
+    const img = await decodeImageBrowser(bytes, { maxPixels: lim.maxPixels, label: lim.label, keepAlpha: lim.alphaBackground !== undefined });
     checkAbort(signal, lim.label, "decoding");
-    return img;
+    return flatten(img, lim);
   }
-  const img = await (await nodeDecoder()).decodeImageNode(bytes, { maxPixels: lim.maxPixels, label: lim.label });
+  const img = flatten(await (await nodeDecoder()).decodeImageNode(bytes, { maxPixels: lim.maxPixels, label: lim.label, keepAlpha: lim.alphaBackground !== undefined }), lim);
   checkAbort(signal, lim.label, "decoding");
   return lim.exifOrientation ? applyExifOrientation(img, exifOrientation(bytes)) : img;
 }
@@ -258,9 +277,9 @@ export async function loadImage(source: unknown, signal?: AbortSignal, options: 
     if (typeof Blob !== "undefined" && source instanceof Blob && source.size > lim.maxBytes) {
       throw bytesLimitError(lim.label, lim.maxBytes, 0, source.size);
     }
-    const img = await decodeImageBrowser(source as BrowserImageInput, { maxPixels: lim.maxPixels, label: lim.label });
+    const img = await decodeImageBrowser(source as BrowserImageInput, { maxPixels: lim.maxPixels, label: lim.label, keepAlpha: lim.alphaBackground !== undefined });
     checkAbort(signal, lim.label, "decoding");
-    return img;
+    return flatten(img, lim);
   }
   throw new WebvlmError(
     "bad_request",
