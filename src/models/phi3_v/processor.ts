@@ -1,0 +1,134 @@
+// Phi3VProcessor: request images -> the crops CLIP reads (global view first, then the HD tiles
+// row-major) as Conv2d patch rows, and each image's run of placeholder ids (/work/shared/PHI3V.md
+// §3, §5). The prompt side (numbered <|image_k|> tags, chunk-wise tokenization) is prompt.ts.
+//
+// The HF processor writes -k at image k's positions; the engine carries non-negative ids only, so
+// the prompt uses the tokenizer's <|image|> id there (vLLM's choice); the model overwrites those
+// rows with the image features either way. The original also pads each image's crop list with zero
+// tiles to num_crops + 1; their features are discarded, so the payload holds only the used crops.
+import { contentHash } from "../common/content_hash.ts";
+import { WebvlmError } from "../../api/errors.ts";
+import { loadImage } from "../../vision/load_image.ts";
+import type { Chw32 } from "../../vision/canvas.ts";
+import type { MediaPlaceholder } from "../../tokenizer/chat_template.ts";
+import type { MediaProcessor, MediaRef, PreparedMedia } from "../family.ts";
+import { checkNumCrops, PHI3V_CROP_SIZE, processPhi3VImage, type Phi3VPixels, type Phi3VPreprocessOptions } from "./image_processor.ts";
+
+/** CLIP's patch side; the 336x336 crop is a 24x24 patch grid. */
+export const PHI3V_PATCH_SIZE = 14;
+/** Patches per crop (24 x 24, row-major). */
+export const PHI3V_PATCHES_PER_CROP = (PHI3V_CROP_SIZE / PHI3V_PATCH_SIZE) ** 2;
+/** Values per patch row: 3 x 14 x 14, flattened (c, y, x) like the Conv2d weight's reshape(C, 3*14*14). */
+export const PHI3V_PATCH_ROW = 3 * PHI3V_PATCH_SIZE * PHI3V_PATCH_SIZE;
+
+/** What the Phi-3-vision model reads of one image. */
+export interface Phi3VImagePayload {
+  /** image_size = [height, width] of the HD image, both multiples of 336. */
+  height: number;
+  width: number;
+  /** Crop rows and columns: height / 336, width / 336. */
+  hc: number;
+  wc: number;
+  /** Placeholder tokens of the image: (hc*wc + 1)*144 + 1 + (hc + 1)*12. */
+  numImgTokens: number;
+  /**
+   * [(1 + hc*wc) * 576, 3*14*14]: the crops in order (the global view, then the HD tiles
+   * row-major), each crop's 24x24 patches row-major, each patch flattened (c, y, x).
+   */
+  patchRows: Float32Array;
+}
+
+export interface Phi3VProcessorOptions {
+  /** The id the prompt carries at image positions: the tokenizer's <|image|> added token. */
+  imageTokenId: number;
+  preprocess: Phi3VPreprocessOptions;
+}
+
+/** Writes the patches of the 336x336 crop at (left, top) of `img` as rows from `out[offset]`. */
+function writeCropPatches(img: Chw32, left: number, top: number, out: Float32Array, offset: number): void {
+  const p = PHI3V_PATCH_SIZE;
+  const side = PHI3V_CROP_SIZE / p;
+  const plane = img.width * img.height;
+  let o = offset;
+  for (let py = 0; py < side; py++) {
+    for (let px = 0; px < side; px++) {
+      for (let c = 0; c < img.channels; c++) {
+        for (let y = 0; y < p; y++) {
+          const from = c * plane + (top + py * p + y) * img.width + left + px * p;
+          out.set(img.data.subarray(from, from + p), o);
+          o += p;
+        }
+      }
+    }
+  }
+}
+
+/** The patch rows of one processed image: global view first, then the HD tiles row-major. */
+export function phi3vPatchRows(pixels: Phi3VPixels): Float32Array {
+  const { hc, wc } = pixels.geometry;
+  const crop = PHI3V_PATCHES_PER_CROP * PHI3V_PATCH_ROW;
+  const out = new Float32Array((1 + hc * wc) * crop);
+  writeCropPatches(pixels.global, 0, 0, out, 0);
+  for (let r = 0; r < hc; r++) {
+    for (let c = 0; c < wc; c++) writeCropPatches(pixels.hd, c * PHI3V_CROP_SIZE, r * PHI3V_CROP_SIZE, out, (1 + r * wc + c) * crop);
+  }
+  return out;
+}
+
+/** Content key of an image: its sizes and the uint8 HD image every float value is a function of. */
+function pixelsHash(pixels: Phi3VPixels): string {
+  const g = pixels.geometry;
+  return contentHash([new Int32Array([g.height, g.width, g.numImgTokens]), pixels.hd8.data]);
+}
+
+function isPayload(p: unknown): p is Phi3VImagePayload {
+  return typeof p === "object" && p !== null && typeof (p as { numImgTokens?: unknown }).numImgTokens === "number";
+}
+
+export class Phi3VProcessor implements MediaProcessor {
+  readonly options: Readonly<Phi3VProcessorOptions>;
+
+  constructor(options: Phi3VProcessorOptions) {
+    const { imageTokenId, preprocess } = options;
+    if (!Number.isSafeInteger(imageTokenId) || imageTokenId < 0) {
+      throw new WebvlmError("bad_request", `Phi3VProcessor: imageTokenId must be a token id, got ${imageTokenId}`, { imageTokenId });
+    }
+    checkNumCrops(preprocess.numCrops, "Phi3VProcessor");
+    this.options = options;
+  }
+
+  async prepare(refs: readonly MediaRef[], signal?: AbortSignal): Promise<PreparedMedia[]> {
+    const { preprocess } = this.options;
+    // Reject videos and bad num_crops before decoding anything.
+    const crops = refs.map((ref, k) => {
+      if (ref.kind !== "image") {
+        throw new WebvlmError("unsupported_feature", `Phi-3-vision takes images only; media item ${k + 1} is a ${ref.kind}`, { kind: ref.kind, item: k + 1 });
+      }
+      const n = ref.options.numCrops;
+      return n === undefined ? preprocess.numCrops : checkNumCrops(n, `image ${k + 1}`);
+    });
+    const out: PreparedMedia[] = [];
+    for (const [k, ref] of refs.entries()) {
+      if (signal?.aborted) throw new WebvlmError("aborted", "the request was aborted while preparing images");
+      // The remote code opens images with PIL (no EXIF transpose) and convert("RGB") drops alpha;
+      // the shared loader does both by default.
+      const img = await loadImage(ref.source, signal, { label: `image ${k + 1}` });
+      const pixels = processPhi3VImage(img, preprocess, crops[k]);
+      const g = pixels.geometry;
+      const payload: Phi3VImagePayload = {
+        height: g.height, width: g.width, hc: g.hc, wc: g.wc, numImgTokens: g.numImgTokens, patchRows: phi3vPatchRows(pixels),
+      };
+      out.push({ kind: "image", hash: pixelsHash(pixels), tokens: g.numImgTokens, payload });
+    }
+    return out;
+  }
+
+  /** One placeholder kind: image k becomes numImgTokens copies of <|image|> (prompt.ts puts them at its tag). */
+  placeholders(media: readonly PreparedMedia[]): MediaPlaceholder[] {
+    const counts = media.map((m, k) => {
+      if (!isPayload(m.payload)) throw new WebvlmError("internal", `phi3_v: media item ${k + 1} was not prepared by this family's processor`);
+      return m.payload.numImgTokens;
+    });
+    return [{ tokenId: this.options.imageTokenId, counts, kind: "image" }];
+  }
+}
