@@ -355,10 +355,12 @@ function boundedRange(interp: () => BoundedInterpreter) {
   };
 }
 
-const MONTHS_LONG = new Intl.DateTimeFormat(undefined, { month: "long" });
-const MONTHS_SHORT = new Intl.DateTimeFormat(undefined, { month: "short" });
+// Python's strftime in the C locale, which chat templates assume (Llama 3.x: "%d %b %Y" -> "05 Sep
+// 2024"): English names whatever the user's locale (Intl would give "Sept" in en-GB, "Dez." in de).
+const MONTHS_LONG = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+const MONTHS_SHORT = MONTHS_LONG.map((m) => m.slice(0, 3));
 
-/** The library's strftime_now (its setupGlobals is not exported), same directives. */
+/** The library's strftime_now (its setupGlobals is not exported), same directives; local time. */
 function strftimeNow(format: unknown): string {
   const d = new Date();
   const pad2 = (n: number): string => (n < 10 ? `0${n}` : String(n));
@@ -367,8 +369,8 @@ function strftimeNow(format: unknown): string {
       case "%Y": return String(d.getFullYear());
       case "%m": return pad2(d.getMonth() + 1);
       case "%d": return pad2(d.getDate());
-      case "%b": return MONTHS_SHORT.format(d);
-      case "%B": return MONTHS_LONG.format(d);
+      case "%b": return MONTHS_SHORT[d.getMonth()];
+      case "%B": return MONTHS_LONG[d.getMonth()];
       case "%H": return pad2(d.getHours());
       case "%M": return pad2(d.getMinutes());
       default: return "%";
