@@ -32,6 +32,24 @@ export interface DecoderConfig {
   slidingWindow: (number | null)[];
   rope: RopeSpec;
   maxPositionEmbeddings: number;
+  /**
+   * Indices of gated cross-attention layers (mllama's cross_attention_layers): their tensors are
+   * cross_attn.* instead of self_attn.*, they keep no KV cache and read the vision K/V the forward
+   * is given. Absent or empty: every layer is self-attention.
+   */
+  crossAttentionLayers?: readonly number[];
+  /** embed_tokens rows when they differ from lm_head's vocabSize (mllama: vocab_size + 8). */
+  embedRows?: number;
+}
+
+/** Whether layer i is a cross-attention layer. */
+export function isCrossLayer(c: DecoderConfig, i: number): boolean {
+  return c.crossAttentionLayers?.includes(i) ?? false;
+}
+
+/** Self-attention layers (one KV cache each). */
+export function selfAttentionLayerCount(c: DecoderConfig): number {
+  return c.numLayers - (c.crossAttentionLayers?.length ?? 0);
 }
 
 /** What a family fixes about its checkpoints; the rest comes from config.json. */

@@ -65,6 +65,11 @@ export interface CrossAttentionMask {
   /** u32 [L]: 0 on full text rows (no image visible), whose MLP branch is zeroed. */
   rowMask: Tensor;
   /**
+   * u32 [kv length]: 0 on keys no row may see even inside its range (mllama's padded tiles: an
+   * image of 2 tiles leaves tiles 2..T-1 out). Ignored by rows with an empty range under "attendAll".
+   */
+  keyMask?: Tensor;
+  /**
    * Attention output of rows with no visible key. "attendAll" (default) is transformers': such a
    * row's additive mask is multiplied by 0, so it attends to every vision key.
    */
@@ -89,6 +94,7 @@ export function crossAttentionLayer(
     numKvHeads: cfg.numKvHeads,
     headDim: cfg.headDim,
     mask: { kind: "ranges", ranges: mask.ranges, kvLength: kv.length },
+    keyMask: mask.keyMask ? { keep: mask.keyMask } : undefined,
     emptyRows: mask.emptyRows ?? "attendAll",
   });
   free(q);

@@ -14,7 +14,8 @@ import { linear } from "../../ops/linear.ts";
 import { rmsNorm } from "../../ops/rms_norm.ts";
 import { ropeAppendKv } from "../../ops/rope.ts";
 import type { RopeTables } from "../common/rope.ts";
-import type { DecoderConfig } from "./config.ts";
+import { isCrossLayer, selfAttentionLayerCount, type DecoderConfig } from "./config.ts";
+import { crossAttentionLayer, type CrossAttentionMask, type CrossKv } from "./cross_attention.ts";
 import type { DecoderWeights } from "./weights.ts";
 
 export interface DecoderForwardOptions {
@@ -23,6 +24,12 @@ export interface DecoderForwardOptions {
    * chunk before the last only fills the caches: no final norm, no lm_head, null returned).
    */
   logits?: "last" | "all" | "none";
+  /**
+   * What the cross-attention layers read (config.crossAttentionLayers): per cross layer in order its
+   * vision K/V, and this chunk's mask rows. Absent: the cross layers are identity (a text-only
+   * mllama request: transformers skips them when there are no cross-attention states).
+   */
+  cross?: { kv: readonly CrossKv[]; mask: CrossAttentionMask } | null;
 }
 
 /**
@@ -43,7 +50,8 @@ export function windowRanges(past: number, S: number, window: number): Uint32Arr
  * Runs L new tokens through the decoder. x f32 [L, hidden] is the residual stream (overwritten in
  * place, not released). positions: i32 [rows, L] with one row per rope section (1 for text-only
  * families, 3 for M-RoPE). rope: the inv_freq table and scaling of this forward (ropeTables).
- * caches: one per layer, all holding `past` = caches[0].length rows; this chunk is appended.
+ * caches: one per self-attention layer (cross layers keep none), all holding `past` =
+ * caches[0].length rows; this chunk is appended.
  * Returns f32 logits [rows, vocab] (caller releases), or null for logits "none". Sliding-window key
  * ranges are uploaded on entry, so `rec` must not hold dispatches that still read buffers the caller
  * released into the pool.
@@ -98,7 +106,12 @@ export function decoderForward(
   expectShape("decoder.x", x, [null, H]);
   const L = x.shape[0];
   if (L < 1) throw new WebvlmError("bad_request", "decoder: empty chunk");
-  if (caches.length !== cfg.numLayers) throw new WebvlmError("internal", `decoder: ${caches.length} caches for ${cfg.numLayers} layers`);
+  const numSelf = selfAttentionLayerCount(cfg);
+  if (caches.length !== numSelf) throw new WebvlmError("internal", `decoder: ${caches.length} caches for ${numSelf} self-attention layers`);
+  const cross = opts.cross ?? null;
+  if (cross && cross.kv.length !== w.crossLayers.length) {
+    throw new WebvlmError("internal", `decoder: ${cross.kv.length} cross K/V for ${w.crossLayers.length} cross-attention layers`);
+  }
   const past = caches[0].length;
   if (caches.some((c) => c.length !== past)) throw new WebvlmError("internal", "decoder: layer caches disagree on their length");
   if (past + L > caches[0].maxSeq) {
@@ -123,9 +136,19 @@ export function decoderForward(
   };
 
   try {
+    let selfIndex = 0;
+    let crossIndex = 0;
     for (let li = 0; li < cfg.numLayers; li++) {
-      const lw = w.layers[li];
-      const cache = caches[li];
+      if (isCrossLayer(cfg, li)) {
+        const ci = crossIndex++;
+        if (cross) {
+          const attn = { hiddenSize: H, numHeads: Hq, numKvHeads: Hkv, headDim: D, rmsNormEps: cfg.rmsNormEps };
+          crossAttentionLayer(rec, attn, w.crossLayers[ci], x, cross.kv[ci], cross.mask);
+        }
+        continue;
+      }
+      const lw = w.layers[selfIndex];
+      const cache = caches[selfIndex++];
       const window = cfg.slidingWindow[li];
       const qkv = linear(rec, x, lw.qkv, lw.qkvBias ?? undefined, undefined, { rmsNorm: { weight: lw.inputNorm, eps: cfg.rmsNormEps } });
       ropeAppendKv(rec, qkv, positions, cache, past, {

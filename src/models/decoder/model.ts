@@ -14,7 +14,7 @@ import { embedding } from "../../ops/embedding.ts";
 import { ropeTables } from "../common/rope.ts";
 import type { TensorSource, WeightLoadOptions } from "../common/source.ts";
 import type { ModelPrefill, ModelStep, ReadMode } from "../family.ts";
-import type { DecoderConfig } from "./config.ts";
+import { selfAttentionLayerCount, type DecoderConfig } from "./config.ts";
 import { decoderForward } from "./forward.ts";
 import { loadDecoderWeights, releaseDecoderWeights, type DecoderWeights } from "./weights.ts";
 
@@ -47,7 +47,7 @@ export class DecoderModel {
 
   createCache(maxSeq: number): DecoderCache {
     const c = this.config;
-    return new DecoderCache(this.gpu, LayerCaches.allocate(this.gpu, c.numLayers, maxSeq, c.numKvHeads, c.headDim), maxSeq);
+    return new DecoderCache(this.gpu, LayerCaches.allocate(this.gpu, selfAttentionLayerCount(c), maxSeq, c.numKvHeads, c.headDim), maxSeq);
   }
 
   /** Runs the prompt tokens after the cached prefix (cache.length of them are already cached). */

@@ -2,10 +2,13 @@
 // shared by Qwen2, Mistral, Llama and Phi-3), each with its shape from the config and the GPU
 // weight it goes into. One declarative list drives checking (missing_tensor / shape_mismatch
 // before anything is read), loading (row-stacked into fused q|k|v and gate|up weights) and release.
-import type { DecoderConfig } from "./config.ts";
+import { isCrossLayer, type DecoderConfig } from "./config.ts";
 
 /** The GPU weight a checkpoint tensor goes into ("qkv" rows q | k | v, "gateUp" rows gate | up). */
-export type Slot = "embed" | "norm" | "lmHead" | "inputNorm" | "postNorm" | "qkv" | "qkvBias" | "o" | "oBias" | "gateUp" | "gateUpBias" | "down" | "downBias";
+export type Slot =
+  | "embed" | "norm" | "lmHead" | "inputNorm" | "postNorm" | "qkv" | "qkvBias" | "o" | "oBias" | "gateUp" | "gateUpBias" | "down" | "downBias"
+  // cross-attention layers (mllama): separate q/k/v (k/v read the vision states), per-head norms, tanh gates
+  | "crossQ" | "crossK" | "crossV" | "crossO" | "qNorm" | "kNorm" | "attnGate" | "mlpGate";
 
 export interface TensorSpec {
   /** Checkpoint name, verbatim. */
@@ -52,9 +55,24 @@ const LAYER: readonly Entry[] = [
   { name: "mlp.down_proj.bias", slot: "downBias", shape: (c) => [c.hiddenSize], when: (c) => c.mlpBias },
 ];
 
+/** A cross-attention layer's attention tensors (transformers' MllamaCrossAttentionDecoderLayer), replacing self_attn.*. */
+const CROSS: readonly Entry[] = [
+  { name: "cross_attn.q_proj.weight", slot: "crossQ", shape: (c) => [qDim(c), c.hiddenSize] },
+  { name: "cross_attn.k_proj.weight", slot: "crossK", shape: (c) => [kvDim(c), c.hiddenSize] },
+  { name: "cross_attn.v_proj.weight", slot: "crossV", shape: (c) => [kvDim(c), c.hiddenSize] },
+  { name: "cross_attn.o_proj.weight", slot: "crossO", shape: (c) => [c.hiddenSize, qDim(c)] },
+  { name: "cross_attn.q_norm.weight", slot: "qNorm", shape: (c) => [c.headDim] },
+  { name: "cross_attn.k_norm.weight", slot: "kNorm", shape: (c) => [c.headDim] },
+  { name: "cross_attn_attn_gate", slot: "attnGate", shape: () => [1] },
+  { name: "cross_attn_mlp_gate", slot: "mlpGate", shape: () => [1] },
+];
+
+/** A cross layer's entries: its norms and MLP as a self layer's, cross_attn.* instead of self_attn.*. */
+const CROSS_LAYER: readonly Entry[] = [LAYER[0], ...CROSS, ...LAYER.filter((e) => e.name !== LAYER[0].name && !e.name.startsWith("self_attn."))];
+
 /** Model-level tensors; lm_head only when untied (a tied checkpoint's stored lm_head is ignored, as in HF). */
 const TOP: readonly Entry[] = [
-  { name: "model.embed_tokens.weight", slot: "embed", shape: (c) => [c.vocabSize, c.hiddenSize] },
+  { name: "model.embed_tokens.weight", slot: "embed", shape: (c) => [c.embedRows ?? c.vocabSize, c.hiddenSize] },
   { name: "model.norm.weight", slot: "norm", shape: (c) => [c.hiddenSize] },
   { name: "lm_head.weight", slot: "lmHead", shape: (c) => [c.vocabSize, c.hiddenSize], when: (c) => !c.tieWordEmbeddings },
 ];
@@ -66,7 +84,7 @@ export function decoderTensorTable(c: DecoderConfig): TensorSpec[] {
     if (!e.when || e.when(c)) out.push({ name, shape: e.shape(c), slot: e.slot, layer });
   };
   add(TOP[0], TOP[0].name, null);
-  for (let i = 0; i < c.numLayers; i++) for (const e of LAYER) add(e, `model.layers.${i}.${e.name}`, i);
+  for (let i = 0; i < c.numLayers; i++) for (const e of isCrossLayer(c, i) ? CROSS_LAYER : LAYER) add(e, `model.layers.${i}.${e.name}`, i);
   add(TOP[1], TOP[1].name, null);
   add(TOP[2], TOP[2].name, null);
   return out;

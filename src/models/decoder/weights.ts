@@ -7,7 +7,8 @@ import type { Tensor } from "../../gpu/tensor.ts";
 import type { ShardedWeight, Weight, WeightFormat } from "../../quant/formats.ts";
 import type { TensorSource, WeightLoadOptions } from "../common/source.ts";
 import { releaseTensors, resolveFormats, WeightLoader, type WeightMaker } from "../common/weight_loader.ts";
-import type { DecoderConfig } from "./config.ts";
+import { isCrossLayer, type DecoderConfig } from "./config.ts";
+import type { CrossAttentionLayerWeights } from "./cross_attention.ts";
 import { decoderTensorTable, type Slot, type TensorSpec } from "./names.ts";
 
 export type DecoderLinear = Weight | ShardedWeight;
@@ -29,7 +30,10 @@ export interface DecoderLayerWeights {
 
 export interface DecoderWeights {
   embed: DecoderLinear;
+  /** The self-attention layers, in order (every layer unless the config has cross-attention layers). */
   layers: DecoderLayerWeights[];
+  /** The cross-attention layers (config.crossAttentionLayers), in order; empty for text decoders. */
+  crossLayers: CrossAttentionLayerWeights[];
   norm: Tensor;
   /** The same object as `embed` when tied. */
   lmHead: DecoderLinear;
@@ -70,12 +74,30 @@ export async function buildDecoderWeights(
   try {
     const embed = await matrix(of("embed", null), formats.embedding, "embed_tokens");
     const layers: DecoderLayerWeights[] = [];
+    const crossLayers: CrossAttentionLayerWeights[] = [];
     for (let i = 0; i < c.numLayers; i++) {
       const vec = async (slot: Slot, label: string): Promise<Tensor | null> => {
         const parts = of(slot, i);
         return parts.length ? vector(parts, `L${i}.${label}`) : null;
       };
       const mat = (slot: Slot, label: string): Promise<DecoderLinear> => matrix(of(slot, i), formats.textLinear, `L${i}.${label}`);
+      if (isCrossLayer(c, i)) {
+        crossLayers.push({
+          inputNorm: (await vec("inputNorm", "input_layernorm"))!,
+          q: await mat("crossQ", "cross_attn.q_proj"),
+          k: await mat("crossK", "cross_attn.k_proj"),
+          v: await mat("crossV", "cross_attn.v_proj"),
+          o: await mat("crossO", "cross_attn.o_proj"),
+          qNorm: (await vec("qNorm", "cross_attn.q_norm"))!,
+          kNorm: (await vec("kNorm", "cross_attn.k_norm"))!,
+          attnGate: (await vec("attnGate", "cross_attn_attn_gate"))!,
+          mlpGate: (await vec("mlpGate", "cross_attn_mlp_gate"))!,
+          postNorm: (await vec("postNorm", "post_attention_layernorm"))!,
+          gateUp: await mat("gateUp", "gate_up"),
+          down: await mat("down", "down_proj"),
+        });
+        continue;
+      }
       layers.push({
         inputNorm: (await vec("inputNorm", "input_layernorm"))!,
         qkv: await mat("qkv", "qkv"),
@@ -91,7 +113,7 @@ export async function buildDecoderWeights(
     }
     const norm = await vector(of("norm", null), "norm");
     const lmHead = c.tieWordEmbeddings ? embed : await matrix(of("lmHead", null), formats.embedding, "lm_head");
-    return { embed, layers, norm, lmHead, formats, gpuBytes: L.gpuBytes };
+    return { embed, layers, crossLayers, norm, lmHead, formats, gpuBytes: L.gpuBytes };
   } catch (e) {
     releaseTensors(gpu, made);
     throw e;
@@ -102,5 +124,6 @@ export async function buildDecoderWeights(
 export function releaseDecoderWeights(gpu: GpuContext, w: DecoderWeights): void {
   const items: (Tensor | DecoderLinear | null)[] = [w.embed, w.norm, w.lmHead];
   for (const l of w.layers) items.push(l.inputNorm, l.qkv, l.qkvBias, l.o, l.oBias, l.postNorm, l.gateUp, l.gateUpBias, l.down, l.downBias);
+  for (const l of w.crossLayers) items.push(l.inputNorm, l.q, l.k, l.v, l.o, l.qNorm, l.kNorm, l.attnGate, l.mlpGate, l.postNorm, l.gateUp, l.down);
   releaseTensors(gpu, items.filter((x): x is Tensor | DecoderLinear => x !== null));
 }
