@@ -184,3 +184,20 @@ test("preprocessor_config.json: defaults, the real file's values, typed errors n
   assert.ok(e instanceof WebvlmError);
   assert.deepEqual(e.details, { file: "preprocessor_config.json", field: "max_image_tiles", value: -2 });
 });
+
+test("loadImage alphaBackground: opaque images come back unchanged, a bad colour is a bad_request", async () => {
+  const opaque = file("tall_23x90.png");
+  const plain = await loadImage(opaque);
+  const over = await loadImage(opaque, undefined, { alphaBackground: [0, 128, 255] });
+  assert.equal(diffSummary(over.rgb, plain.rgb), null);
+  assert.equal("alpha" in over, false);
+  // Over black instead of white: alpha-0 pixels take the background, so the result differs from white's.
+  const black = await loadImage(file("rgba_33x29.png"), undefined, { alphaBackground: [0, 0, 0] });
+  const white = await loadImage(file("rgba_33x29.png"), undefined, { alphaBackground: [255, 255, 255] });
+  assert.notEqual(diffSummary(black.rgb, white.rgb), null);
+  assert.equal("alpha" in black, false);
+  for (const bg of [[256, 0, 0], [0, 0], [0.5, 0, 0]]) {
+    await assert.rejects(loadImage(opaque, undefined, { alphaBackground: bg as unknown as [number, number, number] }),
+      (e: unknown) => e instanceof WebvlmError && e.code === "bad_request" && /alphaBackground/.test(e.message));
+  }
+});
