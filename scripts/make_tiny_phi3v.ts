@@ -42,8 +42,10 @@
 // - Rows of ids the tokenizer cannot produce (32011…32043 and >= 32045: Phi-3-vision's vocab_size
 //   32064 is padded) and of `<|image|>` 32044 (only ever a placeholder) are scaled by 0.01, so a
 //   greedy pick never lands there.
-// - Default seeds were picked so that 16 greedy tokens after a chat prompt, with or without an
-//   image, are mostly distinct (not a repeated token).
+// - Default seeds (2 for tiny-a, 4321 for tiny-b) were picked among a few so that 16 greedy tokens
+//   after a chat prompt are distinct without an image and mostly distinct (>= 6, no single repeated
+//   token) with a noise image of 1×1 or 1×2 tiles: long image prompts make random tiny decoders
+//   fall into short cycles sooner than text prompts do.
 //
 // `<|image|>` 32044 is vLLM's placeholder id; it is added to tokenizer.json with the flags of
 // Phi-3's other placeholder tokens (lstrip false, rstrip true, normalized false, special true).
@@ -76,7 +78,7 @@ const SHAPES: Record<TinyPhi3VShape, Shape> = {
     vision: { width: 64, layers: 3, intermediate: 128, explicitLayerIdx: false },
     numCrops: 4,
     attnImplementation: "flash_attention_2",
-    seed: 1234,
+    seed: 2,
   },
   "tiny-b": {
     text: { hidden: 96, layers: 2, heads: 4, kvHeads: 4, intermediate: 160, ropeType: "longrope", originalMax: 400, maxPositions: 131072, slidingWindow: 262144 },
