@@ -13,7 +13,7 @@ import {
   MLLAMA_DEFAULT_PREPROCESS, aspectRatioId, fitToCanvasSize, mllamaImageLayout, optimalTileGrid, parseMllamaPreprocess,
   processMllamaImage, supportedAspectRatios,
 } from "../../src/models/mllama/image_processor.ts";
-import { MllamaProcessor, isMllamaImagePayload } from "../../src/models/mllama/processor.ts";
+import { MllamaProcessor, createMllamaProcessor, isMllamaImagePayload } from "../../src/models/mllama/processor.ts";
 import { FIXTURES, diffSummary, type BlobEntry } from "./fixtures.ts";
 
 const DIR = join(FIXTURES, "mllama");
@@ -200,4 +200,21 @@ test("loadImage alphaBackground: opaque images come back unchanged, a bad colour
     await assert.rejects(loadImage(opaque, undefined, { alphaBackground: bg as unknown as [number, number, number] }),
       (e: unknown) => e instanceof WebvlmError && e.code === "bad_request" && /alphaBackground/.test(e.message));
   }
+});
+
+test("createMllamaProcessor checks preprocessor_config.json against config.json and the tokenizer", () => {
+  const pp = { size: { height: 28, width: 28 }, max_image_tiles: 4 };
+  const ctx = (id: number | undefined, preprocessorConfig: Record<string, unknown> = pp) =>
+    ({ preprocessorConfig, processorConfig: {}, addedTokenId: (c: string) => (c === "<|image|>" ? id : undefined) });
+  const model = { imageTokenId: 128256, tileSize: 28, maxNumTiles: 4, numAspectRatios: 8 };
+  const proc = createMllamaProcessor(model, ctx(128256));
+  assert.deepEqual([proc.options.imageTokenId, proc.options.preprocess.tileSize, proc.options.preprocess.maxImageTiles], [128256, 28, 4]);
+  const bad: [typeof model, ReturnType<typeof ctx>, RegExp][] = [
+    [{ ...model, tileSize: 30 }, ctx(128256), /size 28 differs from config\.json vision_config\.image_size 30/],
+    [{ ...model, maxNumTiles: 2 }, ctx(128256), /max_image_tiles 4 differs from config\.json vision_config\.max_num_tiles 2/],
+    [{ ...model, numAspectRatios: 5 }, ctx(128256), /gives 8 aspect ratio ids, config\.json lists 5/],
+    [model, ctx(undefined), /tokenizer has no <\|image\|>/],
+    [model, ctx(128257), /tokenizer's <\|image\|> is 128257/],
+  ];
+  for (const [m, c, pattern] of bad) assertCode(() => createMllamaProcessor(m, c), "bad_request", pattern);
 });

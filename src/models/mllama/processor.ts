@@ -6,8 +6,8 @@ import { contentHash } from "../common/content_hash.ts";
 import { WebvlmError } from "../../api/errors.ts";
 import { loadImage } from "../../vision/load_image.ts";
 import type { MediaPlaceholder } from "../../tokenizer/chat_template.ts";
-import type { MediaProcessor, MediaRef, PreparedMedia } from "../family.ts";
-import { processMllamaImage, type MllamaPreprocessOptions } from "./image_processor.ts";
+import type { MediaProcessor, MediaRef, PreparedMedia, ProcessorContext } from "../family.ts";
+import { parseMllamaPreprocess, processMllamaImage, supportedAspectRatios, type MllamaPreprocessOptions } from "./image_processor.ts";
 
 /** What the Llama 3.2 Vision model reads of one image (PreparedMedia.payload). */
 export interface MllamaImagePayload {
@@ -87,4 +87,51 @@ export class MllamaProcessor implements MediaProcessor {
   placeholders(media: readonly PreparedMedia[]): MediaPlaceholder[] {
     return [{ kind: "image", tokenId: this.options.imageTokenId, counts: media.map(() => 1) }];
   }
+}
+
+/** What the processor must agree with in config.json. */
+export interface MllamaProcessorModelConfig {
+  /** image_token_index (<|image|>). */
+  imageTokenId: number;
+  /** vision_config.image_size: the tile side. */
+  tileSize: number;
+  /** vision_config.max_num_tiles: the tiles the encoder runs per image. */
+  maxNumTiles: number;
+  /** len(vision_config.supported_aspect_ratios): aspect ratio ids must index its embeddings. */
+  numAspectRatios?: number;
+}
+
+const mismatch = (msg: string, details: Record<string, unknown>): WebvlmError => new WebvlmError("bad_request", msg, details);
+
+/**
+ * The family's processor from the checkpoint's files (ModelFamily.createProcessor): parses
+ * preprocessor_config.json and checks it against config.json (tile size, tile count, aspect ratio
+ * ids) and the tokenizer (<|image|> is an added token with config.json's id).
+ */
+export function createMllamaProcessor(model: MllamaProcessorModelConfig, ctx: ProcessorContext): MllamaProcessor {
+  const preprocess = parseMllamaPreprocess(ctx.preprocessorConfig);
+  if (preprocess.tileSize !== model.tileSize) {
+    throw mismatch(`preprocessor_config.json: size ${preprocess.tileSize} differs from config.json vision_config.image_size ${model.tileSize}`, {
+      file: "preprocessor_config.json", field: "size", value: preprocess.tileSize, expected: model.tileSize,
+    });
+  }
+  if (preprocess.maxImageTiles !== model.maxNumTiles) {
+    throw mismatch(`preprocessor_config.json: max_image_tiles ${preprocess.maxImageTiles} differs from config.json vision_config.max_num_tiles ${model.maxNumTiles}`, {
+      file: "preprocessor_config.json", field: "max_image_tiles", value: preprocess.maxImageTiles, expected: model.maxNumTiles,
+    });
+  }
+  const ids = supportedAspectRatios(preprocess.maxImageTiles).length;
+  if (model.numAspectRatios !== undefined && ids > model.numAspectRatios) {
+    throw mismatch(`preprocessor_config.json: max_image_tiles ${preprocess.maxImageTiles} gives ${ids} aspect ratio ids, config.json lists ${model.numAspectRatios} supported_aspect_ratios`, {
+      file: "preprocessor_config.json", field: "max_image_tiles", value: preprocess.maxImageTiles,
+    });
+  }
+  const tokenizerId = ctx.addedTokenId("<|image|>");
+  if (tokenizerId !== model.imageTokenId) {
+    throw mismatch(tokenizerId === undefined
+      ? `the tokenizer has no <|image|> token (config.json image_token_index ${model.imageTokenId})`
+      : `the tokenizer's <|image|> is ${tokenizerId}, config.json image_token_index is ${model.imageTokenId}`,
+    { token: "<|image|>", tokenizerId, imageTokenId: model.imageTokenId });
+  }
+  return new MllamaProcessor({ imageTokenId: model.imageTokenId, preprocess });
 }
