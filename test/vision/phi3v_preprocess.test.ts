@@ -15,7 +15,7 @@ import type { MediaRef } from "../../src/models/family.ts";
 import {
   PHI3V_DEFAULT_PREPROCESS, PHI3V_MAX_NUM_CROPS, parsePhi3VPreprocess, phi3vHdGeometry, phi3vHdImage, phi3vNumImgTokens, processPhi3VImage,
 } from "../../src/models/phi3_v/image_processor.ts";
-import { Phi3VProcessor, phi3vPatchRows, type Phi3VImagePayload } from "../../src/models/phi3_v/processor.ts";
+import { createPhi3VProcessor, Phi3VProcessor, phi3vPatchRows, type Phi3VImagePayload } from "../../src/models/phi3_v/processor.ts";
 import { FIXTURES } from "./fixtures.ts";
 
 const DIR = join(FIXTURES, "phi3v");
@@ -243,4 +243,13 @@ test("Phi3VProcessor: videos, bad num_crops and aborts are typed errors", async 
   await assert.rejects(proc.prepare([ref("tiny_40x30.png")], ac.signal), (e: unknown) => e instanceof WebvlmError && e.code === "aborted");
   assertCode(() => new Phi3VProcessor({ imageTokenId: -1, preprocess: opts(4) }), "bad_request", /imageTokenId/);
   assertCode(() => proc.placeholders([{ kind: "image", hash: "x", tokens: 3, payload: {} }]), "internal");
+});
+
+test("createPhi3VProcessor: the tokenizer's <|image|> id and preprocessor_config.json", () => {
+  const ctx = (ids: Record<string, number>, pp: Record<string, unknown>) => ({ preprocessorConfig: pp, processorConfig: {}, addedTokenId: (c: string) => ids[c] });
+  const proc = createPhi3VProcessor(ctx({ "<|image|>": 32044 }, { num_crops: 16 }));
+  assert.equal(proc.options.imageTokenId, 32044);
+  assert.equal(proc.options.preprocess.numCrops, 16);
+  assertCode(() => createPhi3VProcessor(ctx({}, {})), "bad_request", /<\|image\|>/);
+  assertCode(() => createPhi3VProcessor(ctx({ "<|image|>": 5 }, { num_crops: -1 })), "bad_request", /preprocessor_config\.json.*num_crops/);
 });

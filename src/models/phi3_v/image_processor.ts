@@ -26,7 +26,10 @@ export interface Phi3VPreprocessOptions {
   numCrops: number;
   imageMean: readonly [number, number, number];
   imageStd: readonly [number, number, number];
-  /** Always honoured in effect: the shared loader yields RGB (alpha dropped, as PIL's convert("RGB")). */
+  /**
+   * No effect: preprocess() converts to RGB again unconditionally (convert("RGB"), alpha dropped),
+   * which the shared loader's RGB output already is.
+   */
   doConvertRgb: boolean;
 }
 

@@ -11,8 +11,13 @@ import { WebvlmError } from "../../api/errors.ts";
 import { loadImage } from "../../vision/load_image.ts";
 import type { Chw32 } from "../../vision/canvas.ts";
 import type { MediaPlaceholder } from "../../tokenizer/chat_template.ts";
-import type { MediaProcessor, MediaRef, PreparedMedia } from "../family.ts";
-import { checkNumCrops, PHI3V_CROP_SIZE, processPhi3VImage, type Phi3VPixels, type Phi3VPreprocessOptions } from "./image_processor.ts";
+import type { MediaProcessor, MediaRef, PreparedMedia, ProcessorContext } from "../family.ts";
+import {
+  checkNumCrops, parsePhi3VPreprocess, PHI3V_CROP_SIZE, processPhi3VImage, type Phi3VPixels, type Phi3VPreprocessOptions,
+} from "./image_processor.ts";
+
+/** The added token the prompt carries at image positions (id 32044 in the real tokenizer; vLLM's placeholder). */
+export const PHI3V_IMAGE_TOKEN = "<|image|>";
 
 /** CLIP's patch side; the 336x336 crop is a 24x24 patch grid. */
 export const PHI3V_PATCH_SIZE = 14;
@@ -131,4 +136,13 @@ export class Phi3VProcessor implements MediaProcessor {
     });
     return [{ tokenId: this.options.imageTokenId, counts, kind: "image" }];
   }
+}
+
+/** The processor of a checkpoint: preprocessor_config.json's settings and the tokenizer's <|image|> id. */
+export function createPhi3VProcessor(ctx: ProcessorContext): Phi3VProcessor {
+  const imageTokenId = ctx.addedTokenId(PHI3V_IMAGE_TOKEN);
+  if (imageTokenId === undefined) {
+    throw new WebvlmError("bad_request", `phi3_v: the tokenizer has no ${PHI3V_IMAGE_TOKEN} added token (the id image positions carry)`, { token: PHI3V_IMAGE_TOKEN });
+  }
+  return new Phi3VProcessor({ imageTokenId, preprocess: parsePhi3VPreprocess(ctx.preprocessorConfig) });
 }
