@@ -230,6 +230,17 @@ def main():
         for h, w in [(1, 1), (7, 9), (28, 56), (90, 23), (40, 130), (150, 200), (tile, tile), (tile + 1, tile),
                      (3 * tile, tile - 1), (tile * 2 - 1, tile * 2 + 1), (55, 55), (19, 380)]:
             sizes.append({"height": h, "width": w, "tile": tile, "max_image_tiles": n, **layout(h, w, n, tile)})
+    # A deterministic sweep: sizes near multiples of the tile (where the tie and floor rules bite)
+    # and anywhere up to 8 tiles, at the real tile and at small ones.
+    s = 12345
+    for tile, n in [(560, 4), (560, 9), (28, 4), (30, 2)]:
+        for _ in range(150):
+            dims = []
+            for _ in range(2):
+                s = (s * 1664525 + 1013904223) & 0xFFFFFFFF
+                k = s >> 16
+                dims.append(max(1, (k % 8 + 1) * tile + (k >> 8) % 7 - 3) if k & 1 else 1 + k % (8 * tile))
+            sizes.append({"height": dims[0], "width": dims[1], "tile": tile, "max_image_tiles": n, **layout(dims[0], dims[1], n, tile)})
     ratios = {str(n): aspect_ratios(n) for n in range(1, 10)}
     with open(os.path.join(OUT, "sizes.json"), "w") as f:
         json.dump({"sizes": sizes, "aspect_ratios": ratios}, f, separators=(",", ":"))
