@@ -4,6 +4,11 @@
 // Pure functions: the GPU model builds its key mask from the compact per-row form.
 //
 // Key order (the order of cross_states): image i, tile t, patch p -> key (i * maxTiles + t) * P + p.
+//
+// Cache reuse: rows that see no image (r = 0: all text before the first image, BOS included)
+// attend to EVERY image's keys, so their hidden states, and the self-attention K/V built on them,
+// depend on the request's whole image set. A KV prefix computed with a different image set, or
+// text-only (cross layers skipped), is not valid for them.
 import { WebvlmError } from "../../api/errors.ts";
 
 /** The rows [start, end) of the prompt that see one image (its <|image|> token included). */
