@@ -28,8 +28,13 @@
 //   weights 1 +- 0.1; LayerNorm biases std 0.1.
 // - Vision embeddings (class, positional, tile, pre/post tile) std 0.5: a wrong aspect-ratio id,
 //   tile or position is visible.
-// - Gates ~ U(0.4, 1.4) (tanh 0.38..0.89): every gated path counts, none saturates, and a runtime
-//   that forgets a tanh or a (1 - g) fails.
+// - Vision gates ~ U(0.4, 1.4) (tanh 0.38..0.89): every gated path counts, none saturates, and a
+//   runtime that forgets a tanh or a (1 - g) fails. The decoder's cross-attention gates ~ U(0.1, 0.4):
+//   the vision side has unit scale against a residual stream of ~0.3 per element, and larger gates
+//   made greedy output image-dominated and repetitive.
+// - Default seeds (1 for both shapes) were picked with the CPU reference
+//   (test/reference/mllama_reference.ts) so that 16 greedy tokens after a chat prompt are mostly
+//   distinct, with or without an image, and two different images give different first tokens.
 // - embed_tokens and lm_head rows of norm ~2, final norm weight LOGIT_STD/2 = 4: logits std ~8, so
 //   greedy picks do not flip on f32 rounding differences between kernels and the CPU reference.
 // - embed_tokens has vocab_size + 8 rows (§1); rows the tokenizer cannot produce (>= 128257) are
@@ -65,12 +70,12 @@ const SHAPES: Record<TinyMllamaShape, Shape> = {
   "tiny-a": {
     text: { hidden: 64, layers: 3, crossLayers: [1], heads: 4, kvHeads: 2, intermediate: 128 },
     vision: { hidden: 32, heads: 2, intermediate: 64, layers: 3, globalLayers: 2, taps: [0, 2], tile: 28, patch: 7, maxTiles: 4 },
-    seed: 1234,
+    seed: 1,
   },
   "tiny-b": {
     text: { hidden: 48, layers: 4, crossLayers: [0, 3], heads: 4, kvHeads: 4, intermediate: 96 },
     vision: { hidden: 24, heads: 3, intermediate: 48, layers: 4, globalLayers: 1, taps: [1, 2, 3], tile: 30, patch: 6, maxTiles: 2 },
-    seed: 4321,
+    seed: 1,
   },
 };
 
@@ -216,6 +221,10 @@ export function tinyMllamaTensors(shapeName: TinyMllamaShape, layout: MllamaTens
   const EMB: Init = { mean: 0, std: 0.5 };
   // U(0.4, 1.4): mean 0.9, half-width 0.5 = sqrt(3) std.
   const GATE: Init = { mean: 0.9, std: 0.5 / Math.sqrt(3) };
+  // U(0.1, 0.4) for the decoder's cross-attention gates: the vision output has unit scale while the
+  // residual stream starts at ~0.3 per element; a larger share makes greedy output image-dominated
+  // and repetitive.
+  const CROSS_GATE: Init = { mean: 0.25, std: 0.15 / Math.sqrt(3) };
   const out: TinyMllamaTensorSpec[] = [];
   const add = (name: string, shape: number[], init: Init): void =>
     void out.push({ name: layout === "new" ? mllamaNewTensorName(name) : name, shape, init, seedName: name });
@@ -288,8 +297,8 @@ export function tinyMllamaTensors(shapeName: TinyMllamaShape, layout: MllamaTens
     if (t.crossLayers.includes(i)) {
       add(`${a}.q_norm.weight`, [headDim], NORM);
       add(`${a}.k_norm.weight`, [headDim], NORM);
-      add(`${l}.cross_attn_attn_gate`, [1], GATE);
-      add(`${l}.cross_attn_mlp_gate`, [1], GATE);
+      add(`${l}.cross_attn_attn_gate`, [1], CROSS_GATE);
+      add(`${l}.cross_attn_mlp_gate`, [1], CROSS_GATE);
     }
   }
   add(`${lm}.norm.weight`, [H], { mean: LOGIT_STD / 2, std: (0.1 * LOGIT_STD) / 2 });
