@@ -11,6 +11,9 @@ step by step:
   rescale: float32(float64(x) * rescale_factor);  normalize: (x - f32(mean)) / f32(std) in float32
   tiles: row-major [rows*cols, 3, tile, tile], packed to N tiles with zeros; aspect_ratio_mask
 
+Also the processor's cross-attention mask (§6: get_cross_attention_token_mask and
+convert_sparse_cross_attention_mask_to_dense) on pseudo-random id sequences -> cross_mask.json.
+
 Outputs: <name>.png/.gif/.webp images, cases.json (cases, shapes, offsets into cases.bin),
 cases.bin (float32 pixel values back to back, 4-aligned), sizes.json (canvas / ids / resized sizes
 at tile 560 and at small tiles). Deterministic: run it again and the files come out the same.
@@ -159,6 +162,54 @@ def process(img, cfg):
     return lay, packed, mask
 
 
+# ---------------------------------------------------------------- cross-attention mask (§6)
+def cross_attention_token_mask(ids, image_token_id):
+    """processing_mllama.get_cross_attention_token_mask."""
+    locs = [i for i, t in enumerate(ids) if t == image_token_id]
+    if not locs:
+        return []
+    if len(locs) == 1:
+        return [[locs[0], -1]]
+    masks = [[a, b] for a, b in zip(locs[:-1], locs[1:])]
+    masks.append([locs[-1], len(ids)])
+    last_end = masks[-1][1]
+    for m in masks[::-1]:
+        if m[0] == m[1] - 1:
+            m[1] = last_end
+        last_end = m[1]
+    return masks
+
+
+def dense_cross_mask(spans, num_tiles, max_tiles, length):
+    """processing_mllama.convert_sparse_cross_attention_mask_to_dense, one sample."""
+    m = np.zeros((length, len(spans), max_tiles), dtype=np.int64)
+    for i, ((start, end), nt) in enumerate(zip(spans, num_tiles)):
+        end = min(end, length)
+        if end == -1:
+            end = length
+        m[start:end, i, :nt] = 1
+    return m
+
+
+def cross_mask_cases():
+    s = 777
+    out = []
+    for k in range(60):
+        s = (s * 1664525 + 1013904223) & 0xFFFFFFFF
+        length = 1 + (s >> 16) % 24
+        ids = []
+        for _ in range(length):
+            s = (s * 1664525 + 1013904223) & 0xFFFFFFFF
+            ids.append(128256 if (s >> 24) < 70 + (k % 3) * 40 else 1000 + (s >> 16) % 50)
+        spans = cross_attention_token_mask(ids, 128256)
+        max_tiles = 1 + k % 4
+        num_tiles = [1 + (i * 7 + k) % max_tiles for i in range(len(spans))]
+        dense = dense_cross_mask(spans, num_tiles, max_tiles, length) if spans else np.zeros((length, 0, max_tiles), dtype=np.int64)
+        out.append({"ids": ids, "spans": [[a, length if b == -1 else b] for a, b in spans], "num_tiles": num_tiles,
+                    "max_tiles": max_tiles, "dense": dense.reshape(-1).tolist()})
+    return out
+
+
 # ---------------------------------------------------------------- output
 class Blob:
     def __init__(self):
@@ -244,6 +295,9 @@ def main():
     ratios = {str(n): aspect_ratios(n) for n in range(1, 10)}
     with open(os.path.join(OUT, "sizes.json"), "w") as f:
         json.dump({"sizes": sizes, "aspect_ratios": ratios}, f, separators=(",", ":"))
+
+    with open(os.path.join(OUT, "cross_mask.json"), "w") as f:
+        json.dump({"image_token_id": 128256, "cases": cross_mask_cases()}, f, separators=(",", ":"))
 
     total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
     print(f"wrote {len(os.listdir(OUT))} files, {total} bytes, to {OUT}")

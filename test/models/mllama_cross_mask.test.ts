@@ -1,6 +1,8 @@
-// Llama 3.2 Vision's cross-attention mask from token ids (/work/shared/MLLAMA.md §6). Every
-// expected span, row and mask value is written by hand from the spec's rules, not taken from the code.
+// Llama 3.2 Vision's cross-attention mask from token ids (/work/shared/MLLAMA.md §6). Expected
+// spans, rows and masks are written by hand from the spec's rules, or come from a Python port of
+// transformers' processor (scripts/make_mllama_fixtures.py -> cross_mask.json).
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import { WebvlmError } from "../../src/api/errors.ts";
 import {
@@ -96,4 +98,23 @@ test("generated tokens reuse the last prompt row", () => {
 test("rows from explicit spans cover a longer sequence the same way", () => {
   const r = crossAttentionRows([{ start: 1, end: 3 }], 4);
   assert.deepEqual([Array.from(r.imageStart), Array.from(r.imageEnd)], [[0, 0, 0, 0], [0, 1, 1, 0]]);
+});
+
+test("spans and the [S, images, T] mask equal transformers' processor (Python port) on 60 pseudo-random id sequences", () => {
+  const path = new URL("../fixtures/vision/mllama/cross_mask.json", import.meta.url);
+  const fx = JSON.parse(readFileSync(path, "utf8")) as {
+    image_token_id: number;
+    cases: { ids: number[]; spans: [number, number][]; num_tiles: number[]; max_tiles: number; dense: number[] }[];
+  };
+  assert.equal(fx.cases.length, 60);
+  for (const [k, c] of fx.cases.entries()) {
+    const spans = crossAttentionSpans(c.ids, fx.image_token_id);
+    assert.deepEqual(spans.map((s) => [s.start, s.end]), c.spans, `case ${k}`);
+    const rows = crossAttentionRows(spans, c.ids.length);
+    assert.deepEqual(Array.from(crossAttentionTileMask(rows, c.num_tiles, c.max_tiles)), c.dense, `case ${k}`);
+    // The row mask: 1 exactly where the dense row has a 1.
+    const per = c.num_tiles.length * c.max_tiles;
+    const r = Array.from({ length: c.ids.length }, (_, s) => (c.dense.slice(s * per, (s + 1) * per).some((v) => v === 1) ? 1 : 0));
+    assert.deepEqual(Array.from(crossAttentionRowMask(rows)), r, `case ${k}`);
+  }
 });
