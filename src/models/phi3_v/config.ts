@@ -67,7 +67,13 @@ export const PHI3V_TEXT_TRAITS: DecoderFamilyTraits = {
   defaultMaxPositions: 4096,
   defaultTied: false,
   configDefaults: { original_max_position_embeddings: 4096, vocab_size: 32064 },
-  windows: (cfg, n) => Array.from({ length: n }, () => windowOf(cfg.sliding_window)),
+  // The remote code's eager mask (_prepare_4d_causal_attention_mask, diagonal past - window - 1)
+  // hides only keys MORE than sliding_window positions back: a query sees window + 1 keys, while
+  // the decoder's window counts the keys seen ((p - window, p]).
+  windows: (cfg, n) => {
+    const w = windowOf(cfg.sliding_window);
+    return Array.from({ length: n }, () => (w === null ? null : w + 1));
+  },
 };
 
 function checkArchitecture(json: Json): string {
