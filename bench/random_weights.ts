@@ -11,6 +11,8 @@ import { paddedCols, rowsPerShard, GROUP_SIZE, type ShardedWeight, type Weight, 
 import { maxWeightBytes } from "../src/quant/pack.ts";
 import type { Qwen2VLConfig } from "../src/models/qwen2_vl/config.ts";
 import { buildQwen2VLWeights, type LinearWeight, type Qwen2VLWeights } from "../src/models/qwen2_vl/weights.ts";
+import type { Idefics2Config } from "../src/models/idefics2/config.ts";
+import { buildIdefics2Weights, type Idefics2Weights } from "../src/models/idefics2/weights.ts";
 import type { MatrixPart, WeightMaker } from "../src/models/common/weight_loader.ts";
 import { type WeightFormats } from "../src/models/common/source.ts";
 
@@ -18,15 +20,17 @@ const RAW = 0;
 const F32 = 1;
 const F16_PAIRS = 2;
 
-class RandomWeightMaker implements WeightMaker {
+export class RandomWeightMaker implements WeightMaker {
   gpuBytes = 0;
   private seed = 1;
   private readonly rec: Recorder;
-  private readonly maxBytes: number;
+  /** Largest tensor one binding may hold: larger matrices split along rows, as the checkpoint loader splits them. */
+  readonly maxBytes: number;
 
-  constructor(private readonly gpu: GpuContext) {
+  /** `maxBindingBytes`: the loader's WeightLoadOptions.maxBindingBytes (default the device's limit). */
+  constructor(private readonly gpu: GpuContext, maxBindingBytes?: number) {
     this.rec = new Recorder(gpu);
-    this.maxBytes = maxWeightBytes(gpu);
+    this.maxBytes = maxBindingBytes ?? maxWeightBytes(gpu);
   }
 
   /** Fills a tensor's words; submits every few hundred MB so recorded work stays bounded. */
@@ -86,6 +90,18 @@ class RandomWeightMaker implements WeightMaker {
 export async function randomQwen2VLWeights(gpu: GpuContext, config: Qwen2VLConfig, formats: WeightFormats): Promise<Qwen2VLWeights> {
   const maker = new RandomWeightMaker(gpu);
   const weights = await buildQwen2VLWeights(gpu, config, maker, formats);
+  maker.finish();
+  await gpu.device.queue.onSubmittedWorkDone();
+  return weights;
+}
+
+/**
+ * Every tensor of an Idefics2 model of `config`'s shapes, random, in `formats`, on the GPU;
+ * matrices over `maxBindingBytes` (default the device's binding limit) split into row shards.
+ */
+export async function randomIdefics2Weights(gpu: GpuContext, config: Idefics2Config, formats: WeightFormats, maxBindingBytes?: number): Promise<Idefics2Weights> {
+  const maker = new RandomWeightMaker(gpu, maxBindingBytes);
+  const weights = await buildIdefics2Weights(gpu, config, maker, formats);
   maker.finish();
   await gpu.device.queue.onSubmittedWorkDone();
   return weights;
