@@ -6,6 +6,7 @@ import { idefics2Family } from "./idefics2/family.ts";
 import { llamaFamily } from "./llama/family.ts";
 import { mistralFamily } from "./mistral/family.ts";
 import { phi3Family } from "./phi3/family.ts";
+import { phi3VFamily } from "./phi3_v/family.ts";
 import { qwen2Family } from "./qwen2/family.ts";
 import { qwen2VLFamily } from "./qwen2_vl/family.ts";
 
@@ -16,6 +17,7 @@ const FAMILIES: readonly RegisteredFamily[] = [
   registerFamily(mistralFamily),
   registerFamily(llamaFamily),
   registerFamily(phi3Family),
+  registerFamily(phi3VFamily),
 ];
 
 /** Known architecture names (for error messages and docs). */
