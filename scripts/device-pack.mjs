@@ -4,6 +4,7 @@
 // linux-x64 dawn.node, the Vulkan loader, and the benchmark bundled into one file
 // (vite SSR build: WGSL and the config inlined), node and dawn.node xz-compressed: about 30 MB. On the machine:
 //   bash .device/run.sh [--tiny] [--formats q4,f16]   (the report lands in $OUT when set)
+//   bash .device/run.sh --model idefics2-8b [--tiny|--build-only]   (Idefics2-8B shapes)
 //   bash .device/run.sh kernels [--full]               (kernel benchmark)
 import { execFileSync } from "node:child_process";
 import { cpSync, mkdirSync, openSync, rmSync, writeFileSync } from "node:fs";
@@ -82,7 +83,15 @@ if [ "\${1:-}" = "kernels" ]; then
   shift
   ./node bench/kernels.mjs "$@" --out "$out/kernels.json"
 else
-  ./node bench/model.mjs "$@" --out "$out/model$([[ " $* " == *" --tiny "* ]] && echo -tiny).json"
+  # Report name: model[-tiny] (Qwen2-VL), idefics2-8b[-build][-tiny] (--model idefics2-8b).
+  args=" $* "
+  name=model
+  if [[ "$args" == *" --model idefics2-8b "* ]]; then
+    name=idefics2-8b
+    [[ "$args" == *" --build-only "* ]] && name="$name-build"
+  fi
+  [[ "$args" == *" --tiny "* ]] && name="$name-tiny"
+  ./node bench/model.mjs "$@" --out "$out/$name.json"
 fi
 `);
 execFileSync("chmod", ["+x", join(out, "run.sh")]);
