@@ -33,6 +33,7 @@ const HUB: Record<string, string> = {
   "2b": "Qwen/Qwen2-VL-2B-Instruct",
   "7b": "Qwen/Qwen2-VL-7B-Instruct",
   "idefics2": "HuggingFaceM4/idefics2-8b-chatty",
+  "phi35v": "microsoft/Phi-3.5-vision-instruct",
 };
 const STORE_KEY = "webvlm-demo";
 const params = new URLSearchParams(location.search);
