@@ -5,8 +5,16 @@
 // (header bytes for Blobs/bytes, naturalWidth/width for elements and bitmaps), and the
 // browser's raw DOMExceptions (tainted canvas, uncloneable bitmap, failed fetch) become
 // WebvlmErrors that name the image and the likely fix.
+//
+// EXIF orientation: Chromium orients JPEGs and PNGs (eXIf) while decoding, even with
+// imageOrientation "none", and leaves WebPs as stored; PIL's open() never orients. So for
+// encoded input (bytes, Blob/File) the orientation entries are rewritten to 1 in a copy of
+// the head before the browser sees it, and the pixels are oriented here, as in Node, only
+// when asked (BrowserDecodeOptions.exifOrientation). Already-decoded inputs (<img>, canvas,
+// ImageBitmap, ImageData) carry no EXIF and are taken as displayed (browsers orient <img>).
 import { WebvlmError } from "../api/errors.ts";
 import type { DecodedImage } from "./decode_node.ts";
+import { applyExifOrientation, scanExifOrientation, withoutExifOrientation } from "./exif_orientation.ts";
 import { MAX_DECODE_PIXELS, checkPixelLimit, precheckImage } from "./image_header.ts";
 
 /** Anything a page can hand over as an image. */
@@ -27,7 +35,15 @@ export interface BrowserDecodeOptions {
   label?: string;
   /** Also return the alpha (DecodedImage.alpha) when some pixel is not opaque. */
   keepAlpha?: boolean;
+  /**
+   * For bytes and Blobs: apply the EXIF orientation like PIL's exif_transpose (default false:
+   * the pixels as stored, like PIL's open()), whatever the browser would do by itself.
+   */
+  exifOrientation?: boolean;
 }
+
+/** How much of a Blob is read first for its header and EXIF orientation. */
+const HEAD_BYTES = 1 << 16;
 
 const CORS_FIX =
   'serve it with an Access-Control-Allow-Origin header that allows this page, and load it with crossorigin="anonymous" ' +
@@ -123,28 +139,61 @@ function isImageData(input: BrowserImageInput): input is ImageData {
 /** The size an input declares without decoding it, or null when only decoding can tell. */
 async function declaredSize(input: BrowserImageInput): Promise<[number, number] | null> {
   if (typeof HTMLImageElement !== "undefined" && input instanceof HTMLImageElement) return [input.naturalWidth, input.naturalHeight];
-  if (input instanceof ArrayBuffer || input instanceof Uint8Array) {
-    const h = precheckImage(input instanceof ArrayBuffer ? new Uint8Array(input) : input, Infinity);
-    return h ? [h.width, h.height] : null;
-  }
-  if (typeof Blob !== "undefined" && input instanceof Blob) {
-    const h = precheckImage(new Uint8Array(await input.slice(0, 1 << 16).arrayBuffer()), Infinity);
-    return h ? [h.width, h.height] : null;
-  }
   const wh = input as { width?: unknown; height?: unknown };
   return typeof wh.width === "number" && typeof wh.height === "number" ? [wh.width, wh.height] : null;
+}
+
+/**
+ * Encoded input as a Blob whose EXIF orientation entries read 1 (so the browser cannot orient
+ * it), with its head (for the header check) and the orientation PIL would read. A Blob is read
+ * whole only when its first HEAD_BYTES do not settle the orientation (a PNG or WebP whose EXIF
+ * comes late, or none); otherwise the rest is sliced on unread.
+ */
+async function neutralEncoded(input: Blob | ArrayBuffer | Uint8Array): Promise<{ blob: Blob; head: Uint8Array; orientation: number }> {
+  let bytes: Uint8Array;
+  let type = "";
+  if (input instanceof ArrayBuffer || input instanceof Uint8Array) {
+    bytes = input instanceof ArrayBuffer ? new Uint8Array(input) : input;
+  } else {
+    const head = new Uint8Array(await input.slice(0, HEAD_BYTES).arrayBuffer());
+    const scan = scanExifOrientation(head);
+    if (scan.decided || head.length >= input.size) {
+      const patched = withoutExifOrientation(head, scan.fields);
+      const blob = patched === head ? input : new Blob([patched as BlobPart, input.slice(head.length)], { type: input.type });
+      return { blob, head, orientation: scan.orientation };
+    }
+    bytes = new Uint8Array(await input.arrayBuffer());
+    type = input.type;
+  }
+  const scan = scanExifOrientation(bytes);
+  return { blob: new Blob([withoutExifOrientation(bytes, scan.fields) as BlobPart], { type }), head: bytes, orientation: scan.orientation };
+}
+
+function isEncoded(input: BrowserImageInput): input is Blob | ArrayBuffer | Uint8Array {
+  return input instanceof ArrayBuffer || input instanceof Uint8Array || (typeof Blob !== "undefined" && input instanceof Blob);
 }
 
 export async function decodeImageBrowser(input: BrowserImageInput, opts: BrowserDecodeOptions = {}): Promise<DecodedImage> {
   const label = opts.label ?? "image";
   const maxPixels = opts.maxPixels ?? MAX_DECODE_PIXELS;
+  if (isEncoded(input)) {
+    const { blob, head, orientation } = await neutralEncoded(input);
+    const h = precheckImage(head, Infinity);
+    if (h) checkPixelLimit(h.width, h.height, maxPixels, label);
+    const img = await readBitmap(await toBitmap(blob, label), input, label, maxPixels, opts.keepAlpha);
+    return opts.exifOrientation ? applyExifOrientation(img, orientation) : img;
+  }
   const declared = await declaredSize(input);
   if (declared) checkPixelLimit(declared[0], declared[1], maxPixels, label);
   if (isImageData(input)) return rgbaToRgb(input.data, input.width, input.height, opts.keepAlpha);
-  const bitmap = await toBitmap(input, label);
+  return readBitmap(await toBitmap(input, label), input, label, maxPixels, opts.keepAlpha);
+}
+
+/** A bitmap's pixels as RGB8 (closing it unless it is the caller's own input). */
+async function readBitmap(bitmap: ImageBitmap, input: BrowserImageInput, label: string, maxPixels: number, keepAlpha?: boolean): Promise<DecodedImage> {
   const { width, height } = bitmap;
-  if (width === 0 || height === 0) throw new WebvlmError("image_decode_failed", `${label} has no pixels`, { image: label });
   try {
+    if (width === 0 || height === 0) throw new WebvlmError("image_decode_failed", `${label} has no pixels`, { image: label });
     checkPixelLimit(width, height, maxPixels, label);
     const canvas = new OffscreenCanvas(width, height);
     const ctx = canvas.getContext("2d", { willReadFrequently: true });
@@ -157,7 +206,7 @@ export async function decodeImageBrowser(input: BrowserImageInput, opts: Browser
       const img = typeof HTMLImageElement !== "undefined" && input instanceof HTMLImageElement ? input : null;
       throw describeBrowserImageError(e, img ? `${label} (<img src="${img.currentSrc || img.src}">)` : label);
     }
-    return rgbaToRgb(data, width, height, opts.keepAlpha);
+    return rgbaToRgb(data, width, height, keepAlpha);
   } finally {
     if (bitmap !== input) bitmap.close();
   }

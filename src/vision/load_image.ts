@@ -38,7 +38,8 @@ export interface LoadImageOptions {
   label?: string;
   /**
    * Apply the EXIF orientation like PIL's ImageOps.exif_transpose (transformers' load_image does;
-   * default false: PIL's open() alone does not). Browsers' createImageBitmap orients by itself.
+   * default false: PIL's open() alone does not). The same in Node and browsers for encoded
+   * sources (URLs, bytes, Blobs); <img>, canvas, ImageBitmap and ImageData are taken as displayed.
    */
   exifOrientation?: boolean;
   /**
@@ -242,7 +243,12 @@ async function decodeBytes(bytes: Uint8Array, lim: Limits, signal?: AbortSignal)
   precheckImage(bytes, lim.maxPixels, lim.label);
   checkAbort(signal, lim.label, "decoding");
   if (!isNode) {
-    const img = await decodeImageBrowser(bytes, { maxPixels: lim.maxPixels, label: lim.label, keepAlpha: lim.alphaBackground !== undefined });
+    const img = await decodeImageBrowser(bytes, {
+      maxPixels: lim.maxPixels,
+      label: lim.label,
+      keepAlpha: lim.alphaBackground !== undefined,
+      exifOrientation: lim.exifOrientation,
+    });
     checkAbort(signal, lim.label, "decoding");
     return flatten(img, lim);
   }
@@ -277,7 +283,12 @@ export async function loadImage(source: unknown, signal?: AbortSignal, options: 
     if (typeof Blob !== "undefined" && source instanceof Blob && source.size > lim.maxBytes) {
       throw bytesLimitError(lim.label, lim.maxBytes, 0, source.size);
     }
-    const img = await decodeImageBrowser(source as BrowserImageInput, { maxPixels: lim.maxPixels, label: lim.label, keepAlpha: lim.alphaBackground !== undefined });
+    const img = await decodeImageBrowser(source as BrowserImageInput, {
+      maxPixels: lim.maxPixels,
+      label: lim.label,
+      keepAlpha: lim.alphaBackground !== undefined,
+      exifOrientation: lim.exifOrientation,
+    });
     checkAbort(signal, lim.label, "decoding");
     return flatten(img, lim);
   }
