@@ -23,13 +23,19 @@ const DIR_B = join(TMP, "tiny-b");
 const DIR_A_NEW = join(TMP, "tiny-a-new");
 let refA: MllamaReference;
 let refB: MllamaReference;
+/** Each checkpoint's tensors, read once: variants (transforms, the plain-Llama view) reuse them. */
+const tensorsOf = new Map<string, Map<string, RefTensor>>();
 before(async () => {
   await makeTinyMllama("tiny-a", DIR_A);
   await makeTinyMllama("tiny-b", DIR_B);
   await makeTinyMllama("tiny-a", DIR_A_NEW, { layout: "new" });
-  refA = loadMllamaReference(DIR_A);
-  refB = loadMllamaReference(DIR_B);
+  for (const dir of [DIR_A, DIR_B]) tensorsOf.set(dir, readSafetensorsDir(dir));
+  refA = loadMllamaReference(DIR_A, { tensors: tensorsOf.get(DIR_A) });
+  refB = loadMllamaReference(DIR_B, { tensors: tensorsOf.get(DIR_B) });
 });
+/** A variant of tiny-a with some tensors replaced (same files, no re-read). */
+const variantA = (transform: (name: string, data: Float32Array) => Float32Array): MllamaReference =>
+  loadMllamaReference(DIR_A, { tensors: tensorsOf.get(DIR_A), transform });
 
 const IMG = 128256;
 const F32_MIN = -3.4028234663852886e38;
@@ -78,8 +84,9 @@ function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return m;
 }
 
-const userImagePrompt = (ref: MllamaReference, text: string): number[] =>
-  ref.promptIds(ref.renderPrompt([{ role: "user", content: [{ type: "image" }, { type: "text", text }] }]));
+// Both checkpoints carry the same tokenizer and template: prompts go through tiny-a's (one tokenizer load).
+const userImagePrompt = (text: string): number[] =>
+  refA.promptIds(refA.renderPrompt([{ role: "user", content: [{ type: "image" }, { type: "text", text }] }]));
 
 // ---------------------------------------------------------------- §1 config, §2 names
 test("§1 config: derived vision sizes, aspect ratios, eos ids, image token, embed rows = vocab + 8", () => {
@@ -256,7 +263,7 @@ test("§7 llama3 rope: high band kept, low band divided by factor, the medium ba
 /** The mllama checkpoint's self-attention layers as a plain Llama for ref_decoder.ts (cross layers dropped). */
 function asPlainLlama(dir: string, ref: MllamaReference): ReturnType<typeof buildRefDecoder> {
   const t = ref.config.text;
-  const src = readSafetensorsDir(dir);
+  const src = tensorsOf.get(dir)!;
   const map = new Map<string, RefTensor>();
   const selfLayers = Array.from({ length: t.numLayers }, (_, i) => i).filter((i) => !t.crossAttentionLayers.includes(i));
   selfLayers.forEach((from, to) => {
@@ -280,20 +287,20 @@ function asPlainLlama(dir: string, ref: MllamaReference): ReturnType<typeof buil
 test("§6.6 text-only request = plain Llama 3.1 over the self-attention layers (ref_decoder.ts); zero gates make cross layers identity", () => {
   for (const [dir, ref] of [[DIR_A, refA], [DIR_B, refB]] as const) {
     const llama = asPlainLlama(dir, ref);
-    const ids = ref.promptIds(ref.renderPrompt([{ role: "user", content: "What is in this picture?" }], { dateString: "26 Jul 2024" }));
+    const ids = refA.promptIds(refA.renderPrompt([{ role: "user", content: "What is in this picture?" }], { dateString: "26 Jul 2024" }));
     const plain = refDecoderForward(llama, ids, new RefDecoderCache(llama.config.layers));
     assert.ok(maxAbsDiff(ref.logits(ids, null, []), plain) <= 1e-5, dir);
   }
   // With both cross gates 0, an image prompt (the <|image|> row embedded like any token) is plain Llama too.
-  const zeroGates = loadMllamaReference(DIR_A, { transform: (name, data) => (/cross_attn_(attn|mlp)_gate$/.test(name) ? new Float32Array(data.length) : data) });
+  const zeroGates = variantA((name, data) => (/cross_attn_(attn|mlp)_gate$/.test(name) ? new Float32Array(data.length) : data));
   const im = images(refA, [{ rows: 2, cols: 2, seed: 3 }]);
-  const ids = userImagePrompt(refA, "Describe it.");
+  const ids = userImagePrompt("Describe it.");
   const llama = asPlainLlama(DIR_A, refA);
   assert.ok(maxAbsDiff(zeroGates.logits(ids, cross(zeroGates, im), im.tiles), refDecoderForward(llama, ids, new RefDecoderCache(llama.config.layers))) <= 1e-5);
 });
 
 test("§7 r multiplies only the cross-attention MLP: rows before the first image still get the gated attention", () => {
-  const noAttnGate = loadMllamaReference(DIR_A, { transform: (name, data) => (/cross_attn_attn_gate$/.test(name) ? new Float32Array(data.length) : data) });
+  const noAttnGate = variantA((name, data) => (/cross_attn_attn_gate$/.test(name) ? new Float32Array(data.length) : data));
   const im = images(refA, [{ rows: 1, cols: 1, seed: 8 }]);
   const prefix = [128000, 128006, 882, 128007, 271, 3923];
   const run = (ref: MllamaReference, states: Float32Array): Float32Array => {
@@ -318,7 +325,7 @@ test("§8 KV-cached greedy generation equals full forwards; cross K/V computed o
       : [{ rows: 1, cols: 2, seed: 31 }, { rows: 1, cols: 1, seed: 32 }]);
     const cs = cross(ref, im);
     // Text before the first image, two images separated by text.
-    const ids = ref.promptIds(ref.renderPrompt([{ role: "user", content: [
+    const ids = refA.promptIds(refA.renderPrompt([{ role: "user", content: [
       { type: "text", text: "Compare" }, { type: "image" }, { type: "text", text: "with" }, { type: "image" }, { type: "text", text: "please." },
     ] }]));
     const g = ref.generate(ids, cs, im.tiles, 6);
@@ -341,7 +348,7 @@ test("§8 KV-cached greedy generation equals full forwards; cross K/V computed o
 
 test("§8 greedy output is not degenerate and depends on the image; eos stops generation", () => {
   for (const ref of [refA, refB]) {
-    const ids = userImagePrompt(ref, "What is in this picture?");
+    const ids = userImagePrompt("What is in this picture?");
     const a = images(ref, [{ rows: 1, cols: 2, seed: 7 }]);
     const b = images(ref, [{ rows: 1, cols: 2, seed: 99 }]);
     const ga = ref.generate(ids, cross(ref, a), a.tiles, 12);
@@ -350,17 +357,15 @@ test("§8 greedy output is not degenerate and depends on the image; eos stops ge
     assert.notDeepEqual(ga.tokens, gb.tokens, "different images, different answers");
   }
   // Make <|eom_id|> (128008) the first pick: its lm_head row = 10x the row of the normal first pick.
-  const ids = userImagePrompt(refA, "Hi");
+  const ids = userImagePrompt("Hi");
   const im = images(refA, [{ rows: 1, cols: 1, seed: 1 }]);
   const first = refA.generate(ids, cross(refA, im), im.tiles, 1).tokens[0];
   const H = refA.config.text.hiddenSize;
-  const eos = loadMllamaReference(DIR_A, {
-    transform: (name, data) => {
-      if (!name.endsWith("lm_head.weight")) return data;
-      const out = data.slice();
-      for (let d = 0; d < H; d++) out[128008 * H + d] = 10 * data[first * H + d];
-      return out;
-    },
+  const eos = variantA((name, data) => {
+    if (!name.endsWith("lm_head.weight")) return data;
+    const out = data.slice();
+    for (let d = 0; d < H; d++) out[128008 * H + d] = 10 * data[first * H + d];
+    return out;
   });
   const g = eos.generate(ids, cross(eos, im), im.tiles, 8);
   assert.deepEqual(g.tokens, [128008]);
@@ -368,7 +373,7 @@ test("§8 greedy output is not degenerate and depends on the image; eos stops ge
 
 // ---------------------------------------------------------------- §5 prompt
 test("§5 prompt: one BOS, one <|image|> per image, image_url -> image, system + image raises (September 2024 template)", () => {
-  const ids = userImagePrompt(refA, "Describe it.");
+  const ids = userImagePrompt("Describe it.");
   assert.deepEqual(ids.slice(0, 6), [128000, 128006, 882, 128007, 271, IMG]);
   assert.deepEqual(ids.slice(-5), [128009, 128006, 78191, 128007, 271]);
   assert.equal(ids.filter((i) => i === 128000).length, 1);

@@ -19,9 +19,10 @@ import { Template } from "@huggingface/jinja";
 import { Tokenizer } from "@huggingface/tokenizers";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { loadMllamaConfig, loadMllamaWeights, type MllamaTensorLayout, type RefMllamaConfig, type RefMllamaWeights, type WeightTransform } from "./ref_mllama_model.ts";
+import { buildMllamaWeights, loadMllamaConfig, loadMllamaWeights, type MllamaTensorLayout, type RefMllamaConfig, type RefMllamaWeights, type WeightTransform } from "./ref_mllama_model.ts";
 import { crossAttentionDenseMask, crossAttentionRows, embedTokens, lmHeadRow, RefMllamaCache, textForward, type CrossAttentionRow } from "./ref_mllama_text.ts";
 import { projectVisionFeatures, visionImageForward } from "./ref_mllama_vision.ts";
+import type { RefTensor } from "./safetensors_min.ts";
 
 export { buildMllamaWeights, detectMllamaLayout, loadMllamaConfig, loadMllamaWeights, mllamaFileName, parseMllamaConfig } from "./ref_mllama_model.ts";
 export type {
@@ -106,6 +107,8 @@ export interface MllamaReference {
 export interface LoadMllamaReferenceOptions {
   /** Sees every tensor once (under its name in the file) before use, e.g. to round matrices to q8/q4. */
   transform?: WeightTransform;
+  /** The directory's tensors already read (readSafetensorsDir), to load variants without re-reading. */
+  tensors?: Map<string, RefTensor>;
 }
 
 type Json = Record<string, unknown>;
@@ -131,7 +134,7 @@ function tokenText(v: unknown, dflt: string): string {
 /** Loads config, weights, tokenizer and chat template of a Llama 3.2 Vision checkpoint directory. */
 export function loadMllamaReference(dir: string, opts: LoadMllamaReferenceOptions = {}): MllamaReference {
   const config = loadMllamaConfig(dir);
-  const { weights, unused, layout } = loadMllamaWeights(dir, config, opts.transform);
+  const { weights, unused, layout } = opts.tensors ? buildMllamaWeights(config, opts.tensors, opts.transform) : loadMllamaWeights(dir, config, opts.transform);
   const v = config.vision;
   const T = v.maxNumTiles;
   const P = v.numPatches;
