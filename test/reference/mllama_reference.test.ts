@@ -233,24 +233,24 @@ test("§6.2-4 dense mask and rows: tiles beyond num_tiles masked; rows before th
 // ---------------------------------------------------------------- §7 rope
 test("§7 llama3 rope: high band kept, low band divided by factor, the medium band blended (spec formula, f64)", () => {
   for (const ref of [refA, refB]) {
-    const c = ref.config.text;
-    assert.equal(c.rope.type, "llama3");
-    if (c.rope.type !== "llama3") return;
-    const d = c.headDim;
+    const rope = ref.config.text.rope;
+    assert.equal(rope.type, "llama3");
+    if (rope.type !== "llama3") return;
+    const d = ref.config.text.headDim;
     const inv = mllamaInvFreq(ref.config);
-    const lo = c.rope.oldContext / c.rope.low;
-    const hi = c.rope.oldContext / c.rope.high;
+    const lo = rope.oldContext / rope.low;
+    const hi = rope.oldContext / rope.high;
     const bands = new Set<string>();
     for (let j = 0; j < d / 2; j++) {
-      const base = 1 / c.rope.base ** ((2 * j) / d);
-      const wl = (2 * Math.PI) / base;
+      const plain: number = 1 / rope.base ** ((2 * j) / d);
+      const wl = (2 * Math.PI) / plain;
       let want: number;
-      if (wl > lo) { want = base / c.rope.factor; bands.add("low"); }
-      else if (wl < hi) { want = base; bands.add("high"); }
+      if (wl > lo) { want = plain / rope.factor; bands.add("low"); }
+      else if (wl < hi) { want = plain; bands.add("high"); }
       else {
-        const s = (c.rope.oldContext / wl - c.rope.low) / (c.rope.high - c.rope.low);
-        want = ((1 - s) * base) / c.rope.factor + s * base;
-        assert.ok(want > base / c.rope.factor && want < base, `medium band j=${j} strictly between`);
+        const s = (rope.oldContext / wl - rope.low) / (rope.high - rope.low);
+        want = ((1 - s) * plain) / rope.factor + s * plain;
+        assert.ok(want > plain / rope.factor && want < plain, `medium band j=${j} strictly between`);
         bands.add("medium");
       }
       assert.ok(Math.abs(inv[j] - want) <= 2e-6 * want, `j=${j}: ${inv[j]} vs ${want}`);
