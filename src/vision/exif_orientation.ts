@@ -12,6 +12,8 @@ export interface OrientationField {
   size: 2 | 4;
   little: boolean;
   value: number;
+  /** PNG: the eXIf chunk's type+data range, whose CRC (stored at `end`) must follow the rewrite. */
+  crc?: { start: number; end: number };
 }
 
 /**
@@ -100,12 +102,32 @@ function pngScan(b: Uint8Array): ExifScan {
     const type = fourcc(b, o + 4);
     const start = o + 8;
     const end = Math.min(start + len, b.length);
-    if (type === "eXIf") return single(tiffField(b, skipExifPrefix(b, start, end), end), start + len <= b.length);
+    if (type === "eXIf") {
+      const whole = start + len + 4 <= b.length; // data and CRC
+      const f = tiffField(b, skipExifPrefix(b, start, end), end);
+      return single(f && whole ? { ...f, crc: { start: o + 4, end: start + len } } : f, whole);
+    }
     if (type === "IEND") return single(null, true);
     o = start + len + 4;
   }
   return single(null, false);
 }
+
+let crcTable: Uint32Array | undefined;
+
+/** CRC-32 as PNG uses it (ISO 3309), over b[start, end). */
+function crc32(b: Uint8Array, start: number, end: number): number {
+  const table = (crcTable ??= Uint32Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  }));
+  let c = 0xffffffff;
+  for (let i = start; i < end; i++) c = table[(c ^ b[i]) & 255] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+const readU32BE = (b: Uint8Array, o: number) => ((b[o] << 24) >>> 0) + ((b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]);
 
 function webpScan(b: Uint8Array): ExifScan {
   let o = 12;
@@ -148,8 +170,14 @@ export function withoutExifOrientation(bytes: Uint8Array, fields: readonly Orien
   if (todo.length === 0) return bytes;
   const out = bytes.slice();
   for (const f of todo) {
+    // A PNG chunk's CRC is refreshed only when it was right (a broken file stays broken).
+    const crcOk = f.crc !== undefined && f.crc.end + 4 <= out.length && crc32(out, f.crc.start, f.crc.end) === readU32BE(out, f.crc.end);
     out.fill(0, f.at, f.at + f.size);
     out[f.little ? f.at : f.at + f.size - 1] = 1;
+    if (f.crc && crcOk) {
+      const c = crc32(out, f.crc.start, f.crc.end);
+      out.set([c >>> 24, (c >>> 16) & 255, (c >>> 8) & 255, c & 255], f.crc.end);
+    }
   }
   return out;
 }
