@@ -2,6 +2,8 @@
 // it before convert("RGB")): tag 0x0112 of IFD0, from a JPEG's first "Exif" APP1 segment, a PNG's
 // eXIf chunk or a WebP's EXIF chunk; 2..8 map to a flip/rotate, anything else (absent, 1,
 // unreadable EXIF) leaves the image as it is. XMP-only orientation (tiff:Orientation) is not read.
+// The browser decoder also uses scanExifOrientation/withoutExifOrientation to stop the browser
+// from orienting by itself (decode_browser.ts), so both platforms give the same pixels.
 import type { DecodedImage } from "./decode_node.ts";
 
 const ORIENTATION_TAG = 0x0112;
