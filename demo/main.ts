@@ -34,6 +34,7 @@ const HUB: Record<string, string> = {
   "7b": "Qwen/Qwen2-VL-7B-Instruct",
   "idefics2": "HuggingFaceM4/idefics2-8b-chatty",
   "phi35v": "microsoft/Phi-3.5-vision-instruct",
+  "llama32v": "meta-llama/Llama-3.2-11B-Vision-Instruct",
 };
 const STORE_KEY = "webvlm-demo";
 const params = new URLSearchParams(location.search);

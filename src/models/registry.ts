@@ -5,6 +5,7 @@ import { registerFamily, type RegisteredFamily } from "./family.ts";
 import { idefics2Family } from "./idefics2/family.ts";
 import { llamaFamily } from "./llama/family.ts";
 import { mistralFamily } from "./mistral/family.ts";
+import { mllamaFamily } from "./mllama/family.ts";
 import { phi3Family } from "./phi3/family.ts";
 import { phi3VFamily } from "./phi3_v/family.ts";
 import { qwen2Family } from "./qwen2/family.ts";
@@ -18,6 +19,7 @@ const FAMILIES: readonly RegisteredFamily[] = [
   registerFamily(llamaFamily),
   registerFamily(phi3Family),
   registerFamily(phi3VFamily),
+  registerFamily(mllamaFamily),
 ];
 
 /** Known architecture names (for error messages and docs). */
