@@ -10,7 +10,7 @@ import { after, before, test } from "node:test";
 import { makeTinyPhi3V } from "../../scripts/make_tiny_phi3v.ts";
 import {
   argmax, assembleHd, decoderForward, embedIds, loadPhi3VReference, logSoftmaxAt, mergeImageFeatures, phi3vAttentionScaling,
-  phi3vChatMessages, phi3vNumImageTokens, RefPhi3VCache, type Phi3VGenerateResult, type Phi3VRefImage, type Phi3VRefImageInput, type Phi3VReference,
+  hdScale, hdTargetSize, hdTransform, phi3vChatMessages, phi3vNumImageTokens, phi3vPreprocess, RefPhi3VCache, type RefRgbImage, type Phi3VGenerateResult, type Phi3VRefImage, type Phi3VRefImageInput, type Phi3VReference,
 } from "./phi3v_reference.ts";
 
 const TMP = mkdtempSync(join(tmpdir(), "phi3v-ref-"));
@@ -226,4 +226,90 @@ test("tiny-a: two images of different sizes in one prompt start above O (long fa
   // Image order matters (image 1's features fill the first block); a count mismatch throws.
   assert.notDeepEqual(refA.logits(ids, [fb, fa]), refA.logits(ids, [fa, fb]));
   assert.throws(() => refA.logits(ids, [fa]));
+});
+
+/** Deterministic 8-bit RGB test pattern (busy enough that every resample tap matters). */
+function pattern(width: number, height: number): RefRgbImage {
+  const data = new Uint8Array(width * height * 3);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      for (let c = 0; c < 3; c++) data[(y * width + x) * 3 + c] = (x * x * 3 + y * y * 5 + x * y * 7 + c * 50) % 256;
+    }
+  }
+  return { width, height, data };
+}
+
+function fnv1a(bytes: Uint8Array): number {
+  let h = 0x811c9dc5;
+  for (const b of bytes) h = Math.imul(h ^ b, 0x01000193) >>> 0;
+  return h;
+}
+
+const MEAN = [0.48145466, 0.4578275, 0.40821073];
+const STD = [0.26862954, 0.26130258, 0.27577711];
+
+test("HD transform: scale loop, target sizes, white padding centred (left/right for portrait)", () => {
+  assert.equal(hdScale(1, 1), 1);
+  assert.equal(hdScale(1, 4), 2);
+  assert.equal(hdScale(1, 16), 4);
+  assert.equal(hdScale(3.5, 4), 3); // 3·ceil(3/3.5) = 3 <= 4 < 4·ceil(4/3.5) = 8
+  assert.deepEqual(hdTargetSize(500, 300, 4), { resized: [403, 672], padded: [672, 672] });
+  assert.deepEqual(hdTargetSize(300, 500, 4), { resized: [672, 403], padded: [672, 672] });
+  assert.deepEqual(hdTargetSize(200, 700, 4), { resized: [1008, 288], padded: [1008, 336] });
+  // 672×100 with num_crops 2: scale 2, no resampling (same size), 118 white rows above, 118 below.
+  const wide = pattern(672, 100);
+  const hd = hdTransform(wide, 2);
+  assert.deepEqual([hd.width, hd.height], [672, 336]);
+  assert.ok(hd.data.subarray(0, 118 * 672 * 3).every((v) => v === 255));
+  assert.deepEqual(hd.data.subarray(118 * 672 * 3, 218 * 672 * 3), wide.data);
+  assert.ok(hd.data.subarray(218 * 672 * 3).every((v) => v === 255));
+  // Its portrait twin is padded left and right.
+  const tall = pattern(100, 672);
+  const hdTall = hdTransform(tall, 2);
+  assert.deepEqual([hdTall.width, hdTall.height], [336, 672]);
+  for (const y of [0, 300, 671]) {
+    assert.ok(hdTall.data.subarray(y * 336 * 3, (y * 336 + 118) * 3).every((v) => v === 255));
+    assert.deepEqual(hdTall.data.subarray((y * 336 + 118) * 3, (y * 336 + 218) * 3), tall.data.subarray(y * 100 * 3, (y + 1) * 100 * 3));
+  }
+});
+
+test("HD transform equals Pillow's BILINEAR resize + pad byte for byte (hashes from PIL 8-bit output)", () => {
+  // From /usr/bin/python3 with PIL: Image.resize((new_w, new_h), BILINEAR), white canvas paste, transposes.
+  const cases: [number, number, number, number[], number, number[]][] = [
+    [500, 300, 4, [672, 672], 0x902718de, [88, 138, 125]],
+    [200, 700, 4, [1008, 336], 0x7a524adb, [236, 70, 80]],
+    [1000, 333, 16, [672, 2016], 0x0758073c, [123, 173, 107]],
+    [31, 7, 9, [336, 1344], 0x7776396f, [72, 83, 133]],
+  ];
+  for (const [w, h, n, size, hash, mid] of cases) {
+    const hd = hdTransform(pattern(w, h), n);
+    assert.deepEqual([hd.height, hd.width], size);
+    const at = (Math.floor(hd.height / 2) * hd.width + Math.floor(hd.width / 3)) * 3;
+    assert.deepEqual([...hd.data.subarray(at, at + 3)], mid, `${w}x${h}`);
+    assert.equal(fnv1a(hd.data), hash, `${w}x${h} num_crops ${n}`);
+  }
+});
+
+test("processor output: tiles row-major after the global view; 336×336 global view of a 336×336 image is the image", () => {
+  const square = phi3vPreprocess(pattern(336, 336), 1, MEAN, STD);
+  assert.deepEqual(square.imageSize, [336, 336]);
+  assert.equal(square.numImgTokens, 313);
+  assert.deepEqual(square.pixelValues.subarray(0, TILE), square.pixelValues.subarray(TILE, 2 * TILE));
+  // (uint8/255 − mean)/std in f32 for the first pixel's red value.
+  const v = Math.fround(Math.fround(Math.fround(square.hd.data[0] / 255) - Math.fround(MEAN[0])) / Math.fround(STD[0]));
+  assert.equal(square.pixelValues[TILE], v);
+  // 672×100, num_crops 2: tiles (0,0) and (0,1); white padding normalizes to (1 − mean)/std.
+  const wide = phi3vPreprocess(pattern(672, 100), 2, MEAN, STD);
+  assert.deepEqual(wide.imageSize, [336, 672]);
+  assert.equal(wide.pixelValues.length, 3 * TILE);
+  const white = Math.fround(Math.fround(1 - Math.fround(MEAN[2])) / Math.fround(STD[2]));
+  assert.equal(wide.pixelValues[TILE + 2 * 336 * 336], white); // tile 0, blue, (0, 0)
+  const y = 150;
+  const x = 400;
+  const red = Math.fround(Math.fround(Math.fround(wide.hd.data[(y * 672 + x) * 3] / 255) - Math.fround(MEAN[0])) / Math.fround(STD[0]));
+  assert.equal(wide.pixelValues[2 * TILE + y * 336 + (x - 336)], red); // tile 1 holds columns 336…671
+  // End to end on tiny-b (num_crops 1 from its preprocessor_config.json).
+  const processed = refB.preprocess(pattern(500, 300));
+  assert.deepEqual(processed.imageSize, [336, 336]);
+  assert.equal(refB.imageFeatures(processed.pixelValues, processed.imageSize).length, 313 * refB.config.hidden);
 });

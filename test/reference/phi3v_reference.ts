@@ -1,9 +1,10 @@
 // Independent CPU reference of Phi-3.5-vision (Phi3VForCausalLM, model_type "phi3_v"), written
 // from /work/shared/PHI3V.md and the checkpoint's remote code (modeling_phi3_v.py,
 // image_embedding_phi3_v.py, processing_phi3_v.py). It shares no code with the runtime (nothing
-// from src/); it starts from each image's pixel values (global view first, then the hc·wc tiles,
+// from src/); the model starts from each image's pixel values (global view first, then the hc·wc tiles,
 // [3, 336, 336] each, as Phi3VImageProcessor gives them) and image_size, and from prompt ids or
-// messages (tokenized by @huggingface/tokenizers on the checkpoint's tokenizer.json, third-party).
+// messages (tokenized by @huggingface/tokenizers on the checkpoint's tokenizer.json, third-party);
+// preprocess() makes those pixel values from 8-bit RGB for end-to-end checks.
 //
 // Image positions: an id marks an image position when -1e9 < id < 0 (the processor's -k) or
 // id === 32044 (`<|image|>`, the runtime's placeholder). The images' features fill those
@@ -16,11 +17,13 @@
 //   ref_phi3v_vision.ts  CLIP tower, HD assembly, projection; num_img_tokens
 //   ref_phi3v_text.ts    embedding merge, Phi-3 decoder with su/longrope and the KV cache
 //   ref_phi3v_prompt.ts  message parts -> tags, chat template, per-chunk tokenization
+//   ref_phi3v_image.ts   §3 HD transform from 8-bit RGB (Pillow bilinear, white pad, torch bicubic)
 //   this file            the loaded reference and greedy generation with §6's recompute rule
 import { Tokenizer } from "@huggingface/tokenizers";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadPhi3VModel, type Phi3VWeightTransform, type RefPhi3VConfig, type RefPhi3VWeights } from "./ref_phi3v_model.ts";
+import { phi3vPreprocess, type Phi3VProcessedImage, type RefRgbImage } from "./ref_phi3v_image.ts";
 import { phi3vPromptIds, renderPhi3VChat, type Phi3VRefMessage } from "./ref_phi3v_prompt.ts";
 import { decoderForward, embedIds, factorsForLength, isImagePosition, mergeImageFeatures, RefPhi3VCache, type RopeFactors } from "./ref_phi3v_text.ts";
 import { clipImageTiles, phi3vImageFeatures, phi3vNumImageTokens } from "./ref_phi3v_vision.ts";
@@ -31,6 +34,8 @@ export { assembleHd, clipTileFeatures, phi3vNumImageTokens, projectImage, tileGr
 export { decoderForward, embedIds, factorsForLength, isImagePosition, mergeImageFeatures, phi3vInvFreq, RefPhi3VCache } from "./ref_phi3v_text.ts";
 export type { RopeFactors } from "./ref_phi3v_text.ts";
 export { phi3vChatMessages, phi3vPromptIds, renderPhi3VChat } from "./ref_phi3v_prompt.ts";
+export { hdScale, hdTargetSize, hdTransform, phi3vPreprocess, pillowBilinearResize, torchBicubicTo336 } from "./ref_phi3v_image.ts";
+export type { Phi3VProcessedImage, RefRgbImage } from "./ref_phi3v_image.ts";
 export type { Phi3VRefMessage } from "./ref_phi3v_prompt.ts";
 
 /** One image as the processor gives it: [(1 + hc·wc), 3, 336, 336] (global first) and [H, W]. */
@@ -63,6 +68,8 @@ export interface Phi3VReference {
   weights: RefPhi3VWeights;
   /** Tensors of the checkpoint the reference did not read (post_layernorm, CLIP layers past layer_idx). */
   unusedTensors: string[];
+  /** §3 Phi3VImageProcessor on 8-bit RGB (num_crops defaults to preprocessor_config's). */
+  preprocess(image: RefRgbImage, numCrops?: number): Phi3VProcessedImage;
   /** §3.6 token count of an image of size [H, W]. */
   numImageTokens(imageSize: [number, number]): number;
   /** CLIP features [576, C] (hidden_states[layer_idx], no CLS) of each used tile, global first. */
@@ -140,6 +147,7 @@ export function loadPhi3VReference(dir: string, opts: LoadPhi3VReferenceOptions 
     config,
     weights,
     unusedTensors: unused,
+    preprocess: (image, numCrops) => phi3vPreprocess(image, numCrops ?? config.numCrops, config.imageMean, config.imageStd),
     numImageTokens: (imageSize) => phi3vNumImageTokens(imageSize),
     clipFeatures: (pixelValues, imageSize) => clipImageTiles(config, weights, pixelValues, imageSize),
     imageFeatures: (pixelValues, imageSize) => phi3vImageFeatures(config, weights, pixelValues, imageSize),
