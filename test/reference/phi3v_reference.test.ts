@@ -145,6 +145,18 @@ test("prompt: tags per message, chat template, every chunk with <s>, placeholder
   assert.throws(() => refB.promptIds("<|image_1|>hi", [313, 313]));
 });
 
+test("sliding window w: a query sees itself and the w keys before it (2 layers, w = 1: receptive field 2 back)", () => {
+  const c = { ...refA.config, slidingWindow: 1 };
+  const run = (ids: number[]): Float32Array =>
+    decoderForward(c, refA.weights, embedIds(c, refA.weights, ids), new RefPhi3VCache(c.layers, c.kvHeads));
+  const base = run([100, 200, 300, 400]);
+  assert.deepEqual(run([101, 200, 300, 400]), base); // 3 back: out of reach
+  assert.ok(run([100, 201, 300, 400]).some((v, i) => Math.abs(v - base[i]) > 1e-4)); // 2 back: through layer 1
+  // The tiny-a config's window (200) is crossed by every image prompt.
+  assert.equal(refA.config.slidingWindow, 200);
+  assert.equal(refB.config.slidingWindow, 262144);
+});
+
 /** Each generated step's logprob and pick equal those of a fresh full forward over the sequence so far. */
 function assertStepsAreFreshForwards(ref: Phi3VReference, ids: number[], images: Phi3VRefImageInput[], g: Phi3VGenerateResult, imagesGoneFrom: number | null): void {
   for (let i = 0; i < g.tokens.length; i++) {
@@ -222,7 +234,7 @@ test("tiny-a: two images of different sizes in one prompt start above O (long fa
   assert.equal(ids.filter((t) => t < 0).length, 770);
   const g = refA.generate(ids, [fa, fb], 16);
   assert.equal(g.recomputedAt, null);
-  assert.ok(new Set(g.tokens).size >= 6, `degenerate: ${g.tokens.join(",")}`);
+  assert.ok(new Set(g.tokens).size >= 10, `degenerate: ${g.tokens.join(",")}`);
   // Image order matters (image 1's features fill the first block); a count mismatch throws.
   assert.notDeepEqual(refA.logits(ids, [fb, fa]), refA.logits(ids, [fa, fb]));
   assert.throws(() => refA.logits(ids, [fa]));
