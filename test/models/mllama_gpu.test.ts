@@ -131,6 +131,20 @@ test("config: typed errors name the field", () => {
   assert.throws(() => parseMllamaConfig({ vision_config: {} }), (e: unknown) => e instanceof WebvlmError && e.message.includes("text_config"));
 });
 
+test("config: both spellings transformers has written parse alike; llama3 rope, cross layers, embed rows", async () => {
+  const json = await readJson(join(root, "tiny-b"), "config.json");
+  const a = parseMllamaConfig(json);
+  const { attention_heads: heads, ...vision } = json.vision_config as Record<string, unknown>;
+  const { image_token_index: imageToken, ...top } = json;
+  const b = parseMllamaConfig({ ...top, image_token_id: imageToken, vision_config: { ...vision, num_attention_heads: heads } });
+  assert.deepEqual(b, a);
+  assert.equal(a.text.rope.kind, "llama3");
+  assert.deepEqual(a.text.crossAttentionLayers, [0, 3]);
+  assert.equal(a.text.embedRows, a.text.vocabSize + 8);
+  assert.equal(a.vision.paddedTokensPerTile % 8, 0);
+  assert.deepEqual(a.eosTokenIds, [128001, 128008, 128009]);
+});
+
 interface Case {
   name: string;
   dir: string;
