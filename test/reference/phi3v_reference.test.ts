@@ -122,6 +122,7 @@ test("prompt: tags per message, chat template, every chunk with <s>, placeholder
     { role: "user", content: [{ type: "image_url" as const }, { type: "image_url" as const }, { type: "text" as const, text: "first" }, { type: "text" as const, text: "second" }] },
   ];
   assert.deepEqual(phi3vChatMessages(messages)[1].content, "<|image_1|>\n<|image_2|>\nfirst\nsecond");
+  assert.deepEqual(phi3vChatMessages([{ role: "user", content: [{ type: "image_url" }] }, { role: "user", content: [{ type: "text", text: "x" }, { type: "image_url" }] }]).map((m) => m.content), ["<|image_1|>\n", "<|image_2|>\nx"]);
   const text = refB.renderChat(messages);
   assert.equal(text, "<|system|>\nBe brief.<|end|>\n<|user|>\n<|image_1|>\n<|image_2|>\nfirst\nsecond<|end|>\n<|assistant|>\n");
   const ids = refB.promptIds(messages, [3, 2]);

@@ -25,8 +25,8 @@ export function phi3vChatMessages(messages: readonly Phi3VRefMessage[]): { role:
       if (part.type === "image_url") tags.push(`<|image_${++image}|>`);
       else texts.push(part.text);
     }
-    const text = texts.join("\n");
-    return { role: m.role, content: texts.length > 0 ? [...tags, text].join("\n") : tags.join("\n") };
+    // vLLM joins the tags and the (possibly empty) joined text: an image-only message is "<|image_1|>\n".
+    return { role: m.role, content: [...tags, texts.join("\n")].join("\n") };
   });
 }
 
