@@ -70,7 +70,7 @@ export interface Idefics2Report {
 }
 
 const gib = (b: number): string => `${(b / 2 ** 30).toFixed(2)} GiB`;
-const mib = (b: number): string => `${(b / 2 ** 20).toFixed(0)} MiB`;
+const mib = (b: number): string => (b < 2 ** 20 ? `${(b / 2 ** 10).toFixed(0)} KiB` : `${(b / 2 ** 20).toFixed(0)} MiB`);
 const pct = (x: number): string => `${(100 * x).toFixed(x < 0.1 ? 1 : 0)}%`;
 
 export function printIdefics2Report(r: Idefics2Report): void {
