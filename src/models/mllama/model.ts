@@ -85,6 +85,7 @@ export class MllamaModel {
   async crossStates(images: readonly MllamaVisionImage[], signal?: AbortSignal): Promise<Tensor> {
     const v = this.config.vision;
     for (const img of images) checkVisionImage(v, img);
+    this.checkVisionBindings();
     const rows = images.length * this.keysPerImage;
     const out = allocTensor(this.gpu, [rows, this.config.text.hiddenSize], "f32", "mllama.cross_states");
     try {
@@ -177,31 +178,78 @@ export class MllamaModel {
     for (const id of ids) if (!Number.isInteger(id) || id < 0 || id >= rows) throw new WebvlmError("bad_request", `token id ${id} outside [0, ${rows})`);
   }
 
-  /** The image set's cross states, then every cross layer's K/V over them (one more submit). */
+  /**
+   * Every cross layer's K/V over the image set, image by image (one submit each, the signal checked
+   * between them): an image's cross states (T * P rows, 105 MB at 11B) are made, projected into
+   * each layer's k_norm(k_proj) / v_proj rows of the set, and released, so no binding grows with
+   * the number of images beyond the K/V themselves.
+   */
   private async encodeCross(images: readonly MllamaImageItem[], key: string, signal?: AbortSignal): Promise<MllamaCrossState> {
-    const states = await this.crossStates(images, signal);
     const t = this.config.text;
-    const cfg = { hiddenSize: t.hiddenSize, numHeads: t.numHeads, numKvHeads: t.numKvHeads, headDim: t.headDim, rmsNormEps: t.rmsNormEps };
     const v = this.config.vision;
-    const P = v.tokensPerTile;
-    const keep = new Uint32Array(images.length * this.keysPerImage);
-    images.forEach((img, i) => keep.fill(1, i * this.keysPerImage, i * this.keysPerImage + img.numTiles * P));
+    for (const img of images) checkVisionImage(v, img);
+    this.checkVisionBindings();
+    const cfg = { hiddenSize: t.hiddenSize, numHeads: t.numHeads, numKvHeads: t.numKvHeads, headDim: t.headDim, rmsNormEps: t.rmsNormEps };
+    const perImage = this.keysPerImage;
+    const total = images.length * perImage;
+    const kvDim = t.numKvHeads * t.headDim;
+    const keep = new Uint32Array(total);
+    images.forEach((img, i) => keep.fill(1, i * perImage, i * perImage + img.numTiles * v.tokensPerTile));
     const kv: CrossKv[] = [];
     let keyMask: Tensor | null = null;
     try {
+      for (let l = 0; l < this.weights.text.crossLayers.length; l++) {
+        kv.push({
+          k: allocTensor(this.gpu, [total, kvDim], "f32", `mllama.cross_k${l}`),
+          v: allocTensor(this.gpu, [total, kvDim], "f32", `mllama.cross_v${l}`),
+          length: total,
+        });
+      }
+      keyMask = uploadTensor(this.gpu, keep, [total], "u32", "mllama.cross_key_mask");
+      const bytes = perImage * kvDim * 4;
+      for (const [i, img] of images.entries()) {
+        if (i > 0) {
+          await gpuIdle(this.gpu);
+          throwIfAborted(signal);
+        }
+        const rec = new Recorder(this.gpu);
+        const states = allocTensor(this.gpu, [perImage, t.hiddenSize], "f32", "mllama.cross_states");
+        encodeMllamaImage(rec, v, this.weights.vision, img, states, 0);
+        this.weights.text.crossLayers.forEach((lw, l) => {
+          const part = crossAttentionKv(rec, cfg, lw, states);
+          rec.copy(part.k, { buffer: kv[l].k.buffer, offset: kv[l].k.offset + i * bytes, size: bytes });
+          rec.copy(part.v, { buffer: kv[l].v.buffer, offset: kv[l].v.offset + i * bytes, size: bytes });
+          this.gpu.pool.release(part.k.buffer);
+          this.gpu.pool.release(part.v.buffer);
+        });
+        this.gpu.pool.release(states.buffer);
+        rec.submit();
+      }
       await gpuIdle(this.gpu);
       throwIfAborted(signal);
-      keyMask = uploadTensor(this.gpu, keep, [keep.length], "u32", "mllama.cross_key_mask");
-      const rec = new Recorder(this.gpu);
-      for (const lw of this.weights.text.crossLayers) kv.push(crossAttentionKv(rec, cfg, lw, states));
-      rec.submit();
       return { key, kv, keyMask, numImages: images.length };
     } catch (e) {
       for (const x of kv) for (const tensor of [x.k, x.v]) this.gpu.pool.release(tensor.buffer);
       if (keyMask) this.gpu.pool.release(keyMask.buffer);
       throw e;
-    } finally {
-      this.gpu.pool.release(states.buffer);
+    }
+  }
+
+  /**
+   * The vision path's widest activation (all T * L padded tokens: q|k|v, the MLP's intermediate, the
+   * projector's output) must fit one storage binding; limit_exceeded names the limit otherwise.
+   */
+  private checkVisionBindings(): void {
+    const v = this.config.vision;
+    const rows = v.maxNumTiles * v.paddedTokensPerTile;
+    const needed = rows * Math.max(3 * v.hiddenSize, v.intermediateSize, this.config.text.hiddenSize) * 4;
+    const limit = this.gpu.limits.maxStorageBufferBindingSize;
+    if (needed > limit) {
+      throw new WebvlmError("limit_exceeded", `mllama vision: ${rows} tile tokens need ${needed} bytes in one binding, over the adapter's maxStorageBufferBindingSize ${limit}`, {
+        limit: "maxStorageBufferBindingSize",
+        needed,
+        available: limit,
+      });
     }
   }
 
