@@ -26,6 +26,7 @@ import { parseMllamaConfig, type MllamaConfig } from "../../src/models/mllama/co
 import { parseMllamaPreprocess, processMllamaImage } from "../../src/models/mllama/image_processor.ts";
 import { MllamaModel, type MllamaImageItem } from "../../src/models/mllama/model.ts";
 import { mllamaHubName, mllamaNameCandidates, mllamaTensorTable } from "../../src/models/mllama/names.ts";
+import { resolveFamily } from "../../src/models/registry.ts";
 import { roundTripValues } from "../../src/quant/pack.ts";
 import { makeTinyMllama, mllamaNewTensorName, tinyMllamaTensors, type MllamaTensorLayout, type TinyMllamaShape } from "../../scripts/make_tiny_mllama.ts";
 import { loadMllamaReference, type MllamaReference } from "../reference/mllama_reference.ts";
@@ -350,5 +351,59 @@ test("engine: an image question through the chat API answers with the reference'
   } finally {
     await engine.unload();
     await models.close();
+  }
+});
+
+test("bf16 checkpoint: cross states and logits equal the reference's", async (t) => {
+  const dir = join(root, "tiny-a-bf16");
+  await makeTinyMllama("tiny-a", dir, { dtype: "bf16" });
+  const config = parseMllamaConfig(await readJson(dir, "config.json"), await readJson(dir, "generation_config.json"));
+  const p = processMllamaImage(picture(40, 20, 5), parseMllamaPreprocess(await readJson(dir, "preprocessor_config.json")));
+  const images = [{ pixelValues: p.pixelValues, aspectRatioId: p.aspectRatioId, numTiles: p.numTiles, hash: "bf16" }];
+  const ref = loadMllamaReference(dir);
+  const r = refInputs(images, config.vision.maxNumTiles);
+  const states = ref.crossStates(r.pv, r.ids, r.mask, 1);
+  const ids = ref.promptIds(ref.renderPrompt([{ role: "user", content: [{ type: "image" }, { type: "text", text: "Which colours?" }] }], { dateString: DATE }));
+  const model = await MllamaModel.load(gpu, config, await dirSource(dir), F32);
+  const cache = model.createCache(ids.length + 1);
+  try {
+    const s = await model.crossStates(images);
+    const eS = nmse(await readF32(gpu, s), states);
+    gpu.pool.release(s.buffer);
+    const eL = nmse((await model.prefill(ids, images, cache, { read: "logits" })).logits!, ref.logits(ids, states, r.tiles));
+    t.diagnostic(`cross states NMSE ${eS.toExponential(2)}, logits NMSE ${eL.toExponential(2)}`);
+    assert.ok(eS <= 1e-6 && eL <= 1e-6, `NMSE ${eS}, ${eL}`);
+  } finally {
+    cache.dispose();
+    model.dispose();
+  }
+});
+
+test("family: the registry resolves mllama; its prompt style; the adapter warms up and answers", async () => {
+  const dir = join(root, "tiny-b");
+  const json = await readJson(dir, "config.json");
+  const family = resolveFamily(json);
+  assert.equal(family.name, "mllama");
+  const opened = family.open(json, await readJson(dir, "generation_config.json"));
+  assert.equal(opened.prompt.addSpecialTokens, false);
+  assert.deepEqual(opened.eosTokenIds, [128001, 128008, 128009]);
+  const model = await opened.load(gpu, await dirSource(dir), F32);
+  try {
+    const steps: number[] = [];
+    await model.warmUp((done) => steps.push(done));
+    assert.deepEqual(steps, [0, 1, 2]);
+    // A text-only turn through the adapter, with the media the engine would pass (none).
+    const ref = loadMllamaReference(dir);
+    const ids = ref.promptIds(ref.renderPrompt([{ role: "user", content: "Hello there." }], { dateString: DATE }));
+    const cache = model.createCache(ids.length + 2);
+    try {
+      const r = await model.prefill(ids, [], cache, { read: "logits" });
+      assert.ok(nmse(r.logits!, ref.logits(ids, null, [])) <= 1e-6);
+      await assert.rejects(model.prefill(ids, [{ kind: "image", hash: "x", tokens: 0, payload: {} }], cache), (e: unknown) => e instanceof WebvlmError && e.code === "internal");
+    } finally {
+      cache.dispose();
+    }
+  } finally {
+    model.dispose();
   }
 });
