@@ -348,6 +348,30 @@ test("engine: an image question through the chat API answers with the reference'
     assert.equal(lps.length, want.logprobs.length);
     lps.forEach((lp, i) => assert.ok(Math.abs(lp - want.logprobs[i]) <= 1e-4, `token ${i}: logprob ${lp}, reference ${want.logprobs[i]}`));
     t.diagnostic(`${r.usage.prompt_tokens} prompt tokens -> ${JSON.stringify(r.choices[0].message.content)} (${r.choices[0].finish_reason})`);
+    // A second turn about the same image: the cached prefix (and the image set's cross K/V) is reused.
+    const follow = "And what colours does it have?";
+    const answer = r.choices[0].message.content;
+    const r2 = await engine.chat.completions.create({
+      messages: [
+        { role: "user", content: [{ type: "image_url", image_url: { url: image } }, { type: "text", text: question }] },
+        { role: "assistant", content: answer },
+        { role: "user", content: follow },
+      ],
+      max_tokens: 8,
+      temperature: 0,
+      logprobs: true,
+    });
+    const ids2 = ref.promptIds(ref.renderPrompt([
+      { role: "user", content: [{ type: "image" }, { type: "text", text: question }] },
+      { role: "assistant", content: answer },
+      { role: "user", content: follow },
+    ]));
+    const want2 = ref.generate(ids2, ref.crossStates(r0.pv, r0.ids, r0.mask, 1), r0.tiles, 8);
+    assert.equal(r2.usage.prompt_tokens, ids2.length);
+    assert.ok((r2.usage.prompt_tokens_details?.cached_tokens ?? 0) > 0, "the second turn reused the cache");
+    assert.equal(r2.choices[0].message.content, ref.decode(want2.tokens));
+    (r2.choices[0].logprobs?.content ?? []).forEach((l, i) => assert.ok(Math.abs(l.logprob - want2.logprobs[i]) <= 1e-4, `turn 2 token ${i}`));
+    t.diagnostic(`turn 2: ${r2.usage.prompt_tokens_details?.cached_tokens} of ${r2.usage.prompt_tokens} prompt tokens cached`);
   } finally {
     await engine.unload();
     await models.close();
