@@ -2,7 +2,9 @@
 // projection, RoPE from the rope spec's inv_freq table and the KV append in one dispatch,
 // causal (or sliding-window) attention over the cache, o_proj adding into the residual stream,
 // post-attention norm fused into gate|up, SiLU-gated product, down_proj adding into the residual.
-// Records into a Recorder; submits nothing.
+// Layers listed in config.crossAttentionLayers are gated cross-attention layers (mllama): they read
+// the vision K/V and mask rows the caller passes (opts.cross), keep no KV cache, and are identity
+// without them. Records into a Recorder; submits nothing.
 import { WebvlmError } from "../../api/errors.ts";
 import type { Recorder } from "../../gpu/recorder.ts";
 import { expectDtype, expectShape, type Tensor } from "../../gpu/tensor.ts";

@@ -2,6 +2,8 @@
 // shared by Qwen2, Mistral, Llama and Phi-3), each with its shape from the config and the GPU
 // weight it goes into. One declarative list drives checking (missing_tensor / shape_mismatch
 // before anything is read), loading (row-stacked into fused q|k|v and gate|up weights) and release.
+// A cross-attention layer (mllama) has cross_attn.* (q/k/v/o, q_norm/k_norm) and two tanh gates in
+// place of self_attn.*; its norms and MLP are named as a self layer's.
 import { isCrossLayer, type DecoderConfig } from "./config.ts";
 
 /** The GPU weight a checkpoint tensor goes into ("qkv" rows q | k | v, "gateUp" rows gate | up). */
