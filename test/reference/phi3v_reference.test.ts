@@ -10,7 +10,7 @@ import { after, before, test } from "node:test";
 import { makeTinyPhi3V } from "../../scripts/make_tiny_phi3v.ts";
 import {
   argmax, assembleHd, decoderForward, embedIds, loadPhi3VReference, logSoftmaxAt, mergeImageFeatures, phi3vAttentionScaling,
-  hdScale, hdTargetSize, hdTransform, phi3vChatMessages, phi3vNumImageTokens, phi3vPreprocess, RefPhi3VCache, type RefRgbImage, type Phi3VGenerateResult, type Phi3VRefImage, type Phi3VRefImageInput, type Phi3VReference,
+  hdScale, hdTargetSize, hdTransform, torchBicubicTo336, phi3vChatMessages, phi3vNumImageTokens, phi3vPreprocess, RefPhi3VCache, type RefRgbImage, type Phi3VGenerateResult, type Phi3VRefImage, type Phi3VRefImageInput, type Phi3VReference,
 } from "./phi3v_reference.ts";
 
 const TMP = mkdtempSync(join(tmpdir(), "phi3v-ref-"));
@@ -325,4 +325,20 @@ test("processor output: tiles row-major after the global view; 336×336 global v
   const processed = refB.preprocess(pattern(500, 300));
   assert.deepEqual(processed.imageSize, [336, 336]);
   assert.equal(refB.imageFeatures(processed.pixelValues, processed.imageSize).length, 313 * refB.config.hidden);
+});
+
+test("torch bicubic (A = -0.75, align_corners False): 672 -> 336 samples a ramp at 2o + 0.5, taps clamped at the border", () => {
+  // Columns hold x, rows hold 1000·y: Keys cubic reproduces linear functions away from the borders.
+  const h = 1008;
+  const w = 672;
+  const planes = new Float32Array(3 * h * w);
+  for (let c = 0; c < 3; c++) for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) planes[c * h * w + y * w + x] = x + 1000 * y;
+  const out = torchBicubicTo336(planes, h, w);
+  for (const [oy, ox] of [[1, 1], [100, 200], [334, 334]]) {
+    const want = 2 * ox + 0.5 + 1000 * (3 * oy + 1); // rows: src = 3·oy + 1 (t = 0, an exact sample)
+    assert.ok(Math.abs(out[2 * 336 * 336 + oy * 336 + ox] - want) < 1e-3, `(${oy}, ${ox})`);
+  }
+  // Column 0: src 0.5, weights [c2(1.5), c1(0.5), c1(0.5), c2(1.5)] = [-0.09375, 0.59375, 0.59375, -0.09375]
+  // on taps -1, 0, 1, 2 with -1 clamped to 0: 0.59375 − 2·0.09375 = 0.40625 (0.5 unclamped).
+  assert.ok(Math.abs(out[100 * 336] - (0.40625 + 1000 * 301)) < 1e-3);
 });
