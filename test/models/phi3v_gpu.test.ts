@@ -32,7 +32,7 @@ import { Phi3VModel, type Phi3VCache } from "../../src/models/phi3_v/model.ts";
 import { phi3VNames, phi3VTensorTable } from "../../src/models/phi3_v/names.ts";
 import { phi3vPatchRows } from "../../src/models/phi3_v/processor.ts";
 import { PHI3V_PROMPT_STYLE } from "../../src/models/phi3_v/prompt.ts";
-import type { Phi3VImageItem } from "../../src/models/phi3_v/vision.ts";
+import { hdGatherIds, type Phi3VImageItem } from "../../src/models/phi3_v/vision.ts";
 import { resolveFamily } from "../../src/models/registry.ts";
 import { roundTripValues } from "../../src/quant/pack.ts";
 import { loadImage } from "../../src/vision/load_image.ts";
@@ -537,4 +537,40 @@ test("family: registry, config rules, processor wiring, adapter with warm-up; th
     await models.close();
   }
   assert.deepEqual(gpu.uncapturedErrors, []);
+});
+
+test("the published config and ViT-L/14-336 tensor shapes give §2's sizes; the HD layout has §3.6's token count", () => {
+  const factors = Array.from({ length: 48 }, (_, j) => 1 + j / 100);
+  const cfg = parsePhi3VConfig({
+    architectures: ["Phi3VForCausalLM"], model_type: "phi3_v", hidden_size: 3072, intermediate_size: 8192, num_hidden_layers: 32,
+    num_attention_heads: 32, num_key_value_heads: 32, rms_norm_eps: 1e-5, rope_theta: 10000, vocab_size: 32064,
+    original_max_position_embeddings: 4096, max_position_embeddings: 131072, sliding_window: 262144, tie_word_embeddings: false,
+    rope_scaling: { type: "su", short_factor: factors, long_factor: factors },
+    embd_layer: { embedding_cls: "image", hd_transform_order: "sub_glb", projection_cls: "mlp", use_hd_transform: true, with_learnable_separator: true },
+    img_processor: { image_dim_out: 1024, model_name: "openai/clip-vit-large-patch14-336", name: "clip_vision_model", num_img_tokens: 144 },
+    bos_token_id: 1, eos_token_id: 2, _attn_implementation: "flash_attention_2",
+  });
+  assert.deepEqual([cfg.text.headDim, cfg.text.slidingWindow[0], cfg.layerIdx, cfg.imageTokenId], [96, 262145, -2, 32044]);
+  assert.ok(cfg.text.rope.kind === "longrope" && Math.abs(cfg.text.rope.attentionFactor - 1.19024) < 1e-5);
+  const v = "model.vision_embed_tokens.img_processor.vision_model.";
+  const shapes = (n: string): number[] | undefined => {
+    if (n === `${v}embeddings.patch_embedding.weight`) return [1024, 3, 14, 14];
+    const m = /encoder\.layers\.(\d+)\.(layer_norm1\.weight|mlp\.fc1\.weight)$/.exec(n);
+    if (!m || Number(m[1]) >= 24) return undefined;
+    return m[2] === "layer_norm1.weight" ? [1024] : [4096, 1024];
+  };
+  const vision = phi3VVisionConfig(cfg, { has: (n) => shapes(n) !== undefined, shape: (n) => shapes(n)! });
+  assert.deepEqual(vision, { hiddenSize: 1024, intermediateSize: 4096, numLayers: 24, layersUsed: 23, numHeads: 16, headDim: 64, layerNormEps: 1e-5 });
+  for (const [hc, wc] of [[1, 1], [1, 2], [4, 4], [2, 8]]) {
+    const ids = hdGatherIds(hc, wc);
+    assert.equal(ids.length, 4 * ((hc * wc + 1) * 144 + 1 + (hc + 1) * 12));
+    // §4: the first vector is merged token (0, 0) of HD tile (0, 0) = tile 1 (after the global tile):
+    // f[0,0], f[0,1], f[1,0], f[1,1] after its class token; the sub grid's first row ends with sub_GN.
+    const R = (1 + hc * wc) * 577;
+    assert.deepEqual([...ids.subarray(0, 4)], [578, 579, 578 + 24, 579 + 24]);
+    const rowEnd = 4 * 12 * wc;
+    assert.deepEqual([...ids.subarray(rowEnd, rowEnd + 4)], [R, R + 1, R + 2, R + 3]);
+    const glb = 4 * 12 * hc * (12 * wc + 1);
+    assert.deepEqual([...ids.subarray(glb, glb + 8)], [R + 4, R + 5, R + 6, R + 7, 1, 2, 25, 26]);
+  }
 });
