@@ -5,8 +5,8 @@
 // peak over one image question (all 4 tiles through the tower, cross K/V of the 8 cross layers, a
 // prefill, decode steps), and the times of each part.
 //
-//   node --import ./scripts/register-loaders.mjs bench/mllama.ts            11B shapes (a real GPU)
-//   node --import ./scripts/register-loaders.mjs bench/mllama.ts --tiny     tiny-a's shapes (SwiftShader, seconds)
+//   npm run bench -- --model llama-3.2-11b-vision            11B shapes (a real GPU)
+//   npm run bench -- --model llama-3.2-11b-vision --tiny     tiny-a's shapes (SwiftShader, seconds)
 //   options: --build-only  --steps N  --prompt N  --text-linear q4|q8|f16  --out FILE
 import { mkdirSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
@@ -64,7 +64,7 @@ function weightCensus(w: MllamaWeights): Record<string, number> {
   };
 }
 
-async function main(argv: string[]): Promise<void> {
+export async function runMllamaBench(argv: readonly string[]): Promise<void> {
   const option = (name: string): string | undefined => {
     const i = argv.indexOf(name);
     return i >= 0 ? argv[i + 1] : undefined;
@@ -137,8 +137,3 @@ async function main(argv: string[]): Promise<void> {
   writeFileSync(out, JSON.stringify(report, null, 2));
   gpu.destroy();
 }
-
-main(process.argv.slice(2)).catch((e) => {
-  console.error(e);
-  process.exit(1);
-});

@@ -5,6 +5,7 @@
 // (vite SSR build: WGSL and the config inlined), node and dawn.node xz-compressed: about 30 MB. On the machine:
 //   bash .device/run.sh [--tiny] [--formats q4,f16]   (the report lands in $OUT when set)
 //   bash .device/run.sh --model idefics2-8b [--tiny|--build-only]   (Idefics2-8B shapes)
+//   bash .device/run.sh --model llama-3.2-11b-vision [--tiny|--build-only]   (Llama-3.2-11B-Vision shapes)
 //   bash .device/run.sh kernels [--full]               (kernel benchmark)
 import { execFileSync } from "node:child_process";
 import { cpSync, mkdirSync, openSync, rmSync, writeFileSync } from "node:fs";
@@ -88,6 +89,9 @@ else
   name=model
   if [[ "$args" == *" --model idefics2-8b "* ]]; then
     name=idefics2-8b
+    [[ "$args" == *" --build-only "* ]] && name="$name-build"
+  elif [[ "$args" == *" --model llama-3.2-11b-vision "* ]]; then
+    name=llama-3.2-11b-vision
     [[ "$args" == *" --build-only "* ]] && name="$name-build"
   fi
   [[ "$args" == *" --tiny "* ]] && name="$name-tiny"
