@@ -1,6 +1,7 @@
 // Streaming detokenizer: turns generated ids into text pieces that are whole
 // characters, such that the concatenation of the pieces (plus flush()) equals
-// tokenizer.decode(allIds).
+// tokenizer.decode(allIds) (with standaloneStart, decode(generated ids) at
+// the start, as transformers decodes a completion).
 //
 // Prefix-offset technique (HF text-generation-inference, vLLM): each step
 // decodes a short window of ids, ids[prefixOffset:], and emits what it adds
@@ -30,6 +31,12 @@ export interface DetokenizerOptions {
   context?: readonly number[];
   /** Tokens without progress before a held U+FFFD run is taken as real; default 8. */
   maxStallTokens?: number;
+  /**
+   * Start the text as decode(generated ids) starts, as transformers' decode of a completion does:
+   * a space the context gives the first piece is dropped when the generated ids decoded alone
+   * begin without it (SentencePiece-style decoders strip one leading space). Default false.
+   */
+  standaloneStart?: boolean;
 }
 
 export class StreamingDetokenizer {
@@ -43,6 +50,8 @@ export class StreamingDetokenizer {
   private emitted = "";
   private readonly skip: boolean;
   private readonly maxStall: number;
+  /** Index in ids of the first generated id, while the start still needs the standalone check. */
+  private standaloneFrom: number | null = null;
 
   constructor(private readonly tokenizer: TokenDecoder, opts: DetokenizerOptions = {}) {
     this.skip = opts.skipSpecialTokens ?? true;
@@ -56,6 +65,7 @@ export class StreamingDetokenizer {
         this.prefixText = t;
       }
     }
+    if (opts.standaloneStart) this.standaloneFrom = this.readOffset;
   }
 
   /** Everything emitted so far. */
@@ -90,7 +100,12 @@ export class StreamingDetokenizer {
       this.stall = end > start ? 0 : this.stall + 1;
       if (this.stall > this.maxStall) { end = full.length; held = false; }
     } else this.stall = 0;
-    const out = end > start ? full.slice(start, end) : "";
+    let out = end > start ? full.slice(start, end) : "";
+    if (this.standaloneFrom !== null && out.length > 0) {
+      // The completion's first text: keep a leading space only if decoding the generated ids alone keeps it.
+      if (out.startsWith(" ") && !this.decode(this.ids.slice(this.standaloneFrom)).startsWith(" ")) out = out.slice(1);
+      this.standaloneFrom = null;
+    }
     if (!held && full.length > prefix.length) {
       // The window is complete text: slide it forward.
       this.prefixOffset = this.readOffset;

@@ -92,7 +92,7 @@ export async function* generateStream(
   // Bad words need the logits: the model's own argmax may be a banned id.
   const stepOpts: StepOptions = { needLogits: sampler.needsLogits || wantLogprobs || badWords.active, signal };
 
-  const detok = new StreamingDetokenizer(opts.tokenizer, { context: promptIds.slice(-CONTEXT_IDS) });
+  const detok = new StreamingDetokenizer(opts.tokenizer, { context: promptIds.slice(-CONTEXT_IDS), standaloneStart: true });
   const matcher = new StopStringMatcher(stops);
   const info = wantLogprobs ? new TokenInfo(opts.tokenizer) : null;
 

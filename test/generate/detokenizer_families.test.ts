@@ -88,6 +88,21 @@ test("with prompt context, the first generated tokens keep the space the prompt'
   assert.equal(pieces.join(""), " 🦙 ok", "decode(prompt + gen) - decode(prompt)");
 });
 
+test("standaloneStart: the completion starts as decode(generated ids) does (SentencePiece strips one leading space; byte-level keeps it)", () => {
+  const prompt = llama2.encode("[INST] Hi [/INST]");
+  for (const text of ["Hello there", "🦙 ok", " two spaces"]) {
+    const gen = llama2.encode(text);
+    const d = new StreamingDetokenizer(llama2, { context: prompt.slice(-5), standaloneStart: true });
+    const streamed = gen.map((id) => d.push(id)).join("") + d.flush();
+    assert.equal(streamed, llama2.decode(gen), JSON.stringify(text));
+    assert.ok(!llama2.decode(gen).startsWith(" ") || text.startsWith(" "), "Llama 2's decode strips one leading space");
+  }
+  const prompt3 = llama3.encode("Q: hi\nA:");
+  const gen3 = llama3.encode(" yes");
+  const d3 = new StreamingDetokenizer(llama3, { context: prompt3, standaloneStart: true });
+  assert.equal(gen3.map((id) => d3.push(id)).join("") + d3.flush(), " yes", "byte-level: decode(gen) keeps its space");
+});
+
 test("byte-level BPE (Llama 3): emoji split across tokens stream whole", () => {
   for (const text of TEXTS) {
     const ids = llama3.encode(text);

@@ -525,10 +525,9 @@ test("family: registry, config rules, processor wiring, adapter with warm-up; th
     });
     assert.equal(r.usage.prompt_tokens, ids.length);
     const lps = (r.choices[0].logprobs?.content ?? []).map((l) => l.logprob);
-    // The engine's streamed text keeps the first token's leading space (its detokenizer decodes the
-    // answer after the prompt's <|assistant|>), which decode(answer ids) strips (the decoder's
-    // Strip(start=1)); the tokens are compared through their logprobs below.
-    assert.equal(r.choices[0].message.content.replace(/^ /, ""), ref.decode(want.tokens));
+    // The completion's text is decode(answer ids), as the original decodes it (the leading space the
+    // decoder's Strip(start=1) drops is dropped too); the tokens are compared through their logprobs below.
+    assert.equal(r.choices[0].message.content, ref.decode(want.tokens));
     assert.equal(lps.length, want.logprobs.length);
     lps.forEach((lp, i) => assert.ok(Math.abs(lp - want.logprobs[i]) <= 1e-4, `token ${i}: logprob ${lp}, reference ${want.logprobs[i]}`));
     t.diagnostic(`${r.usage.prompt_tokens} prompt tokens -> ${JSON.stringify(r.choices[0].message.content)} (${r.choices[0].finish_reason})`);
