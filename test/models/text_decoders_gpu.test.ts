@@ -372,3 +372,113 @@ test("configs: head_dim, windows, biases, layouts and rope kinds as the families
   if (p.decoder.rope.kind === "longrope") assert.equal(p.decoder.rope.attentionFactor, Math.sqrt(1 + Math.log(4) / Math.log(32)));
   assert.throws(() => llamaFamily.parseConfig({ ...lJson, rope_scaling: { rope_type: "yarn", factor: 4 } }), assertWebvlmError("unsupported_feature", "yarn"));
 });
+
+test("phi3 longrope switch (original_max_position_embeddings 12): decode at O + 1 recomputes the sequence as generate does; prefill reuses only keys of its own factors", async (t) => {
+  const src = join(root, "phi3");
+  const dir = join(root, "phi3-switch");
+  const O = 12;
+  await mkdir(dir, { recursive: true });
+  for (const f of ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]) await copyFile(join(src, f), join(dir, f));
+  const cfgJson = { ...(await readJson(src, "config.json")), original_max_position_embeddings: O };
+  await writeFile(join(dir, "config.json"), JSON.stringify(cfgJson));
+  const gen = await readJson(dir, "generation_config.json");
+  const tok = new TextTokenizer(await readJson(dir, "tokenizer.json"), await readJson(dir, "tokenizer_config.json"));
+  const ids = tok.encode(PROMPT, { addSpecialTokens: true }).slice(0, MAX_PROMPT);
+  const ref = loadRefDecoder(dir);
+  assert.equal(ref.config.recomputeAt, O);
+  const short = ids.slice(0, 8);
+  const count = 10;
+  const want = refDecoderGreedy(ref, short, count);
+  // The step feeding token k sees 8 + k ids with 8 + k - 1 cached: the switch is at k = O + 1 - 8.
+  const k = O + 1 - short.length;
+  assert.deepEqual(want.recomputedAt, [k], "the reference generation crosses O + 1 (no early eos)");
+  const atSwitch = [...short, ...want.tokens.slice(0, k)];
+  const wantSwitch = refDecoderForward(ref, atSwitch, new RefDecoderCache(ref.config.layers));
+  // Control: the stale cache (short keys extended with long ones) gives other logits.
+  const stale = new RefDecoderCache(ref.config.layers);
+  refDecoderForward(ref, atSwitch.slice(0, -1), stale);
+  const staleLogits = refDecoderForward(ref, atSwitch.slice(-1), stale);
+  assert.ok(nmse(staleLogits, wantSwitch) > 1e-6, "the recompute must matter for this checkpoint");
+
+  const opened = resolveFamily(cfgJson).open(cfgJson, gen);
+  const vlm = await opened.load(gpu, await dirSource(dir), F32);
+  assert.ok(vlm instanceof TextOnlyModel);
+  const model = vlm.model;
+  assert.equal(model.switchLength, O);
+  setPrefillChunkTokens(5); // the 13-token recompute takes 3 chunks
+  const cache = model.createCache(40);
+  try {
+    // Generation across O + 1: tokens, the switch step's and the last step's logits.
+    const pre = await model.prefill(short, cache, { read: "both" });
+    const tokens = [pre.tokenId!];
+    const recomputed: number[] = [];
+    let switchLogits: Float32Array | null = null;
+    let lastLogits = pre.logits!;
+    while (tokens.length < want.tokens.length) {
+      const step = await model.decode(tokens[tokens.length - 1], cache, { read: "both" });
+      if (step.recomputed) {
+        recomputed.push(tokens.length);
+        switchLogits = step.logits;
+        assert.equal(cache.length, O + 1);
+        assert.ok(cache.longKeys.every((x) => x), "every key recomputed with the long factors");
+      }
+      tokens.push(step.tokenId!);
+      lastLogits = step.logits!;
+    }
+    assert.deepEqual(recomputed, [k]);
+    assert.deepEqual(tokens, want.tokens);
+    assert.deepEqual(cache.ids, [...short, ...tokens.slice(0, -1)]);
+    const eSwitch = nmse(switchLogits!, wantSwitch);
+    const eLast = nmse(lastLogits, want.lastLogits);
+    assert.ok(eSwitch < 1e-9 && eLast < 1e-9, `switch step NMSE ${eSwitch}, last step ${eLast}`);
+
+    // An abort between the recompute's chunks leaves the cache empty; the sequence prefilled again (13 > O: long) matches.
+    cache.truncate(0);
+    await model.prefill(short, cache, { read: "argmax" });
+    for (let i = 0; i < k - 1; i++) await model.decode(want.tokens[i], cache, { read: "argmax" });
+    assert.equal(cache.length, O);
+    const ac = new AbortController();
+    const queue = gpu.device.queue as GPUQueue & { submit: GPUQueue["submit"] };
+    const original = queue.submit;
+    let submits = 0;
+    queue.submit = function (this: GPUQueue, buffers: Iterable<GPUCommandBuffer>) {
+      if (++submits === 1) ac.abort();
+      return original.call(this, buffers);
+    };
+    try {
+      await assert.rejects(model.decode(want.tokens[k - 1], cache, { signal: ac.signal }), assertWebvlmError("aborted", "aborted"));
+    } finally {
+      queue.submit = original;
+    }
+    assert.equal(submits, 1);
+    assert.equal(cache.length, 0);
+    const again = await model.prefill(atSwitch, cache, { read: "both" });
+    assert.equal(again.reused, 0);
+    assert.ok(nmse(again.logits!, wantSwitch) < 1e-9);
+
+    // Second turn: a short first turn (short keys), then a prompt past O that extends it: recomputed, as a fresh pass.
+    cache.truncate(0);
+    await model.prefill(short, cache, { read: "argmax" });
+    const long = await model.prefill(ids, cache, { read: "both" });
+    assert.equal(long.reused, 0, "short-factor keys are not reused under a long pass");
+    const fresh = refDecoderForward(ref, ids, new RefDecoderCache(ref.config.layers));
+    const eLong = nmse(long.logits!, fresh);
+    assert.ok(eLong < 1e-9, `second turn NMSE ${eLong}`);
+    assert.equal(long.tokenId, refArgmax(fresh));
+    // Long keys are reused by a long prompt, not by a short one.
+    cache.truncate(20);
+    const longAgain = await model.prefill(ids, cache, { read: "logits" });
+    assert.equal(longAgain.reused, 20);
+    assert.ok(nmse(longAgain.logits!, fresh) < 1e-9);
+    cache.truncate(6);
+    const back = await model.prefill(ids.slice(0, 10), cache, { read: "logits" });
+    assert.equal(back.reused, 0, "long-factor keys are not reused under a short pass");
+    assert.ok(nmse(back.logits!, refDecoderForward(ref, ids.slice(0, 10), new RefDecoderCache(ref.config.layers))) < 1e-9);
+    t.diagnostic(`recompute at token ${k}: NMSE ${eSwitch.toExponential(2)} (stale cache ${nmse(staleLogits, wantSwitch).toExponential(2)}); second turn ${eLong.toExponential(2)}`);
+    assert.deepEqual(gpu.uncapturedErrors, []);
+  } finally {
+    cache.dispose();
+    setPrefillChunkTokens();
+    vlm.dispose();
+  }
+});

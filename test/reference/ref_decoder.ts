@@ -13,6 +13,10 @@
 // - RotaryEmbedding.forward: freqs = inv_freq x position (f32), cos/sin of cat(freqs, freqs), both
 //   multiplied by attention_scaling; apply_rotary_pos_emb with rotate_half.
 // - masking_utils.py: causal kv <= q, and with a sliding window also kv > q - sliding_window.
+// - Phi3ForCausalLM.prepare_inputs_for_generation (generate's loop): with rope_scaling set, a step
+//   whose input_ids (the whole sequence so far) reach original_max_position_embeddings + 1 while
+//   cache_position[0] (tokens cached) <= original_max_position_embeddings drops past_key_values,
+//   so that step's forward runs the whole sequence from an empty cache.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { applyRotaryInPlace, attendOne, f32, linear, rmsNorm, silu, type Linear } from "./ref_math.ts";
@@ -40,6 +44,8 @@ export interface RefDecoderConfig {
   windows: (number | null)[];
   rope: RefRope;
   eos: number[];
+  /** Phi-3 with rope_scaling: original_max_position_embeddings, where generate drops the cache; else null. */
+  recomputeAt: number | null;
 }
 
 export function refDecoderConfig(cfg: Json, gen: Json = {}): RefDecoderConfig {
@@ -80,6 +86,7 @@ export function refDecoderConfig(cfg: Json, gen: Json = {}): RefDecoderConfig {
     windows,
     rope,
     eos: [...ids(gen.eos_token_id), ...ids(cfg.eos_token_id)],
+    recomputeAt: type === "phi3" && rs ? (cfg.original_max_position_embeddings ?? 4096) : null,
   };
 }
 
@@ -301,15 +308,28 @@ export function refArgmax(a: Float32Array): number {
   return best;
 }
 
-/** Greedy generation: prefill, then one token per step, stopping after an eos id. */
-export function refDecoderGreedy(m: RefDecoder, prompt: number[], count: number): { tokens: number[]; firstLogits: Float32Array; lastLogits: Float32Array } {
-  const cache = new RefDecoderCache(m.config.layers);
+/**
+ * Greedy generation: prefill, then one token per step, stopping after an eos id. `recomputedAt`
+ * lists the indices in `tokens` of the tokens whose step ran the whole sequence from an empty
+ * cache (Phi-3's rope switch).
+ */
+export function refDecoderGreedy(m: RefDecoder, prompt: number[], count: number): { tokens: number[]; firstLogits: Float32Array; lastLogits: Float32Array; recomputedAt: number[] } {
+  let cache = new RefDecoderCache(m.config.layers);
   const firstLogits = refDecoderForward(m, prompt, cache);
   let lastLogits = firstLogits;
   const tokens = [refArgmax(firstLogits)];
+  const recomputedAt: number[] = [];
+  const o = m.config.recomputeAt;
   while (tokens.length < count && !m.config.eos.includes(tokens[tokens.length - 1])) {
-    lastLogits = refDecoderForward(m, [tokens[tokens.length - 1]], cache);
+    const inputIds = [...prompt, ...tokens];
+    if (o !== null && inputIds.length >= o + 1 && cache.length <= o) {
+      cache = new RefDecoderCache(m.config.layers);
+      recomputedAt.push(tokens.length);
+      lastLogits = refDecoderForward(m, inputIds, cache);
+    } else {
+      lastLogits = refDecoderForward(m, [tokens[tokens.length - 1]], cache);
+    }
     tokens.push(refArgmax(lastLogits));
   }
-  return { tokens, firstLogits, lastLogits };
+  return { tokens, firstLogits, lastLogits, recomputedAt };
 }

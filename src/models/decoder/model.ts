@@ -4,6 +4,13 @@
 // between chunks, and only the last chunk computes logits. Positions are cache indices (1-D rope);
 // the rope table comes from the rope spec and the step's largest position (the whole prompt's for
 // every prefill chunk, as one pass would; longrope switches short -> long past the original length).
+//
+// Where the rope switches factors by length (longrope, short != long factors), keys follow
+// transformers' Phi3ForCausalLM.prepare_inputs_for_generation, as a fresh generate() would make
+// them: the cache records each position's id and whether its key used the long factors; a prefill
+// reuses only cached keys of the factors its own pass uses; and a decode step at which the
+// sequence first reaches original_max_position_embeddings (O) + 1 tokens with O cached drops the
+// cache and recomputes the whole sequence (chunked like a prefill) with the long factors.
 import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted } from "../common/step.ts";
 import { WebvlmError } from "../../api/errors.ts";
 import type { GpuContext } from "../../gpu/device.ts";
@@ -24,8 +31,33 @@ export interface DecoderStepOptions {
   signal?: AbortSignal;
 }
 
-/** Per-layer KV caches; truncate(n) keeps the first n tokens. */
-export class DecoderCache extends LayerCaches {}
+export interface DecoderStep extends ModelStep {
+  /** True when this step dropped the cache and recomputed the whole sequence (the longrope switch at O + 1). */
+  recomputed: boolean;
+}
+
+/**
+ * Per-layer KV caches plus each cached position's id (what a recompute runs again) and whether its
+ * key used longrope's long factors; truncate(n) keeps the first n tokens of all.
+ */
+export class DecoderCache extends LayerCaches {
+  ids: number[] = [];
+  longKeys: boolean[] = [];
+
+  override truncate(n: number): void {
+    super.truncate(n);
+    this.ids.length = Math.min(this.ids.length, this.length);
+    this.longKeys.length = Math.min(this.longKeys.length, this.length);
+  }
+
+  /** Records positions about to be appended (a failed step truncates them away again). */
+  record(ids: readonly number[], long: boolean): void {
+    for (const id of ids) {
+      this.ids.push(id);
+      this.longKeys.push(long);
+    }
+  }
+}
 
 export class DecoderModel {
   private readonly reader: StepReader;
@@ -45,18 +77,42 @@ export class DecoderModel {
     return new DecoderModel(gpu, config, await loadDecoderWeights(gpu, config, source, opts));
   }
 
+  /**
+   * original_max_position_embeddings when the rope switches factors by length (longrope whose long
+   * factors differ from the short ones), else null: other ropes never invalidate cached keys.
+   */
+  get switchLength(): number | null {
+    const r = this.config.rope;
+    if (r.kind !== "longrope") return null;
+    return r.shortFactor.some((x, j) => x !== r.longFactor[j]) ? r.originalMaxPositions : null;
+  }
+
+  /** Whether a pass of key length T uses the long factors. */
+  longPass(T: number): boolean {
+    const o = this.switchLength;
+    return o !== null && T > o;
+  }
+
   createCache(maxSeq: number): DecoderCache {
     const c = this.config;
     return new DecoderCache(this.gpu, LayerCaches.allocate(this.gpu, selfAttentionLayerCount(c), maxSeq, c.numKvHeads, c.headDim), maxSeq);
   }
 
-  /** Runs the prompt tokens after the cached prefix (cache.length of them are already cached). */
+  /**
+   * Runs the prompt tokens after the cached prefix (the cache holds a prefix of `ids`). Cached keys
+   * made with other rope factors than this prompt's pass uses (longrope: short keys under a prompt
+   * past O) are dropped first, so the result equals a fresh pass over `ids`.
+   */
   async prefill(ids: readonly number[], cache: DecoderCache, opts: DecoderStepOptions = {}): Promise<ModelPrefill> {
     this.checkIds(ids);
-    const past = cache.length;
     const L = ids.length;
-    if (past >= L) throw new WebvlmError("bad_request", `prefill: the cache already holds ${past} tokens of a ${L}-token prompt; truncate it first`);
     if (L > cache.maxSeq) throw new WebvlmError("context_length_exceeded", `prompt of ${L} tokens exceeds the cache's ${cache.maxSeq}`, { needed: L, maxSeq: cache.maxSeq });
+    const long = this.longPass(L);
+    let keep = 0;
+    while (keep < cache.length && cache.longKeys[keep] === long) keep++;
+    cache.truncate(keep);
+    const past = cache.length;
+    if (past >= L) throw new WebvlmError("bad_request", `prefill: the cache already holds ${past} tokens of a ${L}-token prompt; truncate it first`);
     const chunks = prefillChunks(past, L);
     try {
       for (const [start, end] of chunks) {
@@ -75,15 +131,21 @@ export class DecoderModel {
     throw new WebvlmError("internal", "prefill: no chunk to run");
   }
 
-  /** One token at cache index cache.length. */
-  async decode(id: number, cache: DecoderCache, opts: DecoderStepOptions = {}): Promise<ModelStep> {
+  /**
+   * One token at cache index cache.length. At the longrope switch (O cached, so the sequence reaches
+   * O + 1) the cache is dropped and the cached ids plus `id` recomputed with the long factors, in
+   * chunks with the signal checked between them; an abort or failure there leaves the cache empty.
+   */
+  async decode(id: number, cache: DecoderCache, opts: DecoderStepOptions = {}): Promise<DecoderStep> {
     this.checkIds([id]);
-    if (cache.length === 0) throw new WebvlmError("bad_request", "decode: empty cache (prefill first)");
-    if (cache.length + 1 > cache.maxSeq) {
-      throw new WebvlmError("context_length_exceeded", `${cache.length + 1} tokens exceed the cache's ${cache.maxSeq}`, { needed: cache.length + 1, maxSeq: cache.maxSeq });
+    const past = cache.length;
+    if (past === 0) throw new WebvlmError("bad_request", "decode: empty cache (prefill first)");
+    if (past + 1 > cache.maxSeq) {
+      throw new WebvlmError("context_length_exceeded", `${past + 1} tokens exceed the cache's ${cache.maxSeq}`, { needed: past + 1, maxSeq: cache.maxSeq });
     }
     throwIfAborted(opts.signal);
-    return this.forward([id], cache, opts.read ?? "argmax", cache.length + 1);
+    if (past === this.switchLength) return { ...(await this.recompute(id, cache, opts)), recomputed: true };
+    return { ...(await this.forward([id], cache, opts.read ?? "argmax", past + 1)), recomputed: false };
   }
 
   dispose(): void {
@@ -92,6 +154,27 @@ export class DecoderModel {
   }
 
   // ---------------------------------------------------------------- internals
+
+  /** The switch's recompute: the cached ids plus `id` as one chunked pass from an empty cache. */
+  private async recompute(id: number, cache: DecoderCache, opts: DecoderStepOptions): Promise<ModelStep> {
+    const ids = [...cache.ids, id];
+    const T = ids.length;
+    cache.truncate(0);
+    try {
+      for (const [start, end] of prefillChunks(0, T)) {
+        if (start > 0) {
+          await gpuIdle(this.gpu); // one chunk at a time, so that an abort takes effect between chunks
+          throwIfAborted(opts.signal);
+        }
+        if (end < T) await this.forward(ids.slice(start, end), cache, null, T);
+        else return await this.forward(ids.slice(start, end), cache, opts.read ?? "argmax", T);
+      }
+    } catch (e) {
+      cache.truncate(0);
+      throw e;
+    }
+    throw new WebvlmError("internal", "recompute: no chunk to run");
+  }
 
   private checkIds(ids: readonly number[]): void {
     const vocab = this.config.vocabSize;
@@ -115,6 +198,7 @@ export class DecoderModel {
     const rec = new Recorder(this.gpu);
     let x: Tensor | null = null;
     try {
+      cache.record(ids, this.longPass(ropeLength));
       x = embedding(rec, idsT, this.weights.embed);
       if (read === null) {
         decoderForward(rec, this.config, this.weights, x, posT, rope, cache.layers, { logits: "none" });
