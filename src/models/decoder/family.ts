@@ -7,6 +7,7 @@ import type { MediaPlaceholder } from "../../tokenizer/chat_template.ts";
 import type { MediaProcessor, ModelCache, ModelFamily, ModelPrefill, ModelStep, ModelStepOptions, PreparedMedia, VlmModel } from "../family.ts";
 import { isObj, parseDecoderConfig, specialIds, type DecoderConfig, type DecoderFamilyTraits } from "./config.ts";
 import { DecoderCache, DecoderModel } from "./model.ts";
+import { ownCache, stepOptions, warmUpPrefillDecode } from "../common/adapter.ts";
 
 export interface TextOnlyConfig {
   architecture: string | null;
@@ -33,11 +34,6 @@ export class NoMediaProcessor implements MediaProcessor {
   }
 }
 
-function ownCache(cache: ModelCache): DecoderCache {
-  if (!(cache instanceof DecoderCache)) throw new WebvlmError("internal", "decoder: cache from another model");
-  return cache;
-}
-
 /** The engine's view of a DecoderModel. */
 export class TextOnlyModel implements VlmModel {
   constructor(readonly model: DecoderModel, private readonly family: string) {}
@@ -48,25 +44,23 @@ export class TextOnlyModel implements VlmModel {
 
   prefill(ids: readonly number[], media: readonly PreparedMedia[], cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelPrefill> {
     if (media.length > 0) throw new WebvlmError("unsupported_feature", `${this.family} is a text-only model: images and videos are not supported`);
-    return this.model.prefill(ids, ownCache(cache), { read: opts.read, signal: opts.signal });
+    return this.model.prefill(ids, ownCache(cache, DecoderCache, "decoder"), stepOptions(opts));
   }
 
   decode(id: number, cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelStep> {
-    return this.model.decode(id, ownCache(cache), { read: opts.read, signal: opts.signal });
+    return this.model.decode(id, ownCache(cache, DecoderCache, "decoder"), stepOptions(opts));
   }
 
   /** A 2-token prefill and one decode step: every pipeline compiled. */
   async warmUp(onStep?: (done: number, total: number) => void): Promise<void> {
     onStep?.(0, 2);
     const cache = this.model.createCache(4);
-    try {
-      await this.model.prefill([0, 0], cache, { read: "argmax" });
-      onStep?.(1, 2);
-      await this.model.decode(0, cache, { read: "argmax" });
-      onStep?.(2, 2);
-    } finally {
-      cache.dispose();
-    }
+    await warmUpPrefillDecode(
+      cache,
+      (warmCache) => this.model.prefill([0, 0], warmCache, { read: "argmax" }),
+      (warmCache) => this.model.decode(0, warmCache, { read: "argmax" }),
+      onStep,
+    );
   }
 
   dispose(): void {

@@ -7,6 +7,7 @@ import { IDEFICS2_ARCHITECTURES, parseIdefics2Config, type Idefics2Config } from
 import { parseIdefics2Preprocess } from "./image_processor.ts";
 import { Idefics2Cache, Idefics2Model, type Idefics2ImageItem } from "./model.ts";
 import { Idefics2Processor, type Idefics2ImagePayload } from "./processor.ts";
+import { ownCache, stepOptions, warmUpPrefillDecode } from "../common/adapter.ts";
 
 const FAKE_TOKEN = "<fake_token_around_image>";
 
@@ -16,11 +17,6 @@ function imageItem(m: PreparedMedia): Idefics2ImageItem {
     throw new WebvlmError("internal", "idefics2: media was not prepared by this family's processor");
   }
   return { crops: p.crops };
-}
-
-function ownCache(cache: ModelCache): Idefics2Cache {
-  if (!(cache instanceof Idefics2Cache)) throw new WebvlmError("internal", "idefics2: cache from another model");
-  return cache;
 }
 
 /** The processor for a checkpoint: image_seq_len must equal the resampler's latents (§4.3). */
@@ -49,12 +45,12 @@ export class Idefics2Adapter implements VlmModel {
   }
 
   async prefill(ids: readonly number[], media: readonly PreparedMedia[], cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelPrefill> {
-    const r = await this.model.prefill(ids, media.map(imageItem), ownCache(cache), { read: opts.read, signal: opts.signal });
+    const r = await this.model.prefill(ids, media.map(imageItem), ownCache(cache, Idefics2Cache, "idefics2"), stepOptions(opts));
     return { tokenId: r.tokenId, logits: r.logits, reused: r.reused };
   }
 
   decode(id: number, cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelStep> {
-    return this.model.decode(id, ownCache(cache), { read: opts.read, signal: opts.signal });
+    return this.model.decode(id, ownCache(cache, Idefics2Cache, "idefics2"), stepOptions(opts));
   }
 
   /**
@@ -75,14 +71,12 @@ export class Idefics2Adapter implements VlmModel {
     const L = c.perceiver.numLatents;
     const ids = [...new Array<number>(L).fill(c.imageTokenId), c.bosTokenId ?? 0];
     const cache = this.model.createCache(ids.length + 1);
-    try {
-      await this.model.prefill(ids, [{ crops: [crop] }], cache, { read: "argmax" });
-      onStep?.(1, 2);
-      await this.model.decode(0, cache, { read: "argmax" });
-      onStep?.(2, 2);
-    } finally {
-      cache.dispose();
-    }
+    await warmUpPrefillDecode(
+      cache,
+      (warmCache) => this.model.prefill(ids, [{ crops: [crop] }], warmCache, { read: "argmax" }),
+      (warmCache) => this.model.decode(0, warmCache, { read: "argmax" }),
+      onStep,
+    );
   }
 
   dispose(): void {

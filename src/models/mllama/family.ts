@@ -8,16 +8,12 @@ import { MLLAMA_ARCHITECTURES, parseMllamaConfig, type MllamaConfig } from "./co
 import { MllamaModel, type MllamaImageItem } from "./model.ts";
 import { createMllamaProcessor, isMllamaImagePayload } from "./processor.ts";
 import { MLLAMA_PROMPT_STYLE } from "./prompt.ts";
+import { ownCache, stepOptions, warmUpPrefillDecode } from "../common/adapter.ts";
 
 function imageItem(m: PreparedMedia): MllamaImageItem {
   if (m.kind !== "image" || !isMllamaImagePayload(m.payload)) throw new WebvlmError("internal", "mllama: media was not prepared by this family's processor");
   const p = m.payload;
   return { pixelValues: p.pixelValues, aspectRatioId: p.aspectRatioId, numTiles: p.numTiles, hash: m.hash };
-}
-
-function ownCache(cache: ModelCache): MllamaCache {
-  if (!(cache instanceof MllamaCache)) throw new WebvlmError("internal", "mllama: cache from another model");
-  return cache;
 }
 
 /** The engine's view of an MllamaModel. */
@@ -29,12 +25,12 @@ export class MllamaAdapter implements VlmModel {
   }
 
   async prefill(ids: readonly number[], media: readonly PreparedMedia[], cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelPrefill> {
-    const r = await this.model.prefill(ids, media.map(imageItem), ownCache(cache), { read: opts.read, signal: opts.signal });
+    const r = await this.model.prefill(ids, media.map(imageItem), ownCache(cache, MllamaCache, "mllama"), stepOptions(opts));
     return { tokenId: r.tokenId, logits: r.logits, reused: r.reused };
   }
 
   decode(id: number, cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelStep> {
-    return this.model.decode(id, ownCache(cache), { read: opts.read, signal: opts.signal });
+    return this.model.decode(id, ownCache(cache, MllamaCache, "mllama"), stepOptions(opts));
   }
 
   /**
@@ -53,14 +49,12 @@ export class MllamaAdapter implements VlmModel {
     };
     const ids = [c.bosTokenId ?? 0, c.imageTokenId, c.bosTokenId ?? 0];
     const cache = this.model.createCache(ids.length + 1);
-    try {
-      await this.model.prefill(ids, [image], cache, { read: "argmax" });
-      onStep?.(1, 2);
-      await this.model.decode(0, cache, { read: "argmax" });
-      onStep?.(2, 2);
-    } finally {
-      cache.dispose();
-    }
+    await warmUpPrefillDecode(
+      cache,
+      (warmCache) => this.model.prefill(ids, [image], warmCache, { read: "argmax" }),
+      (warmCache) => this.model.decode(0, warmCache, { read: "argmax" }),
+      onStep,
+    );
   }
 
   dispose(): void {

@@ -9,6 +9,7 @@ import { Phi3VCache, Phi3VModel } from "./model.ts";
 import { Phi3VProcessor, type Phi3VImagePayload } from "./processor.ts";
 import { PHI3V_PROMPT_STYLE } from "./prompt.ts";
 import { phi3VImageTokens, type Phi3VImageItem } from "./vision.ts";
+import { ownCache, stepOptions, warmUpPrefillDecode } from "../common/adapter.ts";
 
 const IMAGE_TOKEN = "<|image|>";
 
@@ -24,11 +25,6 @@ function imageItem(m: PreparedMedia): Phi3VImageItem {
     throw new WebvlmError("internal", "phi3_v: media was not prepared by this family's processor");
   }
   return { hc: p.hc, wc: p.wc, numImgTokens: p.numImgTokens, patchRows: p.patchRows };
-}
-
-function ownCache(cache: ModelCache): Phi3VCache {
-  if (!(cache instanceof Phi3VCache)) throw new WebvlmError("internal", "phi3_v: cache from another model");
-  return cache;
 }
 
 /** The processor for a checkpoint: <|image|> from the tokenizer's added tokens (bad_request when absent). */
@@ -54,12 +50,12 @@ export class Phi3VAdapter implements VlmModel {
 
   async prefill(ids: readonly number[], media: readonly PreparedMedia[], cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelPrefill> {
     this.syncImageToken();
-    const r = await this.model.prefill(ids, media.map(imageItem), ownCache(cache), { read: opts.read, signal: opts.signal });
+    const r = await this.model.prefill(ids, media.map(imageItem), ownCache(cache, Phi3VCache, "phi3_v"), stepOptions(opts));
     return { tokenId: r.tokenId, logits: r.logits, reused: r.reused };
   }
 
   async decode(id: number, cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelStep> {
-    const r = await this.model.decode(id, ownCache(cache), { read: opts.read, signal: opts.signal });
+    const r = await this.model.decode(id, ownCache(cache, Phi3VCache, "phi3_v"), stepOptions(opts));
     return { tokenId: r.tokenId, logits: r.logits };
   }
 
@@ -75,14 +71,12 @@ export class Phi3VAdapter implements VlmModel {
     const bos = this.model.config.bosTokenId ?? 1;
     const ids = [bos, ...new Array<number>(numImgTokens).fill(this.model.imageToken), bos];
     const cache = this.model.createCache(ids.length + 1);
-    try {
-      await this.model.prefill(ids, [item], cache, { read: "argmax" });
-      onStep?.(1, 2);
-      await this.model.decode(0, cache, { read: "argmax" });
-      onStep?.(2, 2);
-    } finally {
-      cache.dispose();
-    }
+    await warmUpPrefillDecode(
+      cache,
+      (warmCache) => this.model.prefill(ids, [item], warmCache, { read: "argmax" }),
+      (warmCache) => this.model.decode(0, warmCache, { read: "argmax" }),
+      onStep,
+    );
   }
 
   dispose(): void {

@@ -8,6 +8,7 @@ import { parseQwen2VLConfig, QWEN2VL_ARCHITECTURES, type Qwen2VLConfig } from ".
 import type { PreprocessOptions } from "./image_processor.ts";
 import { checkpointPreprocess, prepareMedia, type Qwen2VLMedia } from "./media.ts";
 import { Qwen2VLCache, Qwen2VLModel, type VisionItem } from "./model.ts";
+import { ownCache, stepOptions, warmUpPrefillDecode } from "../common/adapter.ts";
 
 class Qwen2VLProcessor {
   constructor(
@@ -36,11 +37,6 @@ function visionItem(m: PreparedMedia): VisionItem {
   return { grid: p.grid, pixelValues: p.pixelValues };
 }
 
-function ownCache(cache: ModelCache): Qwen2VLCache {
-  if (!(cache instanceof Qwen2VLCache)) throw new WebvlmError("internal", "qwen2_vl: cache from another model");
-  return cache;
-}
-
 /** The engine's view of a Qwen2VLModel. */
 class Qwen2VLAdapter implements VlmModel {
   constructor(readonly model: Qwen2VLModel) {}
@@ -51,12 +47,12 @@ class Qwen2VLAdapter implements VlmModel {
 
   async prefill(ids: readonly number[], media: readonly PreparedMedia[], cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelPrefill> {
     const items = (kind: "image" | "video"): VisionItem[] => media.filter((m) => m.kind === kind).map(visionItem);
-    const r = await this.model.prefill(ids, { images: items("image"), videos: items("video") }, ownCache(cache), { read: opts.read, signal: opts.signal });
+    const r = await this.model.prefill(ids, { images: items("image"), videos: items("video") }, ownCache(cache, Qwen2VLCache, "qwen2_vl"), stepOptions(opts));
     return { tokenId: r.tokenId, logits: r.logits, reused: r.reused };
   }
 
   async decode(id: number, cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelStep> {
-    const r = await this.model.decode(id, ownCache(cache), { read: opts.read, signal: opts.signal });
+    const r = await this.model.decode(id, ownCache(cache, Qwen2VLCache, "qwen2_vl"), stepOptions(opts));
     return { tokenId: r.tokenId, logits: r.logits };
   }
 
@@ -68,15 +64,13 @@ class Qwen2VLAdapter implements VlmModel {
     const grid: [number, number, number] = [1, m, m];
     const patchWidth = c.vision.inChannels * c.vision.temporalPatchSize * c.vision.patchSize * c.vision.patchSize;
     const cache = this.model.createCache(8);
-    try {
-      const ids = [c.visionStartTokenId, c.imageTokenId, c.visionEndTokenId];
-      await this.model.prefill(ids, { images: [{ grid, pixelValues: new Float32Array(m * m * patchWidth) }] }, cache, { read: "argmax" });
-      onStep?.(1, 2);
-      await this.model.decode(c.visionEndTokenId, cache, { read: "argmax" });
-      onStep?.(2, 2);
-    } finally {
-      cache.dispose();
-    }
+    const ids = [c.visionStartTokenId, c.imageTokenId, c.visionEndTokenId];
+    await warmUpPrefillDecode(
+      cache,
+      (warmCache) => this.model.prefill(ids, { images: [{ grid, pixelValues: new Float32Array(m * m * patchWidth) }] }, warmCache, { read: "argmax" }),
+      (warmCache) => this.model.decode(c.visionEndTokenId, warmCache, { read: "argmax" }),
+      onStep,
+    );
   }
 
   dispose(): void {
