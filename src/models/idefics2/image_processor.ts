@@ -7,6 +7,9 @@ import { WebvlmError } from "../../api/errors.ts";
 import { cropHwc8, padChw32, padMask, type Chw32, type Hwc8 } from "../../vision/canvas.ts";
 import { normalize8ToChw, normalizeOptionsFromConfig } from "../../vision/normalize.ts";
 import { resize8, type ResampleFilter } from "../../vision/resize.ts";
+import {
+  absent, badField, checkRescaleFactor, flagField, positiveInt, PREPROCESSOR_CONFIG_FILE, PROCESSOR_CONFIG_FILE, resampleField, rgbTriple,
+} from "../common/preprocess_config.ts";
 
 /** Target-size rule: Idefics2's longest/shortest edge pair, or a fixed height x width. */
 export type Idefics2SizeRule =
@@ -49,31 +52,7 @@ export const IDEFICS2_DEFAULT_PREPROCESS: Readonly<Idefics2PreprocessOptions> = 
   imageSeqLen: 64,
 };
 
-const PP_FILE = "preprocessor_config.json";
-const PROC_FILE = "processor_config.json";
-
-// PIL.Image.Resampling values; only the two Pillow filters resample.ts ports are runnable.
-const PIL_RESAMPLE: Readonly<Record<number, string>> = {
-  0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING",
-};
-
-function badField(file: string, field: string, want: string, got: unknown): WebvlmError {
-  return new WebvlmError("bad_request", `${file}: ${field} must be ${want}, got ${JSON.stringify(got)}`, { file, field, value: got });
-}
-
-const absent = (v: unknown): boolean => v === undefined || v === null;
-
-function flagField(pp: Readonly<Record<string, unknown>>, field: string, dflt: boolean): boolean {
-  const v = pp[field];
-  if (absent(v)) return dflt;
-  if (typeof v !== "boolean") throw badField(PP_FILE, field, "true or false", v);
-  return v;
-}
-
-function positiveInt(file: string, field: string, v: unknown): number {
-  if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0) throw badField(file, field, "a positive integer", v);
-  return v;
-}
+const PP_FILE = PREPROCESSOR_CONFIG_FILE;
 
 function sizeRule(v: unknown): Idefics2SizeRule {
   if (absent(v)) return IDEFICS2_DEFAULT_PREPROCESS.size;
@@ -93,26 +72,6 @@ function sizeRule(v: unknown): Idefics2SizeRule {
   throw badField(PP_FILE, "size", "{longest_edge, shortest_edge} or {height, width}", v);
 }
 
-function resampleFilter(v: unknown): ResampleFilter {
-  if (absent(v)) return IDEFICS2_DEFAULT_PREPROCESS.resample;
-  if (v === 2) return "bilinear";
-  if (v === 3) return "bicubic";
-  if (typeof v === "number" && Object.hasOwn(PIL_RESAMPLE, v)) {
-    throw new WebvlmError("unsupported_feature", `${PP_FILE}: resample ${v} (${PIL_RESAMPLE[v]}) is not supported; 2 (BILINEAR) and 3 (BICUBIC) are`, {
-      file: PP_FILE, field: "resample", value: v,
-    });
-  }
-  throw badField(PP_FILE, "resample", "a PIL resample filter (2 BILINEAR or 3 BICUBIC)", v);
-}
-
-function triple(field: string, v: readonly number[] | number | undefined, dflt: readonly [number, number, number]): readonly [number, number, number] {
-  if (v === undefined) return dflt;
-  if (typeof v === "number") return [v, v, v];
-  if (v.length === 1) return [v[0], v[0], v[0]];
-  if (v.length !== 3) throw badField(PP_FILE, field, "one value or one per RGB channel", v);
-  return [v[0], v[1], v[2]];
-}
-
 /**
  * Typed Idefics2 preprocessing options from preprocessor_config.json and processor_config.json
  * ({} when absent); absent fields take the class defaults. Malformed values throw bad_request
@@ -125,7 +84,7 @@ export function parseIdefics2Preprocess(
   const d = IDEFICS2_DEFAULT_PREPROCESS;
   // Mean/std/rescale fields share their spelling (and checks) with every transformers processor.
   const norm = normalizeOptionsFromConfig(preprocessorConfig);
-  if (norm.rescaleFactor !== undefined && !(norm.rescaleFactor > 0)) throw badField(PP_FILE, "rescale_factor", "a positive number", norm.rescaleFactor);
+  checkRescaleFactor(norm.rescaleFactor);
   const seq = processorConfig.image_seq_len;
   return {
     size: sizeRule(preprocessorConfig.size),
@@ -134,12 +93,12 @@ export function parseIdefics2Preprocess(
     doRescale: norm.doRescale ?? d.doRescale,
     rescaleFactor: norm.rescaleFactor ?? d.rescaleFactor,
     doNormalize: norm.doNormalize ?? d.doNormalize,
-    imageMean: triple("image_mean", norm.mean, d.imageMean),
-    imageStd: triple("image_std", norm.std, d.imageStd),
-    resample: resampleFilter(preprocessorConfig.resample),
+    imageMean: rgbTriple("image_mean", norm.mean, d.imageMean),
+    imageStd: rgbTriple("image_std", norm.std, d.imageStd),
+    resample: resampleField(preprocessorConfig.resample, d.resample),
     doConvertRgb: flagField(preprocessorConfig, "do_convert_rgb", d.doConvertRgb),
     doPad: flagField(preprocessorConfig, "do_pad", d.doPad),
-    imageSeqLen: absent(seq) ? d.imageSeqLen : positiveInt(PROC_FILE, "image_seq_len", seq),
+    imageSeqLen: absent(seq) ? d.imageSeqLen : positiveInt(PROCESSOR_CONFIG_FILE, "image_seq_len", seq),
   };
 }
 

@@ -8,6 +8,9 @@ import { WebvlmError } from "../../api/errors.ts";
 import { padHwc8, tilesChw32, type Hwc8 } from "../../vision/canvas.ts";
 import { normalize8ToChw, normalizeOptionsFromConfig } from "../../vision/normalize.ts";
 import { resize8, type ResampleFilter } from "../../vision/resize.ts";
+import {
+  absent, badField, checkRescaleFactor, flagField, positiveInt, PREPROCESSOR_CONFIG_FILE, resampleField, rgbTriple,
+} from "../common/preprocess_config.ts";
 
 /** The checkpoint's preprocessing settings (preprocessor_config.json). */
 export interface MllamaPreprocessOptions {
@@ -39,59 +42,18 @@ export const MLLAMA_DEFAULT_PREPROCESS: Readonly<MllamaPreprocessOptions> = {
   doConvertRgb: true,
 };
 
-const PP_FILE = "preprocessor_config.json";
-const PIL_RESAMPLE: Readonly<Record<number, string>> = {
-  0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING",
-};
-
-function badField(field: string, want: string, got: unknown): WebvlmError {
-  return new WebvlmError("bad_request", `${PP_FILE}: ${field} must be ${want}, got ${JSON.stringify(got)}`, { file: PP_FILE, field, value: got });
-}
-
-const absent = (v: unknown): boolean => v === undefined || v === null;
-
-function flagField(pp: Readonly<Record<string, unknown>>, field: string, dflt: boolean): boolean {
-  const v = pp[field];
-  if (absent(v)) return dflt;
-  if (typeof v !== "boolean") throw badField(field, "true or false", v);
-  return v;
-}
-
-function positiveInt(field: string, v: unknown): number {
-  if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0) throw badField(field, "a positive integer", v);
-  return v;
-}
+const PP_FILE = PREPROCESSOR_CONFIG_FILE;
 
 function tileSizeField(v: unknown): number {
   if (absent(v)) return MLLAMA_DEFAULT_PREPROCESS.tileSize;
-  if (typeof v !== "object" || Array.isArray(v)) throw badField("size", "an object {height, width}", v);
+  if (typeof v !== "object" || Array.isArray(v)) throw badField(PP_FILE, "size", "an object {height, width}", v);
   const s = v as Record<string, unknown>;
-  if (absent(s.height) || absent(s.width)) throw badField("size", "an object with keys height and width", v);
-  const height = positiveInt("size.height", s.height);
-  const width = positiveInt("size.width", s.width);
+  if (absent(s.height) || absent(s.width)) throw badField(PP_FILE, "size", "an object with keys height and width", v);
+  const height = positiveInt(PP_FILE, "size.height", s.height);
+  const width = positiveInt(PP_FILE, "size.width", s.width);
   // validate_size: tiles are square.
-  if (height !== width) throw badField("size", "square (height == width)", v);
+  if (height !== width) throw badField(PP_FILE, "size", "square (height == width)", v);
   return height;
-}
-
-function resampleFilter(v: unknown): ResampleFilter {
-  if (absent(v)) return MLLAMA_DEFAULT_PREPROCESS.resample;
-  if (v === 2) return "bilinear";
-  if (v === 3) return "bicubic";
-  if (typeof v === "number" && Object.hasOwn(PIL_RESAMPLE, v)) {
-    throw new WebvlmError("unsupported_feature", `${PP_FILE}: resample ${v} (${PIL_RESAMPLE[v]}) is not supported; 2 (BILINEAR) and 3 (BICUBIC) are`, {
-      file: PP_FILE, field: "resample", value: v,
-    });
-  }
-  throw badField("resample", "a PIL resample filter (2 BILINEAR or 3 BICUBIC)", v);
-}
-
-function triple(field: string, v: readonly number[] | number | undefined, dflt: readonly [number, number, number]): readonly [number, number, number] {
-  if (v === undefined) return dflt;
-  if (typeof v === "number") return [v, v, v];
-  if (v.length === 1) return [v[0], v[0], v[0]];
-  if (v.length !== 3) throw badField(field, "one value or one per RGB channel", v);
-  return [v[0], v[1], v[2]];
 }
 
 /** A required-true flag (validate_mllama_preprocess_arguments rejects false). */
@@ -111,16 +73,16 @@ export function parseMllamaPreprocess(pp: Readonly<Record<string, unknown>>): Ml
   mustBeTrue(pp, "do_resize");
   mustBeTrue(pp, "do_pad");
   const norm = normalizeOptionsFromConfig(pp);
-  if (norm.rescaleFactor !== undefined && !(norm.rescaleFactor > 0)) throw badField("rescale_factor", "a positive number", norm.rescaleFactor);
+  checkRescaleFactor(norm.rescaleFactor);
   return {
     tileSize: tileSizeField(pp.size),
-    maxImageTiles: absent(pp.max_image_tiles) ? d.maxImageTiles : positiveInt("max_image_tiles", pp.max_image_tiles),
-    resample: resampleFilter(pp.resample),
+    maxImageTiles: absent(pp.max_image_tiles) ? d.maxImageTiles : positiveInt(PP_FILE, "max_image_tiles", pp.max_image_tiles),
+    resample: resampleField(pp.resample, d.resample),
     doRescale: norm.doRescale ?? d.doRescale,
     rescaleFactor: norm.rescaleFactor ?? d.rescaleFactor,
     doNormalize: norm.doNormalize ?? d.doNormalize,
-    imageMean: triple("image_mean", norm.mean, d.imageMean),
-    imageStd: triple("image_std", norm.std, d.imageStd),
+    imageMean: rgbTriple("image_mean", norm.mean, d.imageMean),
+    imageStd: rgbTriple("image_std", norm.std, d.imageStd),
     doConvertRgb: flagField(pp, "do_convert_rgb", d.doConvertRgb),
   };
 }

@@ -7,6 +7,7 @@ import { WebvlmError } from "../../api/errors.ts";
 import { padHwc8, type Chw32, type Hwc8 } from "../../vision/canvas.ts";
 import { normalize8ToChw, normalizeOptionsFromConfig } from "../../vision/normalize.ts";
 import { resize8 } from "../../vision/resize.ts";
+import { absent, flagField, PREPROCESSOR_CONFIG_FILE, rgbTriple } from "../common/preprocess_config.ts";
 import { resizeTorchBicubicChw } from "../../vision/resize_torch_bicubic.ts";
 
 /** Crop side: CLIP ViT-L/14-336's input, fixed by the remote code. */
@@ -41,19 +42,7 @@ export const PHI3V_DEFAULT_PREPROCESS: Readonly<Phi3VPreprocessOptions> = {
   doConvertRgb: true,
 };
 
-const PP_FILE = "preprocessor_config.json";
-
-function badField(field: string, want: string, got: unknown): WebvlmError {
-  return new WebvlmError("bad_request", `${PP_FILE}: ${field} must be ${want}, got ${JSON.stringify(got)}`, { file: PP_FILE, field, value: got });
-}
-
-function triple(field: string, v: readonly number[] | number | undefined, dflt: readonly [number, number, number]): readonly [number, number, number] {
-  if (v === undefined) return dflt;
-  if (typeof v === "number") return [v, v, v];
-  if (v.length === 1) return [v[0], v[0], v[0]];
-  if (v.length !== 3) throw badField(field, "one value or one per RGB channel", v);
-  return [v[0], v[1], v[2]];
-}
+const PP_FILE = PREPROCESSOR_CONFIG_FILE;
 
 /** A num_crops value (the file's or a request's): a positive integer up to PHI3V_MAX_NUM_CROPS. */
 export function checkNumCrops(v: unknown, where: string): number {
@@ -75,14 +64,13 @@ export function checkNumCrops(v: unknown, where: string): number {
 export function parsePhi3VPreprocess(pp: Readonly<Record<string, unknown>>): Phi3VPreprocessOptions {
   const d = PHI3V_DEFAULT_PREPROCESS;
   const norm = normalizeOptionsFromConfig(pp);
-  const convert = pp.do_convert_rgb;
-  if (convert !== undefined && convert !== null && typeof convert !== "boolean") throw badField("do_convert_rgb", "true or false", convert);
+  const doConvertRgb = flagField(pp, "do_convert_rgb", d.doConvertRgb);
   const crops = pp.num_crops;
   return {
-    numCrops: crops === undefined || crops === null ? d.numCrops : checkNumCrops(crops, PP_FILE),
-    imageMean: triple("image_mean", norm.mean, d.imageMean),
-    imageStd: triple("image_std", norm.std, d.imageStd),
-    doConvertRgb: typeof convert === "boolean" ? convert : d.doConvertRgb,
+    numCrops: absent(crops) ? d.numCrops : checkNumCrops(crops, PP_FILE),
+    imageMean: rgbTriple("image_mean", norm.mean, d.imageMean),
+    imageStd: rgbTriple("image_std", norm.std, d.imageStd),
+    doConvertRgb,
   };
 }
 
