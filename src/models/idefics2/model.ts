@@ -12,6 +12,7 @@ import { maxWeightBytes } from "../../quant/pack.ts";
 import { embedding } from "../../ops/embedding.ts";
 import { ropeTables } from "../common/rope.ts";
 import type { TensorSource, WeightLoadOptions } from "../common/source.ts";
+import { copyImageRows, imagesToEncode, planImageRuns, type ImageRowRun } from "../common/image_scatter.ts";
 import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted, type StepReadout } from "../common/step.ts";
 import { decoderForward } from "../decoder/forward.ts";
 import type { ReadMode } from "../family.ts";
@@ -45,14 +46,8 @@ export interface Idefics2PrefillResult extends Idefics2StepResult {
 /** Per-layer KV caches; truncate(n) keeps the first n tokens. */
 export class Idefics2Cache extends LayerCaches {}
 
-interface CopyRun {
-  item: Idefics2ImageItem;
-  /** First row within the item's connector rows. */
-  srcRow: number;
-  /** First prompt position. */
-  pos: number;
-  rows: number;
-}
+/** A run of prompt positions taking consecutive connector rows of one image. */
+type CopyRun = ImageRowRun<Idefics2ImageItem>;
 
 /**
  * Patches one vision submit batches (a crop with more runs alone): an idefics2-8b crop of 980 px
@@ -174,13 +169,7 @@ export class Idefics2Model {
     if (past >= T) throw new WebvlmError("bad_request", `prefill: the cache already holds ${past} tokens of a ${T}-token prompt; truncate it first`);
     if (T > cache.maxSeq) throw new WebvlmError("context_length_exceeded", `prompt of ${T} tokens exceeds the cache's ${cache.maxSeq}`, { needed: T, maxSeq: cache.maxSeq });
     const runs = this.planImages(ids, images, past);
-    const toEncode = [...new Set(runs.map((r) => r.item))];
-    const firstRow = new Map<Idefics2ImageItem, number>();
-    let rows = 0;
-    for (const it of toEncode) {
-      firstRow.set(it, rows);
-      rows += this.imageTokens(it);
-    }
+    const { items: toEncode, firstRow } = imagesToEncode(runs, (it) => this.imageTokens(it));
 
     let features: Tensor | null = null;
     let chunks = 0;
@@ -285,26 +274,13 @@ export class Idefics2Model {
   private planImages(ids: readonly number[], images: readonly Idefics2ImageItem[], past: number): CopyRun[] {
     const slots: number[] = [];
     ids.forEach((id, i) => id === this.config.imageTokenId && slots.push(i));
-    const counts = images.map((it) => this.imageTokens(it));
-    const need = counts.reduce((a, b) => a + b, 0);
-    if (slots.length !== need) {
-      throw new WebvlmError("bad_request", `prompt has ${slots.length} <image> tokens but the ${images.length} image(s) give ${need} rows`, {
-        tokens: slots.length,
-        embeddings: need,
-      });
-    }
-    const runs: CopyRun[] = [];
-    let k = 0;
-    images.forEach((item, j) => {
-      for (let r = 0; r < counts[j]; r++, k++) {
-        const pos = slots[k];
-        if (pos < past) continue;
-        const prev = runs[runs.length - 1];
-        if (prev && prev.item === item && prev.pos + prev.rows === pos && prev.srcRow + prev.rows === r) prev.rows++;
-        else runs.push({ item, srcRow: r, pos, rows: 1 });
-      }
-    });
-    return runs;
+    return planImageRuns(
+      slots,
+      images,
+      (it) => this.imageTokens(it),
+      past,
+      (tokens, rows) => `prompt has ${tokens} <image> tokens but the ${images.length} image(s) give ${rows} rows`,
+    );
   }
 
   /**
@@ -324,18 +300,7 @@ export class Idefics2Model {
     let x: Tensor | null = null;
     try {
       x = embedding(rec, idsT, this.weights.text.embed);
-      for (const run of runs) {
-        // The part of the run inside [start, start + S).
-        const lo = Math.max(run.pos, start);
-        const hi = Math.min(run.pos + run.rows, start + S);
-        if (lo >= hi) continue;
-        if (!features) throw new WebvlmError("internal", "idefics2: image rows needed but none encoded");
-        const src = firstRow.get(run.item)! + run.srcRow + (lo - run.pos);
-        rec.copy(
-          { buffer: features.buffer, offset: features.offset + src * rowBytes, size: (hi - lo) * rowBytes },
-          { buffer: x.buffer, offset: x.offset + (lo - start) * rowBytes, size: (hi - lo) * rowBytes },
-        );
-      }
+      copyImageRows(rec, runs, features, firstRow, x, start, S, rowBytes, "idefics2");
       const rope = ropeTables(this.config.text.rope, start + S);
       if (!read) {
         // A chunk before the last only fills the caches.

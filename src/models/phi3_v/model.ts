@@ -21,6 +21,7 @@ import { allocTensor, uploadTensor } from "../../gpu/transfer.ts";
 import { embedding } from "../../ops/embedding.ts";
 import { ropeTables } from "../common/rope.ts";
 import type { TensorSource, WeightLoadOptions } from "../common/source.ts";
+import { copyImageRows, imagesToEncode, planImageRuns, type ImageRowRun } from "../common/image_scatter.ts";
 import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted, type StepReadout } from "../common/step.ts";
 import { decoderForward } from "../decoder/forward.ts";
 import type { ReadMode } from "../family.ts";
@@ -78,14 +79,8 @@ export class Phi3VCache extends LayerCaches {
   }
 }
 
-interface CopyRun {
-  item: Phi3VImageItem;
-  /** First row within the item's image rows. */
-  srcRow: number;
-  /** First prompt position. */
-  pos: number;
-  rows: number;
-}
+/** A run of prompt positions taking consecutive image rows of one image. */
+type CopyRun = ImageRowRun<Phi3VImageItem>;
 
 /** One pass's inputs for a range of positions: what the embedding reads and what the cache records. */
 interface ChunkInput {
@@ -237,13 +232,7 @@ export class Phi3VModel {
     if (past >= T) throw new WebvlmError("bad_request", `prefill: the cache already holds ${past} tokens of a ${T}-token prompt; truncate it first`);
     const isImage = ids.map((id) => id === this.imageToken);
     const runs = this.planImages(ids, isImage, images, past);
-    const toEncode = [...new Set(runs.map((r) => r.item))];
-    const firstRow = new Map<Phi3VImageItem, number>();
-    let rows = 0;
-    for (const it of toEncode) {
-      firstRow.set(it, rows);
-      rows += it.numImgTokens;
-    }
+    const { items: toEncode, firstRow } = imagesToEncode(runs, (it) => it.numImgTokens);
 
     let features: Tensor | null = null;
     let chunks = 0;
@@ -345,25 +334,13 @@ export class Phi3VModel {
     const slots: number[] = [];
     isImage.forEach((x, i) => x && slots.push(i));
     images.forEach((it, i) => checkImageItem(it, i));
-    const need = images.reduce((a, it) => a + it.numImgTokens, 0);
-    if (slots.length !== need) {
-      throw new WebvlmError("bad_request", `prompt has ${slots.length} image placeholder tokens (id ${this.imageToken}) but the ${images.length} image(s) give ${need} rows`, {
-        tokens: slots.length,
-        embeddings: need,
-      });
-    }
-    const runs: CopyRun[] = [];
-    let k = 0;
-    for (const item of images) {
-      for (let r = 0; r < item.numImgTokens; r++, k++) {
-        const pos = slots[k];
-        if (pos < past) continue;
-        const prev = runs[runs.length - 1];
-        if (prev && prev.item === item && prev.pos + prev.rows === pos && prev.srcRow + prev.rows === r) prev.rows++;
-        else runs.push({ item, srcRow: r, pos, rows: 1 });
-      }
-    }
-    return runs;
+    return planImageRuns(
+      slots,
+      images,
+      (it) => it.numImgTokens,
+      past,
+      (tokens, rows) => `prompt has ${tokens} image placeholder tokens (id ${this.imageToken}) but the ${images.length} image(s) give ${rows} rows`,
+    );
   }
 
   /**
@@ -385,18 +362,7 @@ export class Phi3VModel {
     let x: Tensor | null = null;
     try {
       x = embedding(rec, idsT, this.weights.text.embed);
-      for (const run of runs) {
-        // The part of the run inside [start, start + S).
-        const lo = Math.max(run.pos, start);
-        const hi = Math.min(run.pos + run.rows, start + S);
-        if (lo >= hi) continue;
-        if (!features) throw new WebvlmError("internal", "phi3_v: image rows needed but none encoded");
-        const src = firstRow.get(run.item)! + run.srcRow + (lo - run.pos);
-        rec.copy(
-          { buffer: features.buffer, offset: features.offset + src * rowBytes, size: (hi - lo) * rowBytes },
-          { buffer: x.buffer, offset: x.offset + (lo - start) * rowBytes, size: (hi - lo) * rowBytes },
-        );
-      }
+      copyImageRows(rec, runs, features, firstRow, x, start, S, rowBytes, "phi3_v");
       const long = this.longPass(input.passLength);
       const rope = ropeTables(this.config.text.rope, input.passLength);
       cache.record(input.ids, input.image, long, input.imageAsZero);

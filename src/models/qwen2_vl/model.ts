@@ -3,6 +3,7 @@
 // submit per chunk of at most prefillChunkTokens() tokens (the vision tower runs in the first),
 // checking the abort signal between chunks; only the last chunk computes logits.
 import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted } from "../common/step.ts";
+import { planImageRuns } from "../common/image_scatter.ts";
 import { WebvlmError } from "../../api/errors.ts";
 import type { GpuContext } from "../../gpu/device.ts";
 import { Recorder } from "../../gpu/recorder.ts";
@@ -285,26 +286,15 @@ export class Qwen2VLModel {
     const merge = this.config.vision.spatialMergeSize;
     const slots: number[] = [];
     ids.forEach((id, i) => id === padId && slots.push(i));
-    const counts = items.map((it) => visionTokenCount([it.grid], merge));
-    const need = counts.reduce((a, b) => a + b, 0);
-    if (slots.length !== need) {
-      throw new WebvlmError("bad_request", `prompt has ${slots.length} ${kind} pad tokens but the ${items.length} ${kind}(s) give ${need} embeddings`, {
-        tokens: slots.length,
-        embeddings: need,
-      });
-    }
-    const runs: CopyRun[] = [];
-    let k = 0;
-    items.forEach((item, j) => {
-      for (let r = 0; r < counts[j]; r++, k++) {
-        const pos = slots[k];
-        if (pos < past) continue;
-        const last = runs[runs.length - 1];
-        if (last && last.item === item && last.dst + last.rows === pos - past && last.srcRow + last.rows === r) last.rows++;
-        else runs.push({ item, srcRow: r, dst: pos - past, rows: 1 });
-      }
-    });
-    return runs;
+    const runs = planImageRuns(
+      slots,
+      items,
+      (it) => visionTokenCount([it.grid], merge),
+      past,
+      (tokens, rows) => `prompt has ${tokens} ${kind} pad tokens but the ${items.length} ${kind}(s) give ${rows} embeddings`,
+    );
+    // This model's runs address rows of the chunk after the cached prefix.
+    return runs.map((r) => ({ item: r.item, srcRow: r.srcRow, dst: r.pos - past, rows: r.rows }));
   }
 
   /** Buffer copies of embedding rows into the token embeddings (no kernel). */
