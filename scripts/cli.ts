@@ -130,8 +130,12 @@ async function main(argv: string[]): Promise<number> {
 
   const engine = await Engine.create();
   const progress = progressPrinter();
+  // --dtype f32 means all-f32 weights (exact checks against a reference); f16 all-f16; q8/q4 the
+  // decoder's linears, with embeddings and the vision side at their f16 defaults.
+  const whole = quantization === "f32" || quantization === "f16" ? { embedding: quantization, vision: quantization } : {};
   await engine.load(model, {
     quantization,
+    ...whole,
     contextLength,
     onProgress: progress,
   });
