@@ -1,5 +1,8 @@
-// Runs every test/ops/*.cases.ts inside the browser on navigator.gpu and
+// Runs the test/ops/*.cases.ts inside the browser on navigator.gpu and
 // reports each result to the Playwright test through window.__report.
+// ?every=N runs every N-th case of each file (its first always): Node runs every
+// case, so the browser run checks each kernel on the browser's WebGPU without
+// repeating the whole suite.
 import { acquireGpu } from "../../src/gpu/device.ts";
 import { runCase, type KernelCase } from "../util/cases.ts";
 
@@ -20,6 +23,7 @@ declare global {
 const log = document.getElementById("log")!;
 const modules = import.meta.glob<{ cases: KernelCase[] }>("../ops/*.cases.ts");
 const filter = new URLSearchParams(location.search).get("cases");
+const every = Math.max(1, Number(new URLSearchParams(location.search).get("every") ?? 1) || 1);
 
 async function main(): Promise<void> {
   const gpu = await acquireGpu();
@@ -30,7 +34,7 @@ async function main(): Promise<void> {
     .sort();
   for (const file of files) {
     const { cases } = await modules[file]();
-    for (const c of cases) {
+    for (const c of cases.filter((_, i) => i % every === 0)) {
       let report: CaseReport;
       try {
         report = { file, name: c.name, ok: true, detail: await runCase(c, gpu) };
