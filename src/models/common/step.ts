@@ -45,6 +45,15 @@ export async function gpuIdle(gpu: GpuContext): Promise<void> {
   if (gpu.lostError) throw gpu.lostError;
 }
 
+/** A decode step's preconditions: a prefilled cache with room for one more token (typed errors). */
+export function checkDecodeRoom(cache: { readonly length: number; readonly maxSeq: number }): void {
+  const past = cache.length;
+  if (past === 0) throw new WebvlmError("bad_request", "decode: empty cache (prefill first)");
+  if (past + 1 > cache.maxSeq) {
+    throw new WebvlmError("context_length_exceeded", `${past + 1} tokens exceed the cache's ${cache.maxSeq}`, { needed: past + 1, maxSeq: cache.maxSeq });
+  }
+}
+
 /** Throws WebvlmError "aborted" when `signal` has fired (between prefill chunks). */
 export function throwIfAborted(signal: AbortSignal | undefined, what = "the request"): void {
   if (signal?.aborted) throw new WebvlmError("aborted", `${what} was aborted`);

@@ -11,7 +11,7 @@
 // reuses only cached keys of the factors its own pass uses; and a decode step at which the
 // sequence first reaches original_max_position_embeddings (O) + 1 tokens with O cached drops the
 // cache and recomputes the whole sequence (chunked like a prefill) with the long factors.
-import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted } from "../common/step.ts";
+import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted, checkDecodeRoom } from "../common/step.ts";
 import { WebvlmError } from "../../api/errors.ts";
 import type { GpuContext } from "../../gpu/device.ts";
 import { Recorder } from "../../gpu/recorder.ts";
@@ -139,10 +139,7 @@ export class DecoderModel {
   async decode(id: number, cache: DecoderCache, opts: DecoderStepOptions = {}): Promise<DecoderStep> {
     this.checkIds([id]);
     const past = cache.length;
-    if (past === 0) throw new WebvlmError("bad_request", "decode: empty cache (prefill first)");
-    if (past + 1 > cache.maxSeq) {
-      throw new WebvlmError("context_length_exceeded", `${past + 1} tokens exceed the cache's ${cache.maxSeq}`, { needed: past + 1, maxSeq: cache.maxSeq });
-    }
+    checkDecodeRoom(cache);
     throwIfAborted(opts.signal);
     if (past === this.switchLength) return { ...(await this.recompute(id, cache, opts)), recomputed: true };
     return { ...(await this.forward([id], cache, opts.read ?? "argmax", past + 1)), recomputed: false };

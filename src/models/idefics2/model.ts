@@ -13,7 +13,7 @@ import { embedding } from "../../ops/embedding.ts";
 import { ropeTables } from "../common/rope.ts";
 import type { TensorSource, WeightLoadOptions } from "../common/source.ts";
 import { copyImageRows, imagesToEncode, planImageRuns, type ImageRowRun } from "../common/image_scatter.ts";
-import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted, type StepReadout } from "../common/step.ts";
+import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted, type StepReadout, checkDecodeRoom } from "../common/step.ts";
 import { decoderForward } from "../decoder/forward.ts";
 import type { ReadMode } from "../family.ts";
 import type { Idefics2Config } from "./config.ts";
@@ -204,8 +204,7 @@ export class Idefics2Model {
   async decode(id: number, cache: Idefics2Cache, opts: Idefics2StepOptions = {}): Promise<Idefics2StepResult> {
     this.checkIds([id]);
     const past = cache.length;
-    if (past === 0) throw new WebvlmError("bad_request", "decode: empty cache (prefill first)");
-    if (past + 1 > cache.maxSeq) throw new WebvlmError("context_length_exceeded", `${past + 1} tokens exceed the cache's ${cache.maxSeq}`, { needed: past + 1, maxSeq: cache.maxSeq });
+    checkDecodeRoom(cache);
     throwIfAborted(opts.signal);
     try {
       const r = await this.forwardChunk([id], past, cache, [], null, new Map(), opts.read ?? "argmax");

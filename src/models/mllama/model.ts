@@ -14,7 +14,7 @@ import { allocTensor, uploadTensor } from "../../gpu/transfer.ts";
 import { embedding } from "../../ops/embedding.ts";
 import { ropeTables } from "../common/rope.ts";
 import type { TensorSource, WeightLoadOptions } from "../common/source.ts";
-import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted } from "../common/step.ts";
+import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted, checkDecodeRoom } from "../common/step.ts";
 import { selfAttentionLayerCount } from "../decoder/config.ts";
 import { crossAttentionKv, type CrossKv } from "../decoder/cross_attention.ts";
 import { decoderForward } from "../decoder/forward.ts";
@@ -153,8 +153,7 @@ export class MllamaModel {
   async decode(id: number, cache: MllamaCache, opts: MllamaStepOptions = {}): Promise<ModelStep> {
     this.checkIds([id]);
     const past = cache.length;
-    if (past === 0) throw new WebvlmError("bad_request", "decode: empty cache (prefill first)");
-    if (past + 1 > cache.maxSeq) throw new WebvlmError("context_length_exceeded", `${past + 1} tokens exceed the cache's ${cache.maxSeq}`, { needed: past + 1, maxSeq: cache.maxSeq });
+    checkDecodeRoom(cache);
     throwIfAborted(opts.signal);
     const row = { start: [cache.decodeRow.imageStart], end: [cache.decodeRow.imageEnd] };
     try {

@@ -22,7 +22,7 @@ import { embedding } from "../../ops/embedding.ts";
 import { ropeTables } from "../common/rope.ts";
 import type { TensorSource, WeightLoadOptions } from "../common/source.ts";
 import { copyImageRows, imagesToEncode, planImageRuns, type ImageRowRun } from "../common/image_scatter.ts";
-import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted, type StepReadout } from "../common/step.ts";
+import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted, type StepReadout, checkDecodeRoom } from "../common/step.ts";
 import { decoderForward } from "../decoder/forward.ts";
 import type { ReadMode } from "../family.ts";
 import { PHI3V_TILE_TOKENS, type Phi3VConfig } from "./config.ts";
@@ -274,8 +274,7 @@ export class Phi3VModel {
   async decode(id: number, cache: Phi3VCache, opts: Phi3VStepOptions = {}): Promise<Phi3VDecodeResult> {
     this.checkIds([id]);
     const past = cache.length;
-    if (past === 0) throw new WebvlmError("bad_request", "decode: empty cache (prefill first)");
-    if (past + 1 > cache.maxSeq) throw new WebvlmError("context_length_exceeded", `${past + 1} tokens exceed the cache's ${cache.maxSeq}`, { needed: past + 1, maxSeq: cache.maxSeq });
+    checkDecodeRoom(cache);
     throwIfAborted(opts.signal);
     if (past === this.originalMaxPositions) return { ...(await this.recompute(id, cache, opts)), recomputed: true };
     try {

@@ -2,7 +2,7 @@
 // whose only readback is its result (the argmax id and/or the last row of logits); a prefill is one
 // submit per chunk of at most prefillChunkTokens() tokens (the vision tower runs in the first),
 // checking the abort signal between chunks; only the last chunk computes logits.
-import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted } from "../common/step.ts";
+import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted, checkDecodeRoom } from "../common/step.ts";
 import { planImageRuns } from "../common/image_scatter.ts";
 import { WebvlmError } from "../../api/errors.ts";
 import type { GpuContext } from "../../gpu/device.ts";
@@ -232,10 +232,7 @@ export class Qwen2VLModel {
     this.checkIds([id]);
     throwIfAborted(opts.signal);
     const past = cache.length;
-    if (past === 0) throw new WebvlmError("bad_request", "decode: empty cache (prefill first)");
-    if (past + 1 > cache.maxSeq) {
-      throw new WebvlmError("context_length_exceeded", `${past + 1} tokens exceed the cache's ${cache.maxSeq}`, { needed: past + 1, maxSeq: cache.maxSeq });
-    }
+    checkDecodeRoom(cache);
     const p = past + cache.ropeDelta;
     const idT = uploadTensor(this.gpu, Uint32Array.of(id), [1], "u32", "decode.id");
     const posT = uploadTensor(this.gpu, Int32Array.of(p, p, p), [3, 1], "i32", "decode.positions");
