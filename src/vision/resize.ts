@@ -7,7 +7,7 @@
 // skipped). Identical in Pillow 9.4 through 12.x; the arithmetic is in resample.ts.
 import { WebvlmError } from "../api/errors.ts";
 import {
-  FILTERS, horizontalPass, precomputeCoeffs, verticalPass, type ResampleFilter,
+  FILTERS, horizontalPass, precomputeCoeffs, verticalPass, type Coeffs, type ResampleFilter,
 } from "./resample.ts";
 
 export type { ResampleFilter } from "./resample.ts";
@@ -45,6 +45,57 @@ function cropRows(
 }
 
 /**
+ * How Pillow carries out one resize (Image.resize + _resize + ImagingResampleInner), decided from
+ * the sizes and the box alone, so the CPU (resize8) and the GPU (ops/image_resample.ts) follow
+ * the same steps:
+ *   copy      nothing changes: Image.resize returns a copy;
+ *   crop      an integer box of exactly the output size: rows/columns are copied;
+ *   resample  a horizontal pass over source rows [first, last) (when `horizontal`), then a vertical
+ *             pass (when `vertical`; its bounds already relative to `first` when both run).
+ */
+export type ResizePlan =
+  | { kind: "copy" }
+  | { kind: "crop"; x0: number; y0: number }
+  | { kind: "resample"; horizontal: Coeffs | null; vertical: Coeffs | null; first: number; last: number };
+
+export function planResize(w: number, h: number, newW: number, newH: number, opts: ResizeOptions = {}): ResizePlan {
+  checkDims([["width", w], ["height", h], ["newWidth", newW], ["newHeight", newH]]);
+  const filterName = opts.filter ?? "bicubic";
+  if (!Object.hasOwn(FILTERS, filterName)) {
+    throw new WebvlmError("bad_request", `resize: unknown filter ${JSON.stringify(filterName)} (bicubic or bilinear)`);
+  }
+  const filter = FILTERS[filterName];
+  const given = opts.box ?? [0, 0, w, h];
+  if (given.length !== 4 || !given.every(Number.isFinite)) {
+    throw new WebvlmError("bad_request", `resize: box must be 4 finite numbers, got ${JSON.stringify(given)}`);
+  }
+  // Image.resize returns a copy before any filtering when nothing changes.
+  if (newW === w && newH === h && given[0] === 0 && given[1] === 0 && given[2] === w && given[3] === h) {
+    return { kind: "copy" };
+  }
+  const [b0, b1, b2, b3] = given.map(Math.fround);
+  // _resize's checks, in the same order and on the same float32 values.
+  if (b0 < 0 || b1 < 0) throw new WebvlmError("bad_request", "resize: box offset can't be negative");
+  if (b2 > w || b3 > h) throw new WebvlmError("bad_request", "resize: box can't exceed original image size");
+  if (b2 - b0 < 0 || b3 - b1 < 0) throw new WebvlmError("bad_request", "resize: box can't be empty");
+  // An integer box of exactly the output size is a crop, not a resample.
+  if (b0 === Math.trunc(b0) && Math.fround(b2 - b0) === newW && b1 === Math.trunc(b1) && Math.fround(b3 - b1) === newH) {
+    return { kind: "crop", x0: b0, y0: b1 };
+  }
+  // ImagingResampleInner.
+  const needH = newW !== w || b0 !== 0 || b2 !== newW;
+  const needV = newH !== h || b1 !== 0 || b3 !== newH;
+  const vert = precomputeCoeffs(h, b1, b3, newH, filter);
+  if (!needH) return { kind: "resample", horizontal: null, vertical: needV ? vert : null, first: 0, last: h };
+  const horiz = precomputeCoeffs(w, b0, b2, newW, filter);
+  // Rows outside [first, last) never reach the output: Pillow skips them.
+  const first = vert.bounds[0];
+  const last = vert.bounds[newH * 2 - 2] + vert.bounds[newH * 2 - 1];
+  for (let i = 0; i < newH; i++) vert.bounds[i * 2] -= first;
+  return { kind: "resample", horizontal: horiz, vertical: needV ? vert : null, first, last };
+}
+
+/**
  * Resize an interleaved (HWC) 8-bit image whose `channels` bands are
  * independent, bit-identical to Pillow's resize of an 8-bit mode with that many
  * bands (L, RGB; 4 bands = RGBX/CMYK: Pillow premultiplies RGBA by alpha
@@ -59,43 +110,12 @@ export function resize8(
   if (src.length !== w * h * channels) {
     throw new WebvlmError("shape_mismatch", `resize: expected ${w * h * channels} bytes, got ${src.length}`);
   }
-  const filterName = opts.filter ?? "bicubic";
-  if (!Object.hasOwn(FILTERS, filterName)) {
-    throw new WebvlmError("bad_request", `resize: unknown filter ${JSON.stringify(filterName)} (bicubic or bilinear)`);
-  }
-  const filter = FILTERS[filterName];
-  const given = opts.box ?? [0, 0, w, h];
-  if (given.length !== 4 || !given.every(Number.isFinite)) {
-    throw new WebvlmError("bad_request", `resize: box must be 4 finite numbers, got ${JSON.stringify(given)}`);
-  }
-  // Image.resize returns a copy before any filtering when nothing changes.
-  if (newW === w && newH === h && given[0] === 0 && given[1] === 0 && given[2] === w && given[3] === h) {
-    return src.slice();
-  }
-  const [b0, b1, b2, b3] = given.map(Math.fround);
-  // _resize's checks, in the same order and on the same float32 values.
-  if (b0 < 0 || b1 < 0) throw new WebvlmError("bad_request", "resize: box offset can't be negative");
-  if (b2 > w || b3 > h) throw new WebvlmError("bad_request", "resize: box can't exceed original image size");
-  if (b2 - b0 < 0 || b3 - b1 < 0) throw new WebvlmError("bad_request", "resize: box can't be empty");
-  // An integer box of exactly the output size is a crop, not a resample.
-  if (b0 === Math.trunc(b0) && Math.fround(b2 - b0) === newW && b1 === Math.trunc(b1) && Math.fround(b3 - b1) === newH) {
-    return cropRows(src, w, channels, b0, b1, newW, newH);
-  }
-
-  // ImagingResampleInner.
-  const needH = newW !== w || b0 !== 0 || b2 !== newW;
-  const needV = newH !== h || b1 !== 0 || b3 !== newH;
-  const vert = precomputeCoeffs(h, b1, b3, newH, filter);
+  const plan = planResize(w, h, newW, newH, opts);
+  if (plan.kind === "copy") return src.slice();
+  if (plan.kind === "crop") return cropRows(src, w, channels, plan.x0, plan.y0, newW, newH);
   let img = src;
-  if (needH) {
-    const horiz = precomputeCoeffs(w, b0, b2, newW, filter);
-    // Rows outside [first, last) never reach the output: Pillow skips them.
-    const first = vert.bounds[0];
-    const last = vert.bounds[newH * 2 - 2] + vert.bounds[newH * 2 - 1];
-    for (let i = 0; i < newH; i++) vert.bounds[i * 2] -= first;
-    img = horizontalPass(src, w, channels, first, last - first, newW, horiz);
-  }
-  if (needV) return verticalPass(img, needH ? newW : w, channels, newH, vert);
+  if (plan.horizontal) img = horizontalPass(src, w, channels, plan.first, plan.last - plan.first, newW, plan.horizontal);
+  if (plan.vertical) return verticalPass(img, plan.horizontal ? newW : w, channels, newH, plan.vertical);
   return img === src ? src.slice() : img;
 }
 
