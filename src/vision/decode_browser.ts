@@ -1,6 +1,8 @@
 // Browser image decoding to RGB8 with createImageBitmap + OffscreenCanvas (works in workers).
-// Alpha is dropped like PIL's convert("RGB"); for pixels with alpha < 255 the canvas's
-// premultiplied storage can round RGB by a level, which PIL would not (documented limit).
+// Alpha is dropped like PIL's convert("RGB"); but the canvas stores colour premultiplied in 8
+// bits, so under alpha < 255 the RGB read back is quantised (measured: up to 127 levels off at
+// small alpha, and 0 under alpha 0, where PIL keeps the colour); composited over a background
+// the loss mostly vanishes (within 1). gpu_image_browser.ts's texture copy has no such loss.
 // The declared size is checked against the pixel limit before the browser decodes
 // (header bytes for Blobs/bytes, naturalWidth/width for elements and bitmaps), and the
 // browser's raw DOMExceptions (tainted canvas, uncloneable bitmap, failed fetch) become
@@ -137,7 +139,7 @@ function isImageData(input: BrowserImageInput): input is ImageData {
 }
 
 /** The size an input declares without decoding it, or null when only decoding can tell. */
-async function declaredSize(input: BrowserImageInput): Promise<[number, number] | null> {
+export async function declaredSize(input: BrowserImageInput): Promise<[number, number] | null> {
   if (typeof HTMLImageElement !== "undefined" && input instanceof HTMLImageElement) return [input.naturalWidth, input.naturalHeight];
   const wh = input as { width?: unknown; height?: unknown };
   return typeof wh.width === "number" && typeof wh.height === "number" ? [wh.width, wh.height] : null;
@@ -149,7 +151,7 @@ async function declaredSize(input: BrowserImageInput): Promise<[number, number] 
  * whole only when its first HEAD_BYTES do not settle the orientation (a PNG or WebP whose EXIF
  * comes late, or none); otherwise the rest is sliced on unread.
  */
-async function neutralEncoded(input: Blob | ArrayBuffer | Uint8Array): Promise<{ blob: Blob; head: Uint8Array; orientation: number }> {
+export async function neutralEncoded(input: Blob | ArrayBuffer | Uint8Array): Promise<{ blob: Blob; head: Uint8Array; orientation: number }> {
   let bytes: Uint8Array;
   let type = "";
   if (input instanceof ArrayBuffer || input instanceof Uint8Array) {

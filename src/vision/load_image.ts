@@ -57,7 +57,8 @@ async function nodeDecoder(): Promise<typeof DecodeNodeModule> {
   return (await import(/* @vite-ignore */ new URL(DECODE_NODE, import.meta.url).href)) as typeof DecodeNodeModule;
 }
 
-interface Limits {
+/** A request's resolved limits and options (resolveLimits). */
+export interface Limits {
   maxBytes: number;
   maxPixels: number;
   label: string;
@@ -65,7 +66,7 @@ interface Limits {
   alphaBackground: readonly [number, number, number] | undefined;
 }
 
-function resolveLimits(opts: LoadImageOptions, fallbackLabel: string): Limits {
+export function resolveLimits(opts: LoadImageOptions, fallbackLabel: string): Limits {
   const maxBytes = opts.maxBytes ?? DEFAULT_MAX_IMAGE_BYTES;
   const maxPixels = opts.maxPixels ?? MAX_DECODE_PIXELS;
   if (!(maxBytes > 0) || !(maxPixels > 0)) {
@@ -82,7 +83,7 @@ function abortError(label: string, stage: string): WebvlmError {
   return new WebvlmError("aborted", `request aborted while ${stage} ${label}`, { image: label, stage });
 }
 
-function checkAbort(signal: AbortSignal | undefined, label: string, stage: string): void {
+export function checkAbort(signal: AbortSignal | undefined, label: string, stage: string): void {
   if (signal?.aborted) throw abortError(label, stage);
 }
 
@@ -109,7 +110,7 @@ function concat(chunks: Uint8Array[], total: number): Uint8Array {
   return out;
 }
 
-function decodeDataUrl(url: string, lim: Limits): Uint8Array {
+export function decodeDataUrl(url: string, lim: Limits): Uint8Array {
   const comma = url.indexOf(",");
   if (comma < 0) throw new WebvlmError("bad_request", `${lim.label}: malformed data: URL (no comma)`, { image: lim.label });
   const meta = url.slice(5, comma);
@@ -135,7 +136,7 @@ function decodeDataUrl(url: string, lim: Limits): Uint8Array {
 }
 
 /** Reads an HTTP(S)/blob: URL's body as a stream, cancelling it once it passes maxBytes. */
-async function fetchBytes(url: string, lim: Limits, signal?: AbortSignal): Promise<Uint8Array> {
+export async function fetchBytes(url: string, lim: Limits, signal?: AbortSignal): Promise<Uint8Array> {
   checkAbort(signal, lim.label, "fetching");
   let res: Response;
   try {
