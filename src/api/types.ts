@@ -79,6 +79,9 @@ export interface Usage {
   prefill_tokens_per_second?: number;
   decode_tokens_per_second?: number;
   time_to_first_token_ms?: number;
+  /** extras, when the request has images/videos: their preprocessing time and where it ran */
+  preprocess_ms?: number;
+  preprocess_device?: "gpu" | "cpu" | "mixed";
 }
 
 export interface ChatCompletion {

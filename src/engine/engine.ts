@@ -12,7 +12,8 @@ import type { ProgressEvent } from "../loader/progress.ts";
 import { generateStream } from "../generate/loop.ts";
 import { generationConfigDefaults } from "../generate/sampler.ts";
 import type { GenerateChunk, GenerateParams, GenerateResult, StepModel, StepOptions as GenStepOptions } from "../generate/types.ts";
-import type { MediaProcessor, ModelCache, OpenedFamily, ModelStep, PreparedMedia, VlmModel } from "../models/family.ts";
+import type { MediaProcessor, ModelCache, ModelPrefill, OpenedFamily, ModelStep, PreparedMedia, PreprocessDevice, VlmModel } from "../models/family.ts";
+import { releaseMedia } from "../vision/gpu_preprocess.ts";
 import { resolveFamily } from "../models/registry.ts";
 import type { WeightFormat } from "../quant/formats.ts";
 import { buildChatPrompt, ChatTemplate, type ChatMessage as TemplateMessage } from "../tokenizer/chat_template.ts";
@@ -41,6 +42,12 @@ export interface LoadOptions {
   cache?: boolean | WeightCacheOptions;
   /** Raise the chat template's and the tokenizer's input limits (engine/limits.ts) for a trusted checkpoint or long prompts. */
   limits?: EngineLimits;
+  /**
+   * Where images are preprocessed (default "gpu"): WGSL kernels bit-identical to the CPU path,
+   * the decoded pixels going straight to the GPU; "cpu" runs the TypeScript path. Items the
+   * device cannot hold fall back to the CPU either way; usage.preprocess_device says what ran.
+   */
+  preprocessing?: PreprocessDevice;
 }
 
 export interface ModelInfo {
@@ -48,6 +55,8 @@ export interface ModelInfo {
   family: string;
   contextLength: number;
   formats: { textLinear: WeightFormat; embedding: WeightFormat; vision: WeightFormat };
+  /** Where images are preprocessed (LoadOptions.preprocessing). */
+  preprocessing: PreprocessDevice;
 }
 
 interface Loaded {
@@ -121,6 +130,10 @@ export class Engine {
       throw new WebvlmError("bad_request", `contextLength must be an integer >= 1 (tokens), got ${String(requested)}`, { param: "contextLength" });
     }
     const limits = checkEngineLimits(opts.limits);
+    const preprocessing = opts.preprocessing ?? "gpu";
+    if (preprocessing !== "gpu" && preprocessing !== "cpu") {
+      throw new WebvlmError("bad_request", `preprocessing must be "gpu" or "cpu", got ${JSON.stringify(preprocessing)}`, { param: "preprocessing" });
+    }
     return this.enqueue(async () => {
       const checkpoint = await openCheckpoint(location, { onProgress: opts.onProgress, signal: opts.signal, cache: opts.cache });
       try {
@@ -144,6 +157,8 @@ export class Engine {
           preprocessorConfig: jsonObject(checkpoint.preprocessorConfig),
           processorConfig: jsonObject(checkpoint.processorConfig),
           addedTokenId: (content) => tokenizer.addedTokenId(content),
+          // A getter: after a device loss, load() acquires a new device for the next model.
+          gpu: preprocessing === "gpu" ? () => this.gpu : undefined,
         });
         if (opts.signal?.aborted) throw new WebvlmError("aborted", "the load was aborted");
 
@@ -177,7 +192,7 @@ export class Engine {
           throw e;
         }
         this.loaded = {
-          info: { id: checkpoint.description, family: family.family, contextLength, formats },
+          info: { id: checkpoint.description, family: family.family, contextLength, formats, preprocessing },
           checkpoint,
           model,
           tokenizer,
@@ -223,6 +238,7 @@ export class Engine {
 
   private unloadNow(): void {
     if (!this.loaded) return;
+    this.loaded.processor.dispose?.();
     this.loaded.cache.dispose();
     this.loaded.model.dispose();
     void this.loaded.checkpoint.close();
@@ -300,41 +316,62 @@ export class Engine {
       const L = this.loaded;
       if (!L) throw new WebvlmError("model_not_found", "no model loaded: call engine.load() first");
       if (req.signal?.aborted) throw new WebvlmError("aborted", "the request was aborted before it started");
+      const t0 = performance.now();
       const media = await L.processor.prepare(collectMedia(req.messages), req.signal);
-      const placeholders = L.processor.placeholders(media);
-      let prompt: ReturnType<typeof buildChatPrompt>;
       try {
-        const { build, ...style } = L.prompt;
-        prompt = build(L.tokenizer, L.template, req.messages as unknown as TemplateMessage[], placeholders,
-          { addGenerationPrompt: true, addVisionId: req.add_vision_id ?? false, ...style });
-      } catch (e) {
-        throw engineLimitError(e);
-      }
-      if (prompt.ids.length >= L.info.contextLength) {
-        throw new WebvlmError("context_length_exceeded", `the prompt has ${prompt.ids.length} tokens; the context holds ${L.info.contextLength}`, {
-          promptTokens: prompt.ids.length,
-          contextLength: L.info.contextLength,
-        });
-      }
-      const params = generateParams(req, { ...L.defaults, maxTokens: L.info.contextLength - prompt.ids.length });
-      const stats = { cachedTokens: 0 };
-      const keys = mediaKeyedIds(prompt.ids, media, placeholders);
-      const gen = generateStream(this.stepModel(L, prompt.ids, keys, media, stats), prompt.ids, params, {
-        tokenizer: L.tokenizer,
-        eosTokenIds: L.eosTokenIds,
-        badWordsIds: L.badWordsIds,
-        contextLength: L.info.contextLength,
-        signal: req.signal,
-      });
-      for (;;) {
-        const r = await gen.next();
-        if (r.done) {
-          onDone({ ...r.value, cachedTokens: stats.cachedTokens }, L.info.id);
-          return;
-        }
-        await onChunk(r.value, L.info.id);
+        await this.generate(L, req, media, performance.now() - t0, onChunk, onDone);
+      } finally {
+        releaseMedia(media);
       }
     });
+  }
+
+  private async generate(
+    L: Loaded,
+    req: ChatCompletionRequest,
+    media: PreparedMedia[],
+    preprocessMs: number,
+    onChunk: (c: GenerateChunk, model: string) => void | Promise<void>,
+    onDone: (r: RunResult, model: string) => void,
+  ): Promise<void> {
+    const placeholders = L.processor.placeholders(media);
+    let prompt: ReturnType<typeof buildChatPrompt>;
+    try {
+      const { build, ...style } = L.prompt;
+      prompt = build(L.tokenizer, L.template, req.messages as unknown as TemplateMessage[], placeholders,
+        { addGenerationPrompt: true, addVisionId: req.add_vision_id ?? false, ...style });
+    } catch (e) {
+      throw engineLimitError(e);
+    }
+    if (prompt.ids.length >= L.info.contextLength) {
+      throw new WebvlmError("context_length_exceeded", `the prompt has ${prompt.ids.length} tokens; the context holds ${L.info.contextLength}`, {
+        promptTokens: prompt.ids.length,
+        contextLength: L.info.contextLength,
+      });
+    }
+    const params = generateParams(req, { ...L.defaults, maxTokens: L.info.contextLength - prompt.ids.length });
+    const devices = new Set(media.map((m) => m.device ?? "cpu"));
+    const stats = {
+      cachedTokens: 0,
+      preprocessMs,
+      preprocessDevice: devices.size === 0 ? undefined : devices.size === 1 ? [...devices][0] : ("mixed" as const),
+    };
+    const keys = mediaKeyedIds(prompt.ids, media, placeholders);
+    const gen = generateStream(this.stepModel(L, prompt.ids, keys, media, stats), prompt.ids, params, {
+      tokenizer: L.tokenizer,
+      eosTokenIds: L.eosTokenIds,
+      badWordsIds: L.badWordsIds,
+      contextLength: L.info.contextLength,
+      signal: req.signal,
+    });
+    for (;;) {
+      const r = await gen.next();
+      if (r.done) {
+        onDone({ ...r.value, ...stats }, L.info.id);
+        return;
+      }
+      await onChunk(r.value, L.info.id);
+    }
   }
 
   /** The model as the generation loop sees it, reusing the cached common prefix of the prompt. */
@@ -347,7 +384,13 @@ export class Engine {
         const keep = Math.min(commonPrefix(L.cachedKeys, keys), ids.length - 1);
         L.cache.truncate(keep);
         L.cachedKeys = keys.slice(0, keep);
-        const r = await L.model.prefill(ids, media, L.cache, { read: read(o), signal: o.signal });
+        let r: ModelPrefill;
+        try {
+          r = await L.model.prefill(ids, media, L.cache, { read: read(o), signal: o.signal });
+        } finally {
+          // The pixels are encoded (or not needed): free their GPU buffers before decoding.
+          releaseMedia(media);
+        }
         stats.cachedTokens = r.reused;
         L.cachedKeys = keys.slice();
         return toStep(r);
@@ -381,8 +424,8 @@ function anySignal(signals: AbortSignal[]): AbortSignal {
   return c.signal;
 }
 
-/** A generation result plus how many prompt tokens came from the cache. */
-type RunResult = GenerateResult & { cachedTokens: number };
+/** A generation result plus how many prompt tokens came from the cache and how its media were preprocessed. */
+type RunResult = GenerateResult & { cachedTokens: number; preprocessMs: number; preprocessDevice?: PreprocessDevice | "mixed" };
 
 function usageOf(r: RunResult): Usage {
   const computed = r.promptTokens - r.cachedTokens;
@@ -394,6 +437,7 @@ function usageOf(r: RunResult): Usage {
     prefill_tokens_per_second: r.timings.prefillMs > 0 ? (computed * 1000) / r.timings.prefillMs : 0,
     decode_tokens_per_second: r.timings.decodeTokensPerSecond,
     time_to_first_token_ms: r.timings.ttftMs,
+    ...(r.preprocessDevice ? { preprocess_ms: r.preprocessMs, preprocess_device: r.preprocessDevice } : {}),
   };
 }
 

@@ -60,3 +60,9 @@ export function expectDtype(name: string, t: { dtype: string }, allowed: readonl
     throw new WebvlmError("dtype_mismatch", `${name}: dtype ${t.dtype} not in {${allowed.join(", ")}}`);
   }
 }
+
+/** Whether a value is a Tensor (a GPU buffer view with shape and dtype), e.g. a payload's pixels. */
+export function isTensor(v: unknown): v is Tensor {
+  const t = v as Partial<Tensor> | null;
+  return t !== null && typeof t === "object" && Array.isArray(t.shape) && typeof t.dtype === "string" && t.buffer !== undefined;
+}

@@ -39,7 +39,18 @@ export interface PreparedMedia {
   tokens: number;
   /** The family's own data (pixel values, grids, tiles, masks); only the family reads it. */
   payload: unknown;
+  /** Where its pixels were processed: "gpu" (payload holds GPU tensors) or "cpu" (the default). */
+  device?: PreprocessDevice;
+  /** Frees what the payload holds on the GPU (idempotent); the engine calls it once the prefill is done. */
+  release?(): void;
 }
+
+/**
+ * Where a processor does its pixel work: "gpu" runs decode-to-GPU, resize, normalize and
+ * tiling/patchify in WGSL (bit-identical to the CPU path) and hands the model GPU tensors;
+ * "cpu" is the TypeScript path (the reference, and the fallback for what the GPU path cannot do).
+ */
+export type PreprocessDevice = "gpu" | "cpu";
 
 /** What a family's processor reads besides config.json: the processor files and the tokenizer's added tokens. */
 export interface ProcessorContext {
@@ -49,6 +60,12 @@ export interface ProcessorContext {
   processorConfig: Record<string, unknown>;
   /** The id of an added token by its content (e.g. "<fake_token_around_image>"), when the tokenizer has it. */
   addedTokenId(content: string): number | undefined;
+  /**
+   * The device for GPU preprocessing (a getter: the engine may replace a lost device), or
+   * undefined for the CPU path. A processor given one uses it by default and falls back to the
+   * CPU per item where the GPU path cannot run (e.g. a buffer past the device's limits).
+   */
+  gpu?: () => GpuContext;
 }
 
 /** A family's image/video processor, configured from the checkpoint's processor files (ProcessorContext). */
@@ -60,6 +77,8 @@ export interface MediaProcessor {
    * each item's count). Also keys the KV-cache prefix: pad positions are keyed by content hash.
    */
   placeholders(media: readonly PreparedMedia[]): MediaPlaceholder[];
+  /** Frees what the processor keeps on the GPU (its normalize tables); the engine calls it on unload. */
+  dispose?(): void;
 }
 
 /** What a forward reads back: the greedy id, the logits of the last position, or both. */

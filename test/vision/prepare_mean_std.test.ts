@@ -39,13 +39,14 @@ test("checkpointPreprocess reads the area bounds and the rescale/normalize field
 test("a SigLIP mean/std changes the image's pixel_values as numpy says", async () => {
   const bytes = readBlob(siglip.file);
   const [s] = await prepareMedia([{ kind: "image", source: bytes, options: {} }], checkpointPreprocess(SIGLIP_PP), vc);
-  assert.deepEqual(s.grid, siglip.grid_thw);
-  assert.deepEqual(Array.from(s.pixelValues.subarray(0, 8)), siglip.first);
-  assert.deepEqual(Array.from(s.pixelValues.subarray(s.pixelValues.length - 8)), siglip.last);
-  assert.equal(sha(s.pixelValues), siglip.pixel_values_sha256);
+  const pv = s.payload.pixelValues as Float32Array;
+  assert.deepEqual(s.payload.grid, siglip.grid_thw);
+  assert.deepEqual(Array.from(pv.subarray(0, 8)), siglip.first);
+  assert.deepEqual(Array.from(pv.subarray(pv.length - 8)), siglip.last);
+  assert.equal(sha(pv), siglip.pixel_values_sha256);
   // A checkpoint without those fields keeps CLIP's values (Qwen2-VL's), and they differ.
   const [c] = await prepareMedia([{ kind: "image", source: bytes, options: {} }], checkpointPreprocess({}), vc);
-  assert.equal(sha(c.pixelValues), clipSquare.pixel_values_sha256);
+  assert.equal(sha(c.payload.pixelValues as Float32Array), clipSquare.pixel_values_sha256);
   assert.notEqual(c.hash, s.hash);
 });
 
@@ -56,6 +57,6 @@ test("video frames are normalized with the checkpoint's mean/std too", async () 
     [{ kind: "video", source: [bytes, bytes], options: { resizedHeight: 84, resizedWidth: 84 } }],
     checkpointPreprocess(SIGLIP_PP), vc,
   );
-  assert.deepEqual(v.grid, siglip.grid_thw);
-  assert.equal(sha(v.pixelValues), siglip.pixel_values_sha256);
+  assert.deepEqual(v.payload.grid, siglip.grid_thw);
+  assert.equal(sha(v.payload.pixelValues as Float32Array), siglip.pixel_values_sha256);
 });

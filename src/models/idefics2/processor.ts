@@ -79,7 +79,7 @@ export class Idefics2Processor implements MediaProcessor {
       const crops = subImages.map((s, i) =>
         idefics2CropPatches(s, patchSize, imageSize, subImages.length > 1 ? `${label} ${i < 4 ? `crop ${i + 1}` : "(full)"}` : label));
       const payload: Idefics2ImagePayload = { crops };
-      out.push({ kind: "image", hash: payloadHash(payload), tokens: preprocess.imageSeqLen * crops.length, payload });
+      out.push({ kind: "image", hash: payloadHash(payload), tokens: preprocess.imageSeqLen * crops.length, payload, device: "cpu" });
     }
     return out;
   }

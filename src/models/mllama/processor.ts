@@ -78,7 +78,7 @@ export class MllamaProcessor implements MediaProcessor {
         rows: done.grid.rows,
         cols: done.grid.cols,
       };
-      out.push({ kind: "image", hash: payloadHash(payload), tokens: 0, payload });
+      out.push({ kind: "image", hash: payloadHash(payload), tokens: 0, payload, device: "cpu" });
     }
     return out;
   }

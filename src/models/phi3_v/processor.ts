@@ -123,7 +123,7 @@ export class Phi3VProcessor implements MediaProcessor {
       const payload: Phi3VImagePayload = {
         height: g.height, width: g.width, hc: g.hc, wc: g.wc, numImgTokens: g.numImgTokens, patchRows: phi3vPatchRows(pixels),
       };
-      out.push({ kind: "image", hash: pixelsHash(pixels), tokens: g.numImgTokens, payload });
+      out.push({ kind: "image", hash: pixelsHash(pixels), tokens: g.numImgTokens, payload, device: "cpu" });
     }
     return out;
   }

@@ -9,15 +9,27 @@ import type { PreprocessOptions } from "./image_processor.ts";
 import { checkpointPreprocess, prepareMedia, type Qwen2VLMedia } from "./media.ts";
 import { Qwen2VLCache, Qwen2VLModel, type VisionItem } from "./model.ts";
 import { ownCache, stepOptions, warmUpPrefillDecode } from "../common/adapter.ts";
+import type { GpuContext } from "../../gpu/device.ts";
+import { isTensor } from "../../gpu/tensor.ts";
+import { GpuPreprocessor } from "../../vision/gpu_preprocess.ts";
 
 class Qwen2VLProcessor {
+  private readonly gpu: GpuPreprocessor | undefined;
+
   constructor(
     private readonly config: Qwen2VLConfig,
     private readonly defaults: PreprocessOptions,
-  ) {}
+    gpu?: () => GpuContext,
+  ) {
+    this.gpu = gpu ? new GpuPreprocessor(gpu) : undefined;
+  }
 
   prepare(refs: readonly MediaRef[], signal?: AbortSignal): Promise<Qwen2VLMedia[]> {
-    return prepareMedia(refs, this.defaults, this.config.vision, signal);
+    return prepareMedia(refs, this.defaults, this.config.vision, signal, this.gpu);
+  }
+
+  dispose(): void {
+    this.gpu?.dispose();
   }
 
   placeholders(media: readonly PreparedMedia[]): MediaPlaceholder[] {
@@ -31,7 +43,7 @@ class Qwen2VLProcessor {
 
 function visionItem(m: PreparedMedia): VisionItem {
   const p = m.payload as Qwen2VLMedia["payload"] | undefined;
-  if (!p || !(p.pixelValues instanceof Float32Array) || !Array.isArray(p.grid)) {
+  if (!p || !(p.pixelValues instanceof Float32Array || isTensor(p.pixelValues)) || !Array.isArray(p.grid)) {
     throw new WebvlmError("internal", "qwen2_vl: media was not prepared by this family's processor");
   }
   return { grid: p.grid, pixelValues: p.pixelValues };
@@ -85,6 +97,6 @@ export const qwen2VLFamily: ModelFamily<Qwen2VLConfig> = {
   parseConfig: parseQwen2VLConfig,
   maxPositions: (c) => c.text.maxPositionEmbeddings ?? 32768,
   eosTokenIds: (c) => c.eosTokenIds,
-  createProcessor: (c, ctx) => new Qwen2VLProcessor(c, checkpointPreprocess(ctx.preprocessorConfig)),
+  createProcessor: (c, ctx) => new Qwen2VLProcessor(c, checkpointPreprocess(ctx.preprocessorConfig), ctx.gpu),
   load: async (gpu, c, source, opts) => new Qwen2VLAdapter(await Qwen2VLModel.load(gpu, c, source, opts)),
 };

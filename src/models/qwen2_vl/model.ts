@@ -7,8 +7,8 @@ import { planImageRuns } from "../common/image_scatter.ts";
 import { WebvlmError } from "../../api/errors.ts";
 import type { GpuContext } from "../../gpu/device.ts";
 import { Recorder } from "../../gpu/recorder.ts";
-import type { Tensor } from "../../gpu/tensor.ts";
-import { uploadTensor } from "../../gpu/transfer.ts";
+import { byteSize, type Tensor } from "../../gpu/tensor.ts";
+import { allocTensor, uploadTensor, writeBytes } from "../../gpu/transfer.ts";
 import { embedding } from "../../ops/embedding.ts";
 import type { Qwen2VLConfig } from "./config.ts";
 import { getRopeIndex, type Grid, type RopeIndex } from "./rope_index.ts";
@@ -21,8 +21,11 @@ import { type TensorSource, type WeightLoadOptions } from "../common/source.ts";
 /** One image or video of the prompt, in prompt order. */
 export interface VisionItem {
   grid: Grid;
-  /** Patch rows [t*h*w, C*T*P*P] from the processor; encoded by prefill when its tokens are needed. */
-  pixelValues?: Float32Array;
+  /**
+   * Patch rows [t*h*w, C*T*P*P] from the processor, on the host or already on the GPU (GPU
+   * preprocessing; not released here); encoded by prefill when its tokens are needed.
+   */
+  pixelValues?: Float32Array | Tensor;
   /** Or its embeddings already computed (encodeVision), f32 [t*h*w/4, hidden]; not released. */
   embeds?: Tensor;
 }
@@ -116,8 +119,8 @@ export class Qwen2VLModel {
    * recorded and submitted; the caller releases the tensor (gpu.pool.release(t.buffer)).
    */
   encodeVision(pixelValues: Float32Array, grids: readonly Grid[]): Tensor {
-    const rec = new Recorder(this.gpu);
     const pv = this.uploadPixels(pixelValues, grids);
+    const rec = new Recorder(this.gpu);
     const out = encodeVision(rec, this.config.vision, this.weights.vision, pv, grids);
     this.gpu.pool.release(pv.buffer);
     rec.submit();
@@ -167,15 +170,7 @@ export class Qwen2VLModel {
     }
 
     let pixels: Tensor | null = null;
-    if (toEncode.length > 0) {
-      const pv = new Float32Array(toEncode.reduce((a, it) => a + it.pixelValues!.length, 0));
-      let o = 0;
-      for (const it of toEncode) {
-        pv.set(it.pixelValues!, o);
-        o += it.pixelValues!.length;
-      }
-      pixels = this.uploadPixels(pv, toEncode.map((it) => it.grid));
-    }
+    if (toEncode.length > 0) pixels = this.gatherPixels(toEncode);
 
     // One submit per chunk; the vision items are encoded once, in the first chunk's submit, and each
     // chunk copies the rows of its own pad positions (an image may straddle a chunk boundary).
@@ -262,6 +257,38 @@ export class Qwen2VLModel {
     for (const id of ids) {
       if (!Number.isInteger(id) || id < 0 || id >= vocab) throw new WebvlmError("bad_request", `token id ${id} outside [0, ${vocab})`);
     }
+  }
+
+  /** The items' patch rows as one tensor, host rows uploaded and GPU rows copied in order. */
+  private gatherPixels(items: readonly VisionItem[]): Tensor {
+    const host = items.map((it) => it.pixelValues).filter((p): p is Float32Array => p instanceof Float32Array);
+    if (host.length === items.length) {
+      if (host.length === 1) return this.uploadPixels(host[0], [items[0].grid]);
+      const pv = new Float32Array(host.reduce((a, p) => a + p.length, 0));
+      let o = 0;
+      for (const p of host) {
+        pv.set(p, o);
+        o += p.length;
+      }
+      return this.uploadPixels(pv, items.map((it) => it.grid));
+    }
+    const v = this.config.vision;
+    const patchDim = v.inChannels * v.temporalPatchSize * v.patchSize * v.patchSize;
+    const rowsOf = (it: VisionItem): number => it.grid[0] * it.grid[1] * it.grid[2];
+    const out = allocTensor(this.gpu, [items.reduce((a, it) => a + rowsOf(it), 0), patchDim], "f32", "pixel_values", true);
+    const rec = new Recorder(this.gpu);
+    let row = 0;
+    for (const it of items) {
+      const p = it.pixelValues as Float32Array | Tensor;
+      const bytes = rowsOf(it) * patchDim * 4;
+      const size = p instanceof Float32Array ? p.length * 4 : byteSize(p);
+      if (size !== bytes) throw new WebvlmError("bad_request", `pixel values: ${size / 4} values, grid [${it.grid}] needs ${bytes / 4}`);
+      if (p instanceof Float32Array) writeBytes(this.gpu, out.buffer, row * patchDim * 4, p);
+      else rec.copy(p, { buffer: out.buffer, offset: row * patchDim * 4, size: bytes }, bytes);
+      row += rowsOf(it);
+    }
+    rec.submit();
+    return out;
   }
 
   private uploadPixels(pixelValues: Float32Array, grids: readonly Grid[]): Tensor {
