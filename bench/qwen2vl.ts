@@ -18,6 +18,8 @@ import { tensorsOf } from "../src/models/common/weight_loader.ts";
 import { type WeightFormats } from "../src/models/common/source.ts";
 import { byteSize } from "../src/gpu/tensor.ts";
 import { preprocessImage } from "../src/models/qwen2_vl/image_processor.ts";
+import { uploadNormalizeTable } from "../src/ops/image_patches.ts";
+import { benchPreprocess, cpuPatchRows, gpuPatchRows } from "./preprocess.ts";
 import { QWEN2VL_2B_CONFIG, TINY_CONFIG } from "./configs.ts";
 import { cliArgs, isSoftwareAdapter, measureLimits, median, profileKernels, randomIds, randomRgb } from "./bench_common.ts";
 import { randomQwen2VLWeights } from "./random_weights.ts";
@@ -33,6 +35,8 @@ export async function runQwen2VLBench(argv: readonly string[]): Promise<void> {
     : { images: [[448, 448], [1288, 966]] as [number, number][], prefill: 1024, contexts: [128, 4096], steps: 32, question: 20, repeats: 3 };
   // Overrides (e.g. a quick check of the full shapes on a slow adapter):
   //   --images 448x448,1288x966|none  --prefill N  --contexts 128,4096
+  // CPU vs GPU preprocessing sizes: --preprocess-sizes 1280x960,...|none
+  const preprocessSizes = (option("--preprocess-sizes") ?? "1280x960,4032x3024,3840x2160");
   const images = option("--images");
   if (images !== undefined) plan.images = images === "none" ? [] : images.split(",").map((s) => s.split("x").map(Number) as [number, number]);
   if (option("--prefill")) plan.prefill = Number(option("--prefill"));
@@ -89,7 +93,7 @@ export async function runQwen2VLBench(argv: readonly string[]): Promise<void> {
     const result: FormatResult = {
       format, formats: formatsUsed, weightBytes: weights.gpuBytes, weightBytesPerToken,
       vision: [], prefill: { tokens: plan.prefill, ms: 0, tokensPerSec: 0, gflops: 0, ofPeak: 0 }, decode: [],
-      ttft: { image: plan.images[0] ?? [0, 0], questionTokens: plan.question, promptTokens: 0, ms: 0 },
+      ttft: { image: plan.images[0] ?? [0, 0], questionTokens: plan.question, promptTokens: 0, ms: 0, msGpuPreprocess: 0 },
       peakBytes: 0, profiles: { decode: null, prefill: null, vision: null },
     };
     try {
@@ -147,20 +151,26 @@ export async function runQwen2VLBench(argv: readonly string[]): Promise<void> {
 
       // Time to first token: raw image pixels + question -> first sampled id (tokenization excluded).
       // Skipped with --images none (ttft.ms stays 0).
+      // Once with each preprocessing path (CPU rows uploaded, or GPU rows used in place).
       const [iw, ih] = plan.images[0] ?? [0, 0];
       const rgb = randomRgb(iw, ih, 5);
       let promptTokens = 0;
-      const ttftMs = plan.images.length === 0 ? 0 : await median(plan.repeats, async () => {
+      const table = uploadNormalizeTable(gpu, {});
+      const ttftWith = (onGpu: boolean) => plan.images.length === 0 ? Promise.resolve(0) : median(plan.repeats, async () => {
         cache.truncate(0);
-        const img = preprocessImage(rgb, iw, ih);
+        const img = onGpu ? gpuPatchRows(gpu, table, rgb, iw, ih) : cpuPatchRows(gpu, rgb, iw, ih);
         const pads = (img.grid[0] * img.grid[1] * img.grid[2]) / 4;
         const prompt = [151644, 872, 198, config.visionStartTokenId, ...new Array<number>(pads).fill(config.imageTokenId), config.visionEndTokenId,
           ...randomIds(plan.question, 9), 151645, 198, 151644, 77091, 198];
         promptTokens = prompt.length;
-        await model.prefill(prompt, { images: [{ grid: img.grid, pixelValues: img.pixelValues }] }, cache);
+        await model.prefill(prompt, { images: [{ grid: img.grid, pixelValues: img.rows }] }, cache);
+        gpu.pool.release(img.rows.buffer);
       });
-      result.ttft = { image: [iw, ih], questionTokens: plan.question, promptTokens, ms: ttftMs };
-      log(`[${format}] time to first token: ${ttftMs.toFixed(1)} ms`);
+      const ttftMs = await ttftWith(false);
+      const ttftGpuMs = await ttftWith(true);
+      gpu.pool.release(table.buffer);
+      result.ttft = { image: [iw, ih], questionTokens: plan.question, promptTokens, ms: ttftMs, msGpuPreprocess: ttftGpuMs };
+      log(`[${format}] time to first token: ${ttftMs.toFixed(1)} ms (CPU preprocessing), ${ttftGpuMs.toFixed(1)} ms (GPU preprocessing)`);
 
       // Per-kernel time shares of one decode step (first context) and one prefill.
       cache.truncate(0);
@@ -187,6 +197,8 @@ export async function runQwen2VLBench(argv: readonly string[]): Promise<void> {
     return result;
   }
 
+  const sizes = preprocessSizes === "none" ? [] : preprocessSizes.split(",").map((x) => x.split("x").map(Number) as [number, number]);
+  const preprocess = await benchPreprocess(gpu, sizes, plan.repeats, log);
   const results: FormatResult[] = [];
   for (const f of formats) results.push(await benchFormat(f));
   const report: Report = {
@@ -196,6 +208,7 @@ export async function runQwen2VLBench(argv: readonly string[]): Promise<void> {
     adapter: gpu.adapter,
     limits: { copyGBs, peakGFLOPS },
     config: tiny ? TINY_CONFIG : QWEN2VL_2B_CONFIG,
+    preprocess,
     results,
   };
   printReport(report);

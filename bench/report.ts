@@ -1,4 +1,5 @@
 // The end-to-end benchmark's result shape (written as JSON) and its terminal table.
+import type { PreprocessRow } from "./preprocess.ts";
 import type { AdapterReport } from "../src/gpu/device.ts";
 import type { KernelTime } from "../src/gpu/profiler.ts";
 import type { WeightFormats } from "../src/models/common/source.ts";
@@ -26,7 +27,8 @@ export interface FormatResult {
     dispatchesPerToken: number;
     submitsPerToken: number;
   }[];
-  ttft: { image: [number, number]; questionTokens: number; promptTokens: number; ms: number };
+  /** Raw pixels + question -> first token: `ms` with CPU preprocessing, `msGpuPreprocess` with GPU preprocessing. */
+  ttft: { image: [number, number]; questionTokens: number; promptTokens: number; ms: number; msGpuPreprocess: number };
   /** Peak bytes of pooled GPU buffers (weights, KV cache, activations) during this format's run. */
   peakBytes: number;
   /** Timestamp-query time per kernel label; null where the adapter has no timestamp-query. */
@@ -40,6 +42,8 @@ export interface Report {
   adapter: AdapterReport;
   limits: { copyGBs: number; peakGFLOPS: number };
   config: unknown;
+  /** Qwen2-VL preprocessing of decoded pixels, CPU path vs GPU path (bench/preprocess.ts). */
+  preprocess: PreprocessRow[];
   results: FormatResult[];
 }
 
@@ -60,6 +64,13 @@ export function printReport(r: Report): void {
     `adapter: ${a.vendor} ${a.architecture} ${a.description}`.trim(),
     `measured limits: copy ${r.limits.copyGBs.toFixed(2)} GB/s (read+write), FMA peak ${num(r.limits.peakGFLOPS)} GFLOPS`,
   ];
+  if (r.preprocess.length > 0) lines.push("", "== preprocessing (Qwen2-VL processor, decoded RGB8 -> patch rows on the GPU)");
+  for (const p of r.preprocess) {
+    lines.push(
+      `${p.image.join("x")} -> ${p.resized.join("x")} (${p.llmTokens} tokens)`.padEnd(58) +
+        `CPU ${p.cpuMs.toFixed(1).padStart(8)} ms   GPU ${p.gpuMs.toFixed(1).padStart(8)} ms   (${(p.cpuMs / p.gpuMs).toFixed(2)}x)`,
+    );
+  }
   for (const f of r.results) {
     lines.push("", `== ${f.format} (linear ${f.formats.textLinear}, embedding ${f.formats.embedding}, vision ${f.formats.vision}): weights ${gib(f.weightBytes)}, peak GPU memory ${gib(f.peakBytes)}`);
     for (const v of f.vision) {
@@ -74,7 +85,12 @@ export function printReport(r: Report): void {
           `(${(d.bytesPerToken / 2 ** 20).toFixed(0)} MiB/token); ${d.dispatchesPerToken} dispatches, ${d.submitsPerToken} submits per token`,
       );
     }
-    if (f.ttft.ms > 0) lines.push(`time to first token, ${f.ttft.image.join("x")} image + ${f.ttft.questionTokens}-token question (${f.ttft.promptTokens} tokens)`.padEnd(58) + `${f.ttft.ms.toFixed(1).padStart(9)} ms`);
+    if (f.ttft.ms > 0) {
+      lines.push(
+        `time to first token, ${f.ttft.image.join("x")} image + ${f.ttft.questionTokens}-token question (${f.ttft.promptTokens} tokens)`.padEnd(58) +
+          `${f.ttft.ms.toFixed(1).padStart(9)} ms with CPU preprocessing, ${f.ttft.msGpuPreprocess.toFixed(1)} ms with GPU preprocessing`,
+      );
+    }
     lines.push(`GPU time shares, one decode step (context ${f.decode[0]?.context}):`, ...shares(f.profiles.decode, 10));
     lines.push(`GPU time shares, prefill of ${p.tokens} tokens:`, ...shares(f.profiles.prefill, 10));
     if (f.vision.length > 0) lines.push(`GPU time shares, vision encode of the ${f.vision[0].width}x${f.vision[0].height} image:`, ...shares(f.profiles.vision, 8));

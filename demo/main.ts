@@ -278,6 +278,8 @@ function statsText(u: Usage | undefined, stopped: boolean): string {
       `decode ${n(u.decode_tokens_per_second)} tok/s`,
       `first token ${n(u.time_to_first_token_ms, 0)} ms`,
     );
+    // Where the images were resized and patchified (the GPU by default; the CPU is the fallback).
+    if (u.preprocess_device) parts.push(`images ${n(u.preprocess_ms, 0)} ms on ${u.preprocess_device.toUpperCase()}`);
   }
   if (stopped) parts.push("stopped");
   return parts.join(" · ");

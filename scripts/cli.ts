@@ -14,8 +14,8 @@ import type { WeightFormat } from "../src/quant/formats.ts";
 const USAGE = `usage:
   webvlm info
   webvlm chat --model <dir|url|owner/name[@rev]> [--image FILE]... [--dtype f32|f16|q8|q4]
-              [--max-tokens N] [--temperature T] [--seed N] [--context N] "question"
-  webvlm run --request req.json [--model M] [--dtype ...]   (prints the chat.completion JSON)`;
+              [--max-tokens N] [--temperature T] [--seed N] [--context N] [--preprocess gpu|cpu] "question"
+  webvlm run --request req.json [--model M] [--dtype ...] [--preprocess gpu|cpu]   (prints the chat.completion JSON)`;
 
 const FORMATS = ["f32", "f16", "q8", "q4"] as const;
 
@@ -84,6 +84,7 @@ async function main(argv: string[]): Promise<number> {
       seed: { type: "string" },
       context: { type: "string" },
       request: { type: "string" },
+      preprocess: { type: "string" },
     },
   });
   if (command === "info") {
@@ -104,6 +105,8 @@ async function main(argv: string[]): Promise<number> {
   const maxTokens = numberOption("max-tokens", values["max-tokens"], true, 1);
   const temperature = numberOption("temperature", values.temperature, false, 0);
   const seed = numberOption("seed", values.seed, true);
+  const preprocessing = values.preprocess ?? "gpu";
+  if (preprocessing !== "gpu" && preprocessing !== "cpu") throw new Error(`--preprocess must be gpu or cpu, got ${preprocessing}`);
   let request: ChatCompletionRequest;
   if (command === "run") {
     if (!values.request) throw new Error("run needs --request req.json");
@@ -137,6 +140,7 @@ async function main(argv: string[]): Promise<number> {
     quantization,
     ...whole,
     contextLength,
+    preprocessing,
     onProgress: progress,
   });
   if (process.stderr.isTTY) process.stderr.write("\n");
@@ -152,7 +156,8 @@ async function main(argv: string[]): Promise<number> {
       if (chunk.usage) {
         const u = chunk.usage;
         process.stderr.write(
-          `\n[${u.prompt_tokens} prompt + ${u.completion_tokens} completion tokens; prefill ${u.prefill_tokens_per_second?.toFixed(1)} tok/s, decode ${u.decode_tokens_per_second?.toFixed(1)} tok/s, first token ${u.time_to_first_token_ms?.toFixed(0)} ms]\n`,
+          `\n[${u.prompt_tokens} prompt + ${u.completion_tokens} completion tokens; prefill ${u.prefill_tokens_per_second?.toFixed(1)} tok/s, decode ${u.decode_tokens_per_second?.toFixed(1)} tok/s, first token ${u.time_to_first_token_ms?.toFixed(0)} ms` +
+            `${u.preprocess_device ? `; images ${u.preprocess_ms?.toFixed(0)} ms on the ${u.preprocess_device.toUpperCase()}` : ""}]\n`,
         );
       }
     }

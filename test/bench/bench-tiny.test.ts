@@ -15,7 +15,7 @@ test("bench --tiny: vision, prefill, decode, TTFT, memory, dispatch counts and k
   const dir = await mkdtemp(join(tmpdir(), "webvlm-bench-"));
   try {
     const out = join(dir, "report.json");
-    const table = execFileSync(process.execPath, ["--import", "./scripts/register-loaders.mjs", "bench/model.ts", "--tiny", "--out", out], {
+    const table = execFileSync(process.execPath, ["--import", "./scripts/register-loaders.mjs", "bench/model.ts", "--tiny", "--preprocess-sizes", "320x240,97x61", "--out", out], {
       cwd: repo, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"],
     });
     for (const line of table.split("\n")) t.diagnostic(line);
@@ -23,6 +23,8 @@ test("bench --tiny: vision, prefill, decode, TTFT, memory, dispatch counts and k
     assert.equal(r.mode, "tiny");
     assert.ok(r.adapter.vendor !== undefined && r.limits.copyGBs > 0 && r.limits.peakGFLOPS > 0);
     assert.deepEqual(r.results.map((f) => f.format), ["q4", "f16"]);
+    assert.deepEqual(r.preprocess.map((p) => [p.image, p.resized]), [[[320, 240], [308, 252]], [[97, 61], [84, 56]]]);
+    for (const p of r.preprocess) assert.ok(p.cpuMs > 0 && p.gpuMs > 0 && p.llmTokens * 4 === p.patches);
     for (const f of r.results) {
       assert.ok(f.weightBytes > 0 && f.peakBytes >= f.weightBytes, `${f.format}: peak memory ${f.peakBytes} holds the weights ${f.weightBytes}`);
       assert.equal(f.vision.length, 2);
@@ -34,7 +36,7 @@ test("bench --tiny: vision, prefill, decode, TTFT, memory, dispatch counts and k
         assert.equal(d.submitsPerToken, 1, "one submit per decoded token");
         assert.ok(Number.isInteger(d.dispatchesPerToken) && d.dispatchesPerToken > 0);
       }
-      assert.ok(f.ttft.ms > 0 && f.ttft.promptTokens > f.ttft.questionTokens);
+      assert.ok(f.ttft.ms > 0 && f.ttft.msGpuPreprocess > 0 && f.ttft.promptTokens > f.ttft.questionTokens);
       const timestamps = r.adapter.features.includes("timestamp-query");
       for (const p of [f.profiles.decode, f.profiles.prefill, f.profiles.vision]) {
         if (!timestamps) assert.equal(p, null, "no shares without timestamp-query");

@@ -17,6 +17,11 @@ import { WebvlmError } from "../../src/api/errors.ts";
 import type { GpuContext } from "../../src/gpu/device.ts";
 import { acquireNodeGpu } from "../../src/gpu/node.ts";
 import { readF32 } from "../../src/gpu/transfer.ts";
+import { Recorder } from "../../src/gpu/recorder.ts";
+import type { Tensor } from "../../src/gpu/tensor.ts";
+import { imagePatches, uploadNormalizeTable } from "../../src/ops/image_patches.ts";
+import { resizeImage } from "../../src/ops/image_resample.ts";
+import { uploadImage8 } from "../../src/vision/gpu_image.ts";
 import { openCheckpoint } from "../../src/loader/checkpoint.ts";
 import { openCheckpointDir, writeSafetensorsFile } from "../../src/loader/file_node.ts";
 import type { SafetensorsCheckpoint } from "../../src/loader/safetensors.ts";
@@ -294,6 +299,35 @@ for (const shape of ["tiny-a", "tiny-b"] as const) {
           `GPU prefill ${run.prefillMs.toFixed(0)} ms, ${((run.ms - run.prefillMs) / Math.max(1, run.tokens.length - 1)).toFixed(0)} ms/decode step`,
       );
     });
+
+    if (shape === "tiny-a") {
+      test("GPU preprocessing: the same images resized and patchified in WGSL give the same pixels and identical logits", async (t) => {
+        // The GPU path's steps on the test's own RGB images: upload, Pillow-exact resize, patchify.
+        const onGpu = (rgb: Uint8Array, w: number, h: number, nw: number, nh: number): Tensor => {
+          const img = uploadImage8(gpu, rgb, w, h, 3);
+          const rec = new Recorder(gpu);
+          const resized = resizeImage(rec, img, nw, nh, { filter: "bicubic" });
+          const table = uploadNormalizeTable(gpu, {});
+          const out = imagePatches(rec, [resized, resized], table, { patchSize: 14, gridW: nw / 14, gridH: nh / 14, mergeSize: 2 });
+          rec.submit();
+          for (const b of [img.buffer, resized.buffer, table.buffer]) gpu.pool.release(b);
+          return out;
+        };
+        const pa = onGpu(gradient(84, 56), 84, 56, 84, 56);
+        const pb = onGpu(noise(100, 70, 99), 100, 70, 112, 56);
+        assert.deepEqual(Array.from(new Uint32Array((await readF32(gpu, pa)).buffer)), Array.from(new Uint32Array(imgA.pixelValues.buffer)));
+        assert.deepEqual(Array.from(new Uint32Array((await readF32(gpu, pb)).buffer)), Array.from(new Uint32Array(imgB.pixelValues.buffer)));
+        const cache = model.createCache(ids.length + 1);
+        const r = await model.prefill(ids, { images: [{ grid: imgA.grid, pixelValues: pa }, { grid: imgB.grid, pixelValues: pb }] }, cache, { read: "logits" });
+        cache.dispose();
+        for (const b of [pa.buffer, pb.buffer]) gpu.pool.release(b);
+        const got = r.logits!;
+        let diff = 0;
+        for (let i = 0; i < got.length; i++) if (!Object.is(got[i], promptLogits[i])) diff++;
+        assert.equal(diff, 0, `${diff} logits differ from the host-pixel prefill`);
+        t.diagnostic(`${got.length} logits identical with GPU-tensor pixel values`);
+      });
+    }
 
     if (shape === "tiny-b") {
       for (const fmt of ["q8", "q4"] as const) {
