@@ -21,7 +21,8 @@ declare global {
 }
 
 const log = document.getElementById("log")!;
-const modules = import.meta.glob<{ cases: KernelCase[] }>("../ops/*.cases.ts");
+// A case file may export browserEvery (e.g. 1: its cases are fast and browser-specific enough to run all).
+const modules = import.meta.glob<{ cases: KernelCase[]; browserEvery?: number }>("../ops/*.cases.ts");
 const filter = new URLSearchParams(location.search).get("cases");
 const every = Math.max(1, Number(new URLSearchParams(location.search).get("every") ?? 1) || 1);
 
@@ -33,8 +34,9 @@ async function main(): Promise<void> {
     .filter((f) => !filter || f.includes(filter))
     .sort();
   for (const file of files) {
-    const { cases } = await modules[file]();
-    for (const c of cases.filter((_, i) => i % every === 0)) {
+    const { cases, browserEvery } = await modules[file]();
+    const step = browserEvery ?? every;
+    for (const c of cases.filter((_, i) => i % step === 0)) {
       let report: CaseReport;
       try {
         report = { file, name: c.name, ok: true, detail: await runCase(c, gpu) };

@@ -9,6 +9,8 @@ export interface WorkerAnswer {
   finish?: string | null;
   /** The chosen tokens' logprobs, in order. */
   logprobs?: number[];
+  /** Where the worker preprocessed the image (usage.preprocess_device). */
+  preprocessDevice?: string;
   error?: string;
 }
 
@@ -29,13 +31,17 @@ async function main(): Promise<WorkerAnswer> {
     let streamed = "";
     let finish: string | null = null;
     const logprobs: number[] = [];
-    const stream = await engine.chat.completions.create({ messages, max_tokens: Number(params.get("max")), temperature: 0, stream: true, logprobs: true });
+    let preprocessDevice: string | undefined;
+    const stream = await engine.chat.completions.create({
+      messages, max_tokens: Number(params.get("max")), temperature: 0, stream: true, logprobs: true, stream_options: { include_usage: true },
+    });
     for await (const c of stream) {
+      preprocessDevice = c.usage?.preprocess_device ?? preprocessDevice;
       streamed += c.choices[0]?.delta.content ?? "";
       finish = c.choices[0]?.finish_reason ?? finish;
       for (const lp of c.choices[0]?.logprobs?.content ?? []) logprobs.push(lp.logprob);
     }
-    return { family: info.family, streamed, finish, logprobs, tokens: logprobs.length };
+    return { family: info.family, streamed, finish, logprobs, tokens: logprobs.length, preprocessDevice };
   } finally {
     await engine.terminate();
   }

@@ -38,9 +38,11 @@ after(async () => {
 });
 
 test("tiny model answers an image question in Chromium exactly as in Node; survives device loss", { timeout: 900_000 }, async (t) => {
-  // The Node engine's greedy answer for the same request (same checkpoint over HTTP).
+  // The Node engine's greedy answer for the same request (same checkpoint over HTTP), its image
+  // preprocessed on the CPU: the browser preprocesses on the GPU (the default), so equal answers
+  // also check the WGSL preprocessing in Chromium against the TypeScript path.
   const engine = await Engine.create();
-  await engine.load(models.url("tiny-b"), { quantization: "f32", embedding: "f32", vision: "f32" });
+  await engine.load(models.url("tiny-b"), { quantization: "f32", embedding: "f32", vision: "f32", preprocessing: "cpu" });
   const nodeAnswer = await engine.chat.completions.create({
     messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: join(repoRoot, IMAGE) } }, { type: "text", text: QUESTION }] }],
     max_tokens: MAX_TOKENS,
@@ -64,6 +66,7 @@ test("tiny model answers an image question in Chromium exactly as in Node; survi
   assert.equal(r.error, undefined, `${r.error}\n${errors.join("\n")}`);
   t.diagnostic(`answer: ${JSON.stringify(r.text)} in ${r.chunks} chunks, finish ${r.finish}, usage ${JSON.stringify(r.usage)}`);
   assert.equal(r.text, expected, "the browser's streamed answer equals the Node engine's");
+  assert.equal((r.usage as { preprocess_device?: string } | undefined)?.preprocess_device, "gpu", "the browser preprocessed the image on the GPU");
   assert.ok((r.chunks ?? 0) >= 1);
   assert.equal(r.finish, nodeAnswer.choices[0].finish_reason);
   assert.equal(r.lostCode, "device_lost", "after device.destroy() a request fails with device_lost");

@@ -1,6 +1,9 @@
 // Each vision family's tiny checkpoint, served over HTTP, answers an image question inside Chromium
 // through the worker engine (weights through the IndexedDB cache) with the same tokens and logprobs
 // as the Node engine gives for the same request. One browser and one page server for all families.
+// Node preprocesses on the CPU (the TypeScript reference path), the worker on the GPU (the default:
+// the image decoded into a texture, resized, normalized and cut into tiles/crops in WGSL), so equal
+// tokens also check each family's GPU preprocessing in Chromium against its CPU path.
 //   Idefics2: SigLIP tower, perceiver resampler, Mistral decoder; processor_config.json's chat
 //     template and image_seq_len, image splitting.
 //   Phi-3.5-vision: CLIP tower sized by its tensors, HD crops with sub_GN/glb_GN, su/longrope Phi-3
@@ -67,7 +70,7 @@ for (const c of CASES) {
     const engine = await Engine.create();
     let expected: { text: string; logprobs: number[]; finish: string | null };
     try {
-      const info = await engine.load(models.url(c.dir), { quantization: "f32", embedding: "f32", vision: "f32" });
+      const info = await engine.load(models.url(c.dir), { quantization: "f32", embedding: "f32", vision: "f32", preprocessing: "cpu" });
       assert.equal(info.family, c.family);
       const r = await engine.chat.completions.create({
         messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: join(repoRoot, IMAGE) } }, { type: "text", text: QUESTION }] }],
@@ -99,6 +102,7 @@ for (const c of CASES) {
     assert.equal(r.error, undefined, `${r.error}\n${errors.join("\n")}`);
     t.diagnostic(`answer: ${JSON.stringify(r.streamed)}, ${r.tokens} tokens, finish ${r.finish}`);
     assert.equal(r.family, c.family);
+    assert.equal(r.preprocessDevice, "gpu", "the worker preprocessed the image on the GPU");
     assert.equal(r.streamed, expected.text, "the worker's streamed answer equals the Node engine's");
     assert.equal(r.finish, expected.finish);
     assert.equal(r.logprobs?.length, expected.logprobs.length, "same number of tokens");

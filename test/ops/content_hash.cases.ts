@@ -25,3 +25,6 @@ export const cases: KernelCase[] = [1, 4095, 4096, 70001].map((n) => ({
     return `key ${ka}`;
   },
 }));
+
+/** Every case also runs in Chromium (they are fast, and preprocessing must match the CPU path there too). */
+export const browserEvery = 1;

@@ -146,3 +146,6 @@ cases.push(
     },
   },
 );
+
+/** Every case also runs in Chromium (they are fast, and preprocessing must match the CPU path there too). */
+export const browserEvery = 1;

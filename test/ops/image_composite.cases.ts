@@ -36,3 +36,6 @@ export const cases: KernelCase[] = backgrounds.map((bg, i) => ({
     return `${want.length} bytes identical`;
   },
 }));
+
+/** Every case also runs in Chromium (they are fast, and preprocessing must match the CPU path there too). */
+export const browserEvery = 1;

@@ -129,3 +129,6 @@ export const cases: KernelCase[] = [
     },
   },
 ];
+
+/** Every case also runs in Chromium (they are fast, and preprocessing must match the CPU path there too). */
+export const browserEvery = 1;

@@ -93,3 +93,6 @@ export const cases: KernelCase[] = shapes.map((s, i) => ({
     return `${want.length} bytes identical`;
   },
 }));
+
+/** Every case also runs in Chromium (they are fast, and preprocessing must match the CPU path there too). */
+export const browserEvery = 1;
