@@ -39,6 +39,7 @@ import { nmse } from "../util/compare.ts";
 import { StaticServer } from "../util/static_server.ts";
 import { Engine } from "../../src/engine/engine.ts";
 import { loadImage } from "../../src/vision/load_image.ts";
+import { encode as encodePng } from "fast-png";
 
 const GREEDY_TOKENS = Number(process.env.WEBVLM_GREEDY_TOKENS ?? 32);
 const QUANT_TOKENS = Number(process.env.WEBVLM_QUANT_TOKENS ?? 32);
@@ -497,6 +498,56 @@ test("a bf16 checkpoint loads (upcast to f32) and gives the reference's image fe
   } finally {
     model.dispose();
   }
+});
+
+test("GPU preprocessing: the processor's GPU payloads (one tensor per image, and mixed with a CPU item) give the CPU-prepared run's logits and greedy tokens exactly", async (t) => {
+  const dir = join(root, "tiny-a"); // splits: 4 crops + the full image, crops of several sizes
+  const config = parseIdefics2Config(await readJson(dir, "config.json"), await readJson(dir, "generation_config.json"));
+  const preprocessorConfig = await readJson(dir, "preprocessor_config.json");
+  const processorConfig = await readJson(dir, "processor_config.json");
+  const ctx = (withGpu: boolean): ProcessorContext => ({
+    preprocessorConfig,
+    processorConfig,
+    addedTokenId: (c) => (c === "<fake_token_around_image>" ? 32000 : undefined),
+    ...(withGpu ? { gpu: () => gpu } : {}),
+  });
+  const png = (rgb: Uint8Array, w: number, h: number): Uint8Array => encodePng({ width: w, height: h, data: rgb, channels: 3, depth: 8 });
+  const refs = [png(gradient(50, 37), 50, 37), png(noise(70, 40, 7), 70, 40)].map((source) => ({ kind: "image" as const, source, options: {} }));
+  const onGpuProc = createIdefics2Processor(config, ctx(true));
+  const onGpu = await onGpuProc.prepare(refs);
+  const onCpu = await createIdefics2Processor(config, ctx(false)).prepare(refs);
+  assert.deepEqual(onGpu.map((m) => m.device), ["gpu", "gpu"]);
+  assert.deepEqual(onGpu.map((m) => m.tokens), onCpu.map((m) => m.tokens));
+  const vlm = await resolveFamily(await readJson(dir, "config.json")).open(await readJson(dir, "config.json")).load(gpu, await dirSource(dir), F32);
+  const ids = loadIdefics2Reference(dir).promptIds("User:<image>And<image>?<end_of_utterance>\nAssistant:");
+  const run = async (media: PreparedMedia[]): Promise<{ logits: Float32Array; tokens: number[] }> => {
+    const cache = vlm.createCache(ids.length + 2);
+    try {
+      const pre = await vlm.prefill(ids, media, cache, { read: "both" });
+      const tokens = [pre.tokenId!];
+      tokens.push((await vlm.decode(tokens[0], cache, { read: "argmax" })).tokenId!);
+      return { logits: pre.logits!, tokens };
+    } finally {
+      cache.dispose();
+    }
+  };
+  try {
+    const want = await run(onCpu);
+    const t0 = Date.now();
+    for (const [what, media] of [["GPU", onGpu], ["mixed", [onCpu[0], onGpu[1]]]] as const) {
+      const got = await run([...media]);
+      assert.deepEqual(got.tokens, want.tokens, `${what}: greedy tokens`);
+      let diff = 0;
+      for (let i = 0; i < want.logits.length; i++) if (!Object.is(got.logits[i], want.logits[i])) diff++;
+      assert.equal(diff, 0, `${what}: ${diff} logits differ from the CPU-prepared run`);
+    }
+    t.diagnostic(`${onGpu.length} images, ${ids.length} prompt tokens: logits identical, tokens ${want.tokens}; ${Date.now() - t0} ms for the GPU and mixed runs`);
+  } finally {
+    for (const m of onGpu) m.release?.();
+    onGpuProc.dispose?.();
+    vlm.dispose();
+  }
+  assert.deepEqual(gpu.uncapturedErrors, []);
 });
 
 test("engine: an image question through the chat API answers with the reference's tokens and logprobs", async (t) => {

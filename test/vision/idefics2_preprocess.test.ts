@@ -76,6 +76,7 @@ for (const c of cases) {
     crops.forEach((got, k) => {
       const want = c.crops[k];
       assert.deepEqual([got.height, got.width, got.patchesH, got.patchesW], [want.height, want.width, want.patches_h, want.patches_w], `crop ${k}`);
+      assert.ok(got.patchRows instanceof Float32Array, `crop ${k}: host rows (no GPU given)`);
       assert.equal(diffSummary(got.patchRows, f32(want.patch_rows)), null, `crop ${k} patch rows`);
       assert.equal(diffSummary(got.positionIds, i32(want.position_ids)), null, `crop ${k} position ids`);
     });

@@ -6,16 +6,17 @@ import type { ModelCache, ModelFamily, ModelPrefill, ModelStep, ModelStepOptions
 import { IDEFICS2_ARCHITECTURES, parseIdefics2Config, type Idefics2Config } from "./config.ts";
 import { parseIdefics2Preprocess } from "./image_processor.ts";
 import { Idefics2Cache, Idefics2Model, type Idefics2ImageItem } from "./model.ts";
-import { Idefics2Processor, type Idefics2ImagePayload } from "./processor.ts";
+import { Idefics2Processor, isIdefics2Payload } from "./processor.ts";
 import { ownCache, stepOptions, warmUpPrefillDecode } from "../common/adapter.ts";
 
 const FAKE_TOKEN = "<fake_token_around_image>";
 
 function imageItem(m: PreparedMedia): Idefics2ImageItem {
-  const p = m.payload as Idefics2ImagePayload | undefined;
-  if (m.kind !== "image" || !p || !Array.isArray(p.crops) || !p.crops.every((c) => c.patchRows instanceof Float32Array && c.positionIds instanceof Int32Array)) {
+  const p = m.payload;
+  if (m.kind !== "image" || !isIdefics2Payload(p)) {
     throw new WebvlmError("internal", "idefics2: media was not prepared by this family's processor");
   }
+  // Crops' rows are host values or the processor's GPU rows (read in place, released by the engine).
   return { crops: p.crops };
 }
 
@@ -33,7 +34,7 @@ export function createIdefics2Processor(c: Idefics2Config, ctx: ProcessorContext
       { imageSeqLen: preprocess.imageSeqLen, resamplerNLatents: c.perceiver.numLatents },
     );
   }
-  return new Idefics2Processor({ patchSize: c.vision.patchSize, imageSize: c.vision.imageSize, imageTokenId: c.imageTokenId, fakeTokenId, preprocess });
+  return new Idefics2Processor({ patchSize: c.vision.patchSize, imageSize: c.vision.imageSize, imageTokenId: c.imageTokenId, fakeTokenId, preprocess }, ctx.gpu);
 }
 
 /** The engine's view of an Idefics2Model. */

@@ -122,34 +122,56 @@ export function idefics2ResizeSize(height: number, width: number, size: Idefics2
   return { height: Math.max(h, size.shortestEdge), width: Math.max(w, size.shortestEdge) };
 }
 
+/** Where a (sub-)image lies in the decoded image (split_image's slices, or the whole image). */
+export interface Idefics2CropRect {
+  x: number;
+  y: number;
+  width: number;
+  height: number;
+}
+
+/**
+ * split_image's regions of a width x height image: the four quadrants (top-left, top-right,
+ * bottom-left, bottom-right; the odd row/column goes to the bottom/right) then the full image;
+ * without splitting, the full image alone. An image too small to split is a bad_request.
+ */
+export function idefics2CropRects(width: number, height: number, split: boolean): Idefics2CropRect[] {
+  const full = { x: 0, y: 0, width, height };
+  if (!split) return [full];
+  const mh = Math.floor(height / 2);
+  const mw = Math.floor(width / 2);
+  if (mh === 0 || mw === 0) {
+    throw new WebvlmError("bad_request", `a ${width}x${height} image is too small to split into 4 crops (do_image_splitting)`, { width, height });
+  }
+  const w2 = width - mw;
+  const h2 = height - mh;
+  return [
+    { x: 0, y: 0, width: mw, height: mh },
+    { x: mw, y: 0, width: w2, height: mh },
+    { x: 0, y: mh, width: mw, height: h2 },
+    { x: mw, y: mh, width: w2, height: h2 },
+    full,
+  ];
+}
+
+/** The size a height x width (sub-)image is processed at: resized per the size rule, or kept. */
+export function idefics2TargetSize(height: number, width: number, opts: Idefics2PreprocessOptions): { height: number; width: number } {
+  return opts.doResize ? idefics2ResizeSize(height, width, opts.size) : { height, width };
+}
+
 /**
  * split_image: on the uint8 image before resizing, the four quadrants (top-left, top-right,
  * bottom-left, bottom-right; the odd row/column goes to the bottom/right) then the full image.
  */
 export function splitIdefics2Image(img: Hwc8): Hwc8[] {
-  const mh = Math.floor(img.height / 2);
-  const mw = Math.floor(img.width / 2);
-  if (mh === 0 || mw === 0) {
-    throw new WebvlmError("bad_request", `a ${img.width}x${img.height} image is too small to split into 4 crops (do_image_splitting)`, {
-      width: img.width, height: img.height,
-    });
-  }
-  const w2 = img.width - mw;
-  const h2 = img.height - mh;
-  return [
-    cropHwc8(img, { x: 0, y: 0, width: mw, height: mh }),
-    cropHwc8(img, { x: mw, y: 0, width: w2, height: mh }),
-    cropHwc8(img, { x: 0, y: mh, width: mw, height: h2 }),
-    cropHwc8(img, { x: mw, y: mh, width: w2, height: h2 }),
-    img,
-  ];
+  return idefics2CropRects(img.width, img.height, true).map((r, i) => (i === 4 ? img : cropHwc8(img, r)));
 }
 
 /** One (sub-)image: resize (Pillow), rescale, normalize -> float32 CHW at its own size. */
 export function processIdefics2SubImage(img: Hwc8, opts: Idefics2PreprocessOptions): Chw32 {
   let { data, width, height } = img;
   if (opts.doResize) {
-    const size = idefics2ResizeSize(height, width, opts.size);
+    const size = idefics2TargetSize(height, width, opts);
     data = resize8(data, width, height, size.width, size.height, img.channels, { filter: opts.resample });
     ({ width, height } = size);
   }

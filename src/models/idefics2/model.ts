@@ -18,7 +18,7 @@ import { decoderForward } from "../decoder/forward.ts";
 import type { ReadMode } from "../family.ts";
 import type { Idefics2Config } from "./config.ts";
 import { connectorForward, perceiverActivation, perceiverKeyRanges } from "./connector.ts";
-import { encodeVision, visionInputs, vitConfigOf, type VisionCrop } from "./vision.ts";
+import { encodeVision, gatherPatches, visionInputs, vitConfigOf, type VisionCrop } from "./vision.ts";
 import { loadIdefics2Weights, releaseIdefics2Weights, type Idefics2Weights } from "./weights.ts";
 
 /** One image of the prompt: its crops in order (with splitting: the 4 sub-images, then the full image). */
@@ -126,15 +126,18 @@ export class Idefics2Model {
           throwIfAborted(signal);
         }
         const n = g.positionIds.length;
-        const uploads = [
-          uploadTensor(this.gpu, g.patches, [n, patchDim], "f32", "idefics2.patches"),
-          uploadTensor(this.gpu, g.positionIds, [n], "i32", "idefics2.position_ids"),
-          uploadTensor(this.gpu, g.cuSeqlens, [g.crops.length + 1], "u32", "idefics2.cu_seqlens"),
-          uploadTensor(this.gpu, perceiverKeyRanges(g.counts, L), [g.crops.length * L, 2], "u32", "idefics2.perceiver_ranges"),
-        ];
-        const [patches, positionIds, cu, ranges] = uploads;
         const rec = new Recorder(this.gpu);
+        const uploads: Tensor[] = [];
         try {
+          // Host rows are uploaded; GPU-preprocessed rows are copied from the payload's tensor.
+          const patches = gatherPatches(rec, g.crops, patchDim);
+          uploads.push(patches);
+          const positionIds = uploadTensor(this.gpu, g.positionIds, [n], "i32", "idefics2.position_ids");
+          uploads.push(positionIds);
+          const cu = uploadTensor(this.gpu, g.cuSeqlens, [g.crops.length + 1], "u32", "idefics2.cu_seqlens");
+          uploads.push(cu);
+          const ranges = uploadTensor(this.gpu, perceiverKeyRanges(g.counts, L), [g.crops.length * L, 2], "u32", "idefics2.perceiver_ranges");
+          uploads.push(ranges);
           const vision = encodeVision(rec, v, this.weights.vision, patches, positionIds, cu);
           const part = connectorForward(rec, c.perceiver, this.weights.connector, vision, g.counts, ranges, projectionRows);
           this.gpu.pool.release(vision.buffer);

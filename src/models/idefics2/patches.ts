@@ -95,28 +95,38 @@ export interface Idefics2CropPatches {
 }
 
 /**
+ * The valid patch grid of a processed h x w (sub-)image, checked: bad vision sizes, or an image
+ * with no whole patch (no valid key for the vision tower's attention), are bad_request naming it.
+ */
+export function idefics2CropGrid(
+  height: number, width: number, patchSize: number, imageSize: number, label = "image",
+): { patchesH: number; patchesW: number; positionsPerSide: number } {
+  if (!Number.isSafeInteger(patchSize) || patchSize <= 0 || !Number.isSafeInteger(imageSize) || imageSize < patchSize) {
+    throw new WebvlmError("bad_request", `bad Idefics2 vision sizes: patch_size ${patchSize}, image_size ${imageSize}`, { patchSize, imageSize });
+  }
+  const { patchesH, patchesW } = validPatchGrid(height, width, patchSize);
+  if (patchesH === 0 || patchesW === 0) {
+    throw new WebvlmError(
+      "bad_request",
+      `${label} is ${width}x${height} after preprocessing, smaller than one ${patchSize}x${patchSize} patch`,
+      { width, height, patchSize, image: label },
+    );
+  }
+  return { patchesH, patchesW, positionsPerSide: Math.floor(imageSize / patchSize) };
+}
+
+/**
  * Patch rows and position ids of a processed (sub-)image. An image with no whole patch has no
  * valid key for the vision tower's attention: bad_request with its size.
  */
 export function idefics2CropPatches(img: Chw32, patchSize: number, imageSize: number, label = "image"): Idefics2CropPatches {
-  if (!Number.isSafeInteger(patchSize) || patchSize <= 0 || !Number.isSafeInteger(imageSize) || imageSize < patchSize) {
-    throw new WebvlmError("bad_request", `bad Idefics2 vision sizes: patch_size ${patchSize}, image_size ${imageSize}`, { patchSize, imageSize });
-  }
-  const { patchesH, patchesW } = validPatchGrid(img.height, img.width, patchSize);
-  if (patchesH === 0 || patchesW === 0) {
-    throw new WebvlmError(
-      "bad_request",
-      `${label} is ${img.width}x${img.height} after preprocessing, smaller than one ${patchSize}x${patchSize} patch`,
-      { width: img.width, height: img.height, patchSize, image: label },
-    );
-  }
-  const nps = Math.floor(imageSize / patchSize);
+  const { patchesH, patchesW, positionsPerSide } = idefics2CropGrid(img.height, img.width, patchSize, imageSize, label);
   return {
     height: img.height,
     width: img.width,
     patchesH,
     patchesW,
     patchRows: idefics2PatchRows(img, patchSize),
-    positionIds: idefics2PositionIds(patchesH, patchesW, nps),
+    positionIds: idefics2PositionIds(patchesH, patchesW, positionsPerSide),
   };
 }

@@ -6,7 +6,8 @@
 // (LayerNorm, gelu_tanh), post_layernorm. Records into a Recorder; submits nothing.
 import { WebvlmError } from "../../api/errors.ts";
 import type { Recorder } from "../../gpu/recorder.ts";
-import type { Tensor } from "../../gpu/tensor.ts";
+import { byteSize, isTensor, numel, type Tensor } from "../../gpu/tensor.ts";
+import { allocTensor, uploadTensor, writeBytes } from "../../gpu/transfer.ts";
 import { layerNorm } from "../../ops/layer_norm.ts";
 import { parseVitActivation, runVitBlocks, type VitConfig } from "../vit/encoder.ts";
 import { vitEmbed } from "../vit/embeddings.ts";
@@ -18,16 +19,17 @@ export interface VisionCrop {
   /** Valid patch rows and columns: floor(h / p) x floor(w / p). */
   patchesH: number;
   patchesW: number;
-  /** f32 [patchesH * patchesW, 3*p*p], each patch flattened (c, y, x), row-major over the grid. */
-  patchRows: Float32Array;
+  /**
+   * f32 [patchesH * patchesW, 3*p*p], each patch flattened (c, y, x), row-major over the grid:
+   * host values (CPU preprocessing) or GPU rows (a view into the processor's tensor).
+   */
+  patchRows: Float32Array | Tensor;
   /** [patchesH * patchesW] rows of the position table (IDEFICS2.md §6.4 buckets). */
   positionIds: Int32Array;
 }
 
-/** The tower's input tensors for a list of crops, uploaded by the caller before recording. */
+/** The tower's input tensors for a list of crops (gatherPatches puts the patch rows on the GPU). */
 export interface VisionInputs {
-  /** f32 [n, 3*p*p], crops concatenated. */
-  patches: Float32Array;
   /** i32 [n]. */
   positionIds: Int32Array;
   /** u32 [crops + 1]: crop c owns rows [cu[c], cu[c+1]). */
@@ -57,16 +59,17 @@ export function visionInputs(cfg: Idefics2VisionConfig, crops: readonly VisionCr
       throw new WebvlmError("bad_request", `idefics2 vision: crop ${i} has a ${c.patchesH}x${c.patchesW} patch grid (at least one patch is needed)`);
     }
     const n = c.patchesH * c.patchesW;
-    if (c.patchRows.length !== n * patchDim || c.positionIds.length !== n) {
+    const rows = c.patchRows;
+    const values = rows instanceof Float32Array ? rows.length : isTensor(rows) && rows.dtype === "f32" ? numel(rows.shape) : -1;
+    if (values !== n * patchDim || c.positionIds.length !== n) {
       throw new WebvlmError(
         "bad_request",
-        `idefics2 vision: crop ${i} (${c.patchesH}x${c.patchesW} patches) has ${c.patchRows.length} values and ${c.positionIds.length} position ids, expected ${n * patchDim} and ${n}`,
+        `idefics2 vision: crop ${i} (${c.patchesH}x${c.patchesW} patches) has ${values < 0 ? "no f32" : values} values and ${c.positionIds.length} position ids, expected ${n * patchDim} and ${n}`,
       );
     }
     return n;
   });
   const n = counts.reduce((a, b) => a + b, 0);
-  const patches = new Float32Array(n * patchDim);
   const positionIds = new Int32Array(n);
   const cuSeqlens = new Uint32Array(crops.length + 1);
   crops.forEach((c, i) => {
@@ -74,11 +77,43 @@ export function visionInputs(cfg: Idefics2VisionConfig, crops: readonly VisionCr
     for (const id of c.positionIds) {
       if (!Number.isInteger(id) || id < 0 || id >= positions) throw new WebvlmError("bad_request", `idefics2 vision: position id ${id} outside [0, ${positions})`);
     }
-    patches.set(c.patchRows, at * patchDim);
     positionIds.set(c.positionIds, at);
     cuSeqlens[i + 1] = at + counts[i];
   });
-  return { patches, positionIds, cuSeqlens, counts };
+  return { positionIds, cuSeqlens, counts };
+}
+
+/**
+ * The crops' patch rows (checked by visionInputs) as one f32 tensor [n, 3*p*p], crops in order:
+ * host rows uploaded, GPU rows copied in `rec` (its submit must come before the tower reads them).
+ * The caller releases the tensor.
+ */
+export function gatherPatches(rec: Recorder, crops: readonly VisionCrop[], patchDim: number): Tensor {
+  const ctx = rec.ctx;
+  const counts = crops.map((c) => c.patchesH * c.patchesW);
+  const n = counts.reduce((a, b) => a + b, 0);
+  const host = crops.map((c) => c.patchRows).filter((r): r is Float32Array => r instanceof Float32Array);
+  if (host.length === crops.length) {
+    if (host.length === 1) return uploadTensor(ctx, host[0], [n, patchDim], "f32", "idefics2.patches");
+    const all = new Float32Array(n * patchDim);
+    let o = 0;
+    for (const r of host) {
+      all.set(r, o);
+      o += r.length;
+    }
+    return uploadTensor(ctx, all, [n, patchDim], "f32", "idefics2.patches");
+  }
+  const out = allocTensor(ctx, [n, patchDim], "f32", "idefics2.patches", true);
+  let row = 0;
+  crops.forEach((c, i) => {
+    const bytes = counts[i] * patchDim * 4;
+    const at = out.offset + row * patchDim * 4;
+    const r = c.patchRows;
+    if (r instanceof Float32Array) writeBytes(ctx, out.buffer, at, r);
+    else rec.copy({ buffer: r.buffer, offset: r.offset, size: byteSize(r) }, { buffer: out.buffer, offset: at, size: bytes }, bytes);
+    row += counts[i];
+  });
+  return out;
 }
 
 /**
