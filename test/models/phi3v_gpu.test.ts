@@ -7,7 +7,8 @@
 // original_max_position_embeddings O runs with long factors; a generation crossing O + 1 drops the
 // cache and recomputes, image positions as token 0), multi-turn with KV prefix reuse (reusing only
 // keys a fresh generate() would make), a chunked prefill with an image straddling chunk boundaries,
-// q8/q4 loads against the reference on the same rounded weights, aborts, the tensor table.
+// q8/q4 loads against the reference on the same rounded weights, aborts, the tensor table; GPU
+// preprocessing (the processor's patch rows as GPU tensors: identical logits and tokens).
 //
 // WEBVLM_GREEDY_TOKENS overrides the token count (32).
 import assert from "node:assert/strict";
@@ -18,19 +19,22 @@ import { after, before, describe, test } from "node:test";
 import { WebvlmError } from "../../src/api/errors.ts";
 import type { GpuContext } from "../../src/gpu/device.ts";
 import { acquireNodeGpu } from "../../src/gpu/node.ts";
+import { isTensor, type Tensor } from "../../src/gpu/tensor.ts";
 import { readF32 } from "../../src/gpu/transfer.ts";
+import { encode as encodePng } from "fast-png";
+import { releaseMedia } from "../../src/vision/gpu_preprocess.ts";
 import { openCheckpointDir } from "../../src/loader/file_node.ts";
 import type { SafetensorsCheckpoint } from "../../src/loader/safetensors.ts";
 import { checkpointTensorSource, type TensorSource, type WeightLoadOptions } from "../../src/models/common/source.ts";
 import { setPrefillChunkTokens } from "../../src/models/common/step.ts";
 import { Engine } from "../../src/engine/engine.ts";
-import type { PreparedMedia, ProcessorContext } from "../../src/models/family.ts";
+import type { MediaRef, PreparedMedia, ProcessorContext } from "../../src/models/family.ts";
 import { parsePhi3VConfig, phi3VVisionConfig, type Phi3VConfig } from "../../src/models/phi3_v/config.ts";
 import { createPhi3VProcessor } from "../../src/models/phi3_v/family.ts";
 import { parsePhi3VPreprocess, processPhi3VImage, type Phi3VPixels, type Phi3VPreprocessOptions } from "../../src/models/phi3_v/image_processor.ts";
 import { Phi3VModel, type Phi3VCache } from "../../src/models/phi3_v/model.ts";
 import { phi3VNames, phi3VTensorTable } from "../../src/models/phi3_v/names.ts";
-import { phi3vPatchRows } from "../../src/models/phi3_v/processor.ts";
+import { phi3vPatchRows, type Phi3VImagePayload } from "../../src/models/phi3_v/processor.ts";
 import { PHI3V_PROMPT_STYLE } from "../../src/models/phi3_v/prompt.ts";
 import { hdGatherIds, type Phi3VImageItem } from "../../src/models/phi3_v/vision.ts";
 import { resolveFamily } from "../../src/models/registry.ts";
@@ -251,6 +255,53 @@ for (const shape of ["tiny-a", "tiny-b"] as const satisfies readonly TinyPhi3VSh
       assert.ok(greedy.cache.longKeys.every((x) => x));
       t.diagnostic(`T=${ids.length} > O=${O()}: logits NMSE=${e.toExponential(2)} (short factors: ${eShort.toExponential(2)}); ${greedy.tokens.length} tokens identical, ${new Set(greedy.tokens).size} distinct`);
     });
+
+    if (shape === "tiny-a") {
+      test("GPU preprocessing: the processor's GPU tensors hold the CPU path's patch rows and give identical prompt logits and greedy tokens", async (t) => {
+        assert.ok(greedy, "runs after the host-pixel greedy test (its logits and tokens are the baseline)");
+        const baseline = greedy;
+        const proc = createPhi3VProcessor(config, {
+          preprocessorConfig: await readJson(dir, "preprocessor_config.json"),
+          processorConfig: {},
+          addedTokenId: (s) => (s === "<|image|>" ? IMAGE_TOKEN : undefined),
+          gpu: () => gpu,
+        });
+        // The test's RGB images as PNG bytes (lossless: the same pixels), each with its request num_crops.
+        const refs: MediaRef[] = IMAGES[shape].map((s) => ({
+          kind: "image",
+          source: encodePng({ width: s.w, height: s.h, data: s.seed ? noise(s.w, s.h, s.seed) : gradient(s.w, s.h), channels: 3, depth: 8 }),
+          options: { numCrops: s.crops },
+        }));
+        const media = await proc.prepare(refs);
+        const count = 8;
+        try {
+          const items = media.map((m, i): Phi3VImageItem => {
+            const p = m.payload as Phi3VImagePayload;
+            assert.equal(m.device, "gpu", `image ${i + 1} preprocessed on the GPU`);
+            assert.ok(isTensor(p.patchRows), `image ${i + 1}: patch rows stay on the GPU`);
+            assert.deepEqual([p.hc, p.wc, p.numImgTokens], [images[i].item.hc, images[i].item.wc, images[i].item.numImgTokens]);
+            return { hc: p.hc, wc: p.wc, numImgTokens: p.numImgTokens, patchRows: p.patchRows };
+          });
+          for (const [i, it] of items.entries()) {
+            const got = new Uint32Array((await readF32(gpu, it.patchRows as Tensor)).buffer);
+            const want = images[i].item.patchRows as Float32Array;
+            assert.deepEqual(got, new Uint32Array(want.buffer, want.byteOffset, want.length), `image ${i + 1}: patch rows bit for bit`);
+          }
+          model.visionTilesPerSubmit = 2; // several groups of tiles copied out of each tensor
+          const run = await gpuGreedy(model, ids, items, count, config.eosTokenIds);
+          run.cache.dispose();
+          let diff = 0;
+          for (let i = 0; i < run.logits.length; i++) if (!Object.is(run.logits[i], baseline.logits[i])) diff++;
+          assert.equal(diff, 0, `${diff} prompt logits differ from the CPU-preprocessed run`);
+          assert.deepEqual(run.tokens, baseline.tokens.slice(0, run.tokens.length));
+          t.diagnostic(`${items.map((it) => `${it.hc}x${it.wc}`).join(", ")} crops from GPU tensors: ${run.logits.length} logits identical, ${run.tokens.length} greedy tokens identical`);
+        } finally {
+          model.visionTilesPerSubmit = 4;
+          releaseMedia(media);
+          proc.dispose?.();
+        }
+      });
+    }
 
     test("a generation crossing O + 1 drops the cache and recomputes (image positions as token 0): tokens equal the reference", async (t) => {
       // tiny-a: a text prompt just under O; tiny-b: one image and text just under O (the quirk applies).
@@ -526,6 +577,8 @@ test("family: registry, config rules, processor wiring, adapter with warm-up; th
       logprobs: true,
     });
     assert.equal(r.usage.prompt_tokens, ids.length);
+    // The engine's default: the image was preprocessed on the GPU (family processor given ctx.gpu).
+    assert.equal(r.usage.preprocess_device, "gpu");
     const lps = (r.choices[0].logprobs?.content ?? []).map((l) => l.logprob);
     // The completion's text is decode(answer ids), as the original decodes it (the leading space the
     // decoder's Strip(start=1) drops is dropped too); the tokens are compared through their logprobs below.

@@ -190,7 +190,8 @@ test("preprocessor_config.json: defaults, overrides, typed errors naming file an
 });
 
 const ref = (name: string, numCrops?: number): MediaRef => ({ kind: "image", source: file(name), options: numCrops === undefined ? {} : { numCrops } });
-const payloadOf = (p: unknown): Phi3VImagePayload => p as Phi3VImagePayload;
+// These processors have no GPU: patch rows are host values.
+const payloadOf = (p: unknown): Phi3VImagePayload & { patchRows: Float32Array } => p as Phi3VImagePayload & { patchRows: Float32Array };
 
 test("Phi3VProcessor: payload sizes, patch rows in (crop, patch row-major, c y x) order, placeholders", async () => {
   const proc = new Phi3VProcessor({ imageTokenId: 32044, preprocess: opts(4) });

@@ -6,7 +6,7 @@ import type { ModelCache, ModelFamily, ModelPrefill, ModelStep, ModelStepOptions
 import { PHI3V_ARCHITECTURES, PHI3V_PATCH_DIM, parsePhi3VConfig, type Phi3VConfig } from "./config.ts";
 import { parsePhi3VPreprocess } from "./image_processor.ts";
 import { Phi3VCache, Phi3VModel } from "./model.ts";
-import { Phi3VProcessor, type Phi3VImagePayload } from "./processor.ts";
+import { isPhi3VPayload, Phi3VProcessor } from "./processor.ts";
 import { PHI3V_PROMPT_STYLE } from "./prompt.ts";
 import { phi3VImageTokens, type Phi3VImageItem } from "./vision.ts";
 import { ownCache, stepOptions, warmUpPrefillDecode } from "../common/adapter.ts";
@@ -20,10 +20,11 @@ const IMAGE_TOKEN = "<|image|>";
 const imageTokenIds = new WeakMap<Phi3VConfig, number>();
 
 function imageItem(m: PreparedMedia): Phi3VImageItem {
-  const p = m.payload as Partial<Phi3VImagePayload> | undefined;
-  if (m.kind !== "image" || !p || !(p.patchRows instanceof Float32Array) || typeof p.hc !== "number" || typeof p.wc !== "number" || typeof p.numImgTokens !== "number") {
+  const p = m.payload;
+  if (m.kind !== "image" || !isPhi3VPayload(p)) {
     throw new WebvlmError("internal", "phi3_v: media was not prepared by this family's processor");
   }
+  // Patch rows on the CPU or the GPU (a tensor the model copies from; the engine releases it).
   return { hc: p.hc, wc: p.wc, numImgTokens: p.numImgTokens, patchRows: p.patchRows };
 }
 
@@ -37,7 +38,8 @@ export function createPhi3VProcessor(c: Phi3VConfig, ctx: ProcessorContext): Phi
     throw new WebvlmError("bad_request", `phi3_v: ${IMAGE_TOKEN} id ${imageTokenId} outside the vocabulary (${c.text.vocabSize})`, { token: IMAGE_TOKEN, id: imageTokenId });
   }
   imageTokenIds.set(c, imageTokenId);
-  return new Phi3VProcessor({ imageTokenId, preprocess: parsePhi3VPreprocess(ctx.preprocessorConfig) });
+  // Given the engine's device, images are preprocessed on the GPU (the CPU path is the fallback).
+  return new Phi3VProcessor({ imageTokenId, preprocess: parsePhi3VPreprocess(ctx.preprocessorConfig) }, ctx.gpu);
 }
 
 /** The engine's view of a Phi3VModel. */

@@ -174,9 +174,16 @@ export class Phi3VModel {
             const g = Math.min(perSubmit, tiles - t0);
             const last = t0 + g === tiles;
             const inputs = tileInputs(g);
-            // Uploaded before recording: queue writes land before every recorded command.
+            // Uploaded before recording: queue writes land before every recorded command. Patch
+            // rows already on the GPU (GPU preprocessing) are copied into the group's input by the
+            // recorder (a plain copy: no binding-offset alignment to meet); the payload's tensor
+            // itself is the engine's to release.
+            const shape = [g * (PHI3V_TILE_TOKENS - 1), 3 * 14 * 14];
+            const src = item.patchRows;
             const uploads = [
-              uploadTensor(this.gpu, item.patchRows.subarray(t0 * patchValues, (t0 + g) * patchValues), [g * (PHI3V_TILE_TOKENS - 1), 3 * 14 * 14], "f32", "phi3v.patches"),
+              src instanceof Float32Array
+                ? uploadTensor(this.gpu, src.subarray(t0 * patchValues, (t0 + g) * patchValues), shape, "f32", "phi3v.patches")
+                : allocTensor(this.gpu, shape, "f32", "phi3v.patches"),
               uploadTensor(this.gpu, inputs.positionIds, [g * PHI3V_TILE_TOKENS], "u32", "phi3v.position_ids"),
               uploadTensor(this.gpu, inputs.cuSeqlens, [g + 1], "u32", "phi3v.cu_seqlens"),
             ];
@@ -184,6 +191,9 @@ export class Phi3VModel {
             if (gatherIds) uploads.push(uploadTensor(this.gpu, gatherIds, [gatherIds.length], "u32", "phi3v.hd_ids"));
             const rec = new Recorder(this.gpu);
             try {
+              if (!(src instanceof Float32Array)) {
+                rec.copy({ buffer: src.buffer, offset: src.offset + t0 * patchValues * 4, size: g * patchValues * 4 }, uploads[0]);
+              }
               table ??= allocHdTable(rec, tiles, C);
               const x = encodeTiles(rec, v, this.weights.vision, uploads[0], uploads[1], uploads[2]);
               rec.copy(x, { buffer: table.buffer, offset: table.offset + t0 * PHI3V_TILE_TOKENS * C * 4, size: g * PHI3V_TILE_TOKENS * C * 4 });

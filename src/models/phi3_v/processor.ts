@@ -6,12 +6,20 @@
 // the prompt uses the tokenizer's <|image|> id there (vLLM's choice); the model overwrites those
 // rows with the image features either way. The original also pads each image's crop list with zero
 // tiles to num_crops + 1; their features are discarded, so the payload holds only the used crops.
+//
+// Given the engine's GPU (ProcessorContext.gpu), images are processed on the GPU (gpu_preprocess.ts,
+// bit-identical) and the payload's patch rows are a GPU tensor; the CPU path below stays the
+// reference and the per-item fallback (an item whose buffers the device cannot bind).
 import { contentHash } from "../common/content_hash.ts";
 import { WebvlmError } from "../../api/errors.ts";
-import { loadImage } from "../../vision/load_image.ts";
+import type { GpuContext } from "../../gpu/device.ts";
+import { isTensor, type Tensor } from "../../gpu/tensor.ts";
+import { GpuPreprocessor, releaseMedia } from "../../vision/gpu_preprocess.ts";
+import { loadImage, type LoadImageOptions } from "../../vision/load_image.ts";
 import type { Chw32 } from "../../vision/canvas.ts";
 import type { MediaPlaceholder } from "../../tokenizer/chat_template.ts";
 import type { MediaProcessor, MediaRef, PreparedMedia, ProcessorContext } from "../family.ts";
+import { preparePhi3VGpu } from "./gpu_preprocess.ts";
 import {
   checkNumCrops, parsePhi3VPreprocess, PHI3V_CROP_SIZE, processPhi3VImage, type Phi3VPixels, type Phi3VPreprocessOptions,
 } from "./image_processor.ts";
@@ -38,9 +46,10 @@ export interface Phi3VImagePayload {
   numImgTokens: number;
   /**
    * [(1 + hc*wc) * 576, 3*14*14]: the crops in order (the global view, then the HD tiles
-   * row-major), each crop's 24x24 patches row-major, each patch flattened (c, y, x).
+   * row-major), each crop's 24x24 patches row-major, each patch flattened (c, y, x): host values
+   * (CPU path) or a GPU tensor of that shape (GPU path; PreparedMedia.release frees it).
    */
-  patchRows: Float32Array;
+  patchRows: Float32Array | Tensor;
 }
 
 export interface Phi3VProcessorOptions {
@@ -86,20 +95,33 @@ function pixelsHash(pixels: Phi3VPixels): string {
   return contentHash([new Int32Array([g.height, g.width, g.numImgTokens]), pixels.hd8.data]);
 }
 
-function isPayload(p: unknown): p is Phi3VImagePayload {
-  return typeof p === "object" && p !== null && typeof (p as { numImgTokens?: unknown }).numImgTokens === "number";
+/** Whether a payload is this family's: sizes and patch rows on the CPU or the GPU. */
+export function isPhi3VPayload(p: unknown): p is Phi3VImagePayload {
+  if (typeof p !== "object" || p === null) return false;
+  const q = p as Partial<Phi3VImagePayload>;
+  return typeof q.numImgTokens === "number" && typeof q.hc === "number" && typeof q.wc === "number"
+    && (q.patchRows instanceof Float32Array || isTensor(q.patchRows));
 }
 
 export class Phi3VProcessor implements MediaProcessor {
   readonly options: Readonly<Phi3VProcessorOptions>;
+  /** The GPU path's handle (absent: every image on the CPU). */
+  private readonly gpu: GpuPreprocessor | undefined;
 
-  constructor(options: Phi3VProcessorOptions) {
+  /** `gpu`: the engine's device getter (ProcessorContext.gpu); given, images are processed on the GPU. */
+  constructor(options: Phi3VProcessorOptions, gpu?: () => GpuContext) {
     const { imageTokenId, preprocess } = options;
     if (!Number.isSafeInteger(imageTokenId) || imageTokenId < 0) {
       throw new WebvlmError("bad_request", `Phi3VProcessor: imageTokenId must be a token id, got ${imageTokenId}`, { imageTokenId });
     }
     checkNumCrops(preprocess.numCrops, "Phi3VProcessor");
     this.options = options;
+    this.gpu = gpu ? new GpuPreprocessor(gpu) : undefined;
+  }
+
+  /** Frees the GPU path's normalize table. */
+  dispose(): void {
+    this.gpu?.dispose();
   }
 
   async prepare(refs: readonly MediaRef[], signal?: AbortSignal): Promise<PreparedMedia[]> {
@@ -113,25 +135,37 @@ export class Phi3VProcessor implements MediaProcessor {
       return n === undefined ? preprocess.numCrops : checkNumCrops(n, `image ${k + 1}`);
     });
     const out: PreparedMedia[] = [];
-    for (const [k, ref] of refs.entries()) {
-      if (signal?.aborted) throw new WebvlmError("aborted", "the request was aborted while preparing images");
-      // The remote code opens images with PIL (no EXIF transpose) and convert("RGB") drops alpha;
-      // the shared loader does both by default.
-      const img = await loadImage(ref.source, signal, { label: `image ${k + 1}` });
-      const pixels = processPhi3VImage(img, preprocess, crops[k]);
-      const g = pixels.geometry;
-      const payload: Phi3VImagePayload = {
-        height: g.height, width: g.width, hc: g.hc, wc: g.wc, numImgTokens: g.numImgTokens, patchRows: phi3vPatchRows(pixels),
-      };
-      out.push({ kind: "image", hash: pixelsHash(pixels), tokens: g.numImgTokens, payload, device: "cpu" });
+    try {
+      for (const [k, ref] of refs.entries()) {
+        if (signal?.aborted) throw new WebvlmError("aborted", "the request was aborted while preparing images");
+        // The remote code opens images with PIL (no EXIF transpose) and convert("RGB") drops alpha;
+        // the shared loaders do both by default.
+        const load: LoadImageOptions = { label: `image ${k + 1}` };
+        const onGpu = this.gpu && (await preparePhi3VGpu(this.gpu, ref.source, preprocess, crops[k], load, signal));
+        out.push(onGpu || (await this.prepareCpu(ref.source, crops[k], load, signal)));
+      }
+    } catch (e) {
+      releaseMedia(out);
+      throw e;
     }
     return out;
+  }
+
+  /** One image on the CPU: the reference path, and the fallback for an item the GPU cannot hold. */
+  private async prepareCpu(source: unknown, numCrops: number, load: LoadImageOptions, signal?: AbortSignal): Promise<PreparedMedia> {
+    const img = await loadImage(source, signal, load);
+    const pixels = processPhi3VImage(img, this.options.preprocess, numCrops);
+    const g = pixels.geometry;
+    const payload: Phi3VImagePayload = {
+      height: g.height, width: g.width, hc: g.hc, wc: g.wc, numImgTokens: g.numImgTokens, patchRows: phi3vPatchRows(pixels),
+    };
+    return { kind: "image", hash: pixelsHash(pixels), tokens: g.numImgTokens, payload, device: "cpu" };
   }
 
   /** One placeholder kind: image k becomes numImgTokens copies of <|image|> (prompt.ts puts them at its tag). */
   placeholders(media: readonly PreparedMedia[]): MediaPlaceholder[] {
     const counts = media.map((m, k) => {
-      if (!isPayload(m.payload)) throw new WebvlmError("internal", `phi3_v: media item ${k + 1} was not prepared by this family's processor`);
+      if (!isPhi3VPayload(m.payload)) throw new WebvlmError("internal", `phi3_v: media item ${k + 1} was not prepared by this family's processor`);
       return m.payload.numImgTokens;
     });
     return [{ tokenId: this.options.imageTokenId, counts, kind: "image" }];
@@ -144,5 +178,5 @@ export function createPhi3VProcessor(ctx: ProcessorContext): Phi3VProcessor {
   if (imageTokenId === undefined) {
     throw new WebvlmError("bad_request", `phi3_v: the tokenizer has no ${PHI3V_IMAGE_TOKEN} added token (the id image positions carry)`, { token: PHI3V_IMAGE_TOKEN });
   }
-  return new Phi3VProcessor({ imageTokenId, preprocess: parsePhi3VPreprocess(ctx.preprocessorConfig) });
+  return new Phi3VProcessor({ imageTokenId, preprocess: parsePhi3VPreprocess(ctx.preprocessorConfig) }, ctx.gpu);
 }

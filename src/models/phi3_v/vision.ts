@@ -8,7 +8,7 @@
 // Records into a Recorder; submits nothing (model.ts schedules the submits).
 import { WebvlmError } from "../../api/errors.ts";
 import type { Recorder } from "../../gpu/recorder.ts";
-import { reshape, type Tensor } from "../../gpu/tensor.ts";
+import { byteSize, isTensor, reshape, type Tensor } from "../../gpu/tensor.ts";
 import { allocTensor } from "../../gpu/transfer.ts";
 import { gelu } from "../../ops/activation.ts";
 import { embedding } from "../../ops/embedding.ts";
@@ -29,8 +29,12 @@ export interface Phi3VImageItem {
   wc: number;
   /** Placeholder tokens of the image: (hc*wc + 1)*144 + 1 + (hc + 1)*12. */
   numImgTokens: number;
-  /** f32 [(1 + hc*wc) * 576, 3*14*14]: the global tile, then the HD tiles row-major; patches row-major, (c, y, x). */
-  patchRows: Float32Array;
+  /**
+   * f32 [(1 + hc*wc) * 576, 3*14*14]: the global tile, then the HD tiles row-major; patches
+   * row-major, (c, y, x). Host values, or a GPU tensor (GPU preprocessing) the model copies from
+   * and never releases.
+   */
+  patchRows: Float32Array | Tensor;
 }
 
 /** §3.6: the processor's token count of an hc x wc image. */
@@ -49,8 +53,10 @@ export function checkImageItem(item: Phi3VImageItem, index = 0): void {
     throw new WebvlmError("bad_request", `phi3_v: image ${index} (${hc}x${wc} crops) says ${item.numImgTokens} tokens, the HD layout gives ${want}`, { numImgTokens: item.numImgTokens, expected: want });
   }
   const values = (1 + hc * wc) * TILE_PATCHES * PHI3V_PATCH_DIM;
-  if (!(item.patchRows instanceof Float32Array) || item.patchRows.length !== values) {
-    throw new WebvlmError("bad_request", `phi3_v: image ${index} (${hc}x${wc} crops) has ${item.patchRows?.length} patch values, expected ${values}`);
+  const p = item.patchRows as unknown;
+  const got = p instanceof Float32Array ? p.length : isTensor(p) && p.dtype === "f32" ? byteSize(p) / 4 : undefined;
+  if (got !== values) {
+    throw new WebvlmError("bad_request", `phi3_v: image ${index} (${hc}x${wc} crops) has ${got} patch values, expected ${values}`);
   }
 }
 
