@@ -6,7 +6,8 @@
 // cross states, last-position logits, 32 greedy tokens, two images separated and adjacent with text
 // before the first, a text-only request, a second turn reusing the cached prefix and cross K/V,
 // chunked prefill, an abort between chunks, q8/q4 against the reference on the same rounded
-// weights, and the tensor table against the generator's list.
+// weights, the tensor table against the generator's list, and the processor's GPU preprocessing
+// (patch rows made on the GPU) against the CPU-preprocessed run.
 //
 // WEBVLM_GREEDY_TOKENS overrides the token count (32).
 import assert from "node:assert/strict";
@@ -33,6 +34,10 @@ import { loadMllamaReference, type MllamaReference } from "../reference/mllama_r
 import { nmse } from "../util/compare.ts";
 import { StaticServer } from "../util/static_server.ts";
 import { Engine } from "../../src/engine/engine.ts";
+import { encode as encodePng } from "fast-png";
+import { isTensor, type Tensor } from "../../src/gpu/tensor.ts";
+import { mllamaPatchRows } from "../../src/models/mllama/vision.ts";
+import type { MediaRef, PreparedMedia } from "../../src/models/family.ts";
 import { loadImage } from "../../src/vision/load_image.ts";
 
 const GREEDY_TOKENS = Number(process.env.WEBVLM_GREEDY_TOKENS ?? 32);
@@ -67,9 +72,13 @@ async function dirSource(dir: string): Promise<TensorSource> {
 
 /** The reference's inputs for a list of images: pixel_values, aspect_ratio_ids, aspect_ratio_mask. */
 function refInputs(images: readonly MllamaImageItem[], T: number): { pv: Float32Array; ids: number[]; mask: number[]; tiles: number[] } {
-  const per = images[0]?.pixelValues.length ?? 0;
+  const host = images.map((im) => {
+    assert.ok(im.pixelValues instanceof Float32Array, "the reference reads host pixel values");
+    return im.pixelValues;
+  });
+  const per = host[0]?.length ?? 0;
   const pv = new Float32Array(images.length * per);
-  images.forEach((im, i) => pv.set(im.pixelValues, i * per));
+  host.forEach((p, i) => pv.set(p, i * per));
   const mask: number[] = [];
   for (const im of images) for (let t = 0; t < T; t++) mask.push(t < im.numTiles ? 1 : 0);
   return { pv, ids: images.map((im) => im.aspectRatioId), mask, tiles: images.map((im) => im.numTiles) };
@@ -428,6 +437,63 @@ test("family: the registry resolves mllama; its prompt style; the adapter warms 
       cache.dispose();
     }
   } finally {
+    model.dispose();
+  }
+});
+
+test("GPU preprocessing: the family's processor on the GPU gives the CPU-preprocessed run's logits and greedy tokens exactly", async (t) => {
+  const dir = join(root, "tiny-b");
+  const json = await readJson(dir, "config.json");
+  const opened = resolveFamily(json).open(json, await readJson(dir, "generation_config.json"));
+  const preprocessorConfig = await readJson(dir, "preprocessor_config.json");
+  const ctx = { preprocessorConfig, processorConfig: {}, addedTokenId: (c: string) => (c === "<|image|>" ? 128256 : undefined) };
+  const onGpu = opened.createProcessor({ ...ctx, gpu: () => gpu });
+  const onCpu = opened.createProcessor(ctx);
+  // 2 tiles and 1 tile (of max 2): an unused tile's rows are zeros on both paths.
+  const refs: MediaRef[] = [[20, 50], [25, 25]].map(([w, h], i) => {
+    const p = picture(w, h, i);
+    return { kind: "image", source: encodePng({ width: w, height: h, data: p.rgb, channels: 3, depth: 8 }), options: {} };
+  });
+  const ref = loadMllamaReference(dir);
+  const ids = ref.promptIds(ref.renderPrompt([{ role: "user", content: [{ type: "text", text: "Look." }, { type: "image" }, { type: "image" }, { type: "text", text: "Compare them." }] }], { dateString: DATE }));
+  const model = await opened.load(gpu, await dirSource(dir), F32);
+  let gpuMedia: PreparedMedia[] = [];
+  const run = async (media: PreparedMedia[], count: number): Promise<{ tokens: number[]; logits: Float32Array }> => {
+    const cache = model.createCache(ids.length + count + 1);
+    try {
+      const pre = await model.prefill(ids, media, cache, { read: "both" });
+      const tokens = [pre.tokenId!];
+      while (tokens.length < count) tokens.push((await model.decode(tokens[tokens.length - 1], cache, { read: "argmax" })).tokenId!);
+      return { tokens, logits: pre.logits! };
+    } finally {
+      cache.dispose();
+    }
+  };
+  try {
+    gpuMedia = await onGpu.prepare(refs);
+    const cpuMedia = await onCpu.prepare(refs);
+    assert.deepEqual(gpuMedia.map((m) => m.device), ["gpu", "gpu"]);
+    assert.ok(gpuMedia.every((m) => isTensor((m.payload as { pixelValues: unknown }).pixelValues)), "patch rows stay on the GPU");
+    const t0 = performance.now();
+    const got = await run(gpuMedia, 2);
+    const t1 = performance.now();
+    const want = await run(cpuMedia, 2);
+    const a = new Uint32Array(got.logits.buffer);
+    const b = new Uint32Array(want.logits.buffer);
+    assert.equal(a.findIndex((v, i) => v !== b[i]), -1, "logits bit-identical");
+    assert.deepEqual(got.tokens, want.tokens);
+    // The model read the GPU patch rows in place and left them alone (the engine releases them):
+    // they still hold the CPU path's values, cut into rows.
+    const v = parseMllamaConfig(json).vision;
+    for (const [i, m] of gpuMedia.entries()) {
+      const rows = await readF32(gpu, (m.payload as { pixelValues: Tensor }).pixelValues);
+      const host = mllamaPatchRows(v, (cpuMedia[i].payload as { pixelValues: Float32Array }).pixelValues);
+      assert.equal(new Uint32Array(rows.buffer).findIndex((x, j) => x !== new Uint32Array(host.buffer)[j]), -1, `image ${i + 1}: patch rows intact`);
+    }
+    t.diagnostic(`GPU-preprocessed tokens ${got.tokens.join(",")}; runs ${(t1 - t0).toFixed(0)} ms / ${(performance.now() - t1).toFixed(0)} ms`);
+  } finally {
+    for (const m of gpuMedia) m.release?.();
+    onGpu.dispose?.();
     model.dispose();
   }
 });

@@ -117,6 +117,7 @@ test("the processor: tokens 0, one <|image|> per image, payload with tiles and i
     assert.ok(isMllamaImagePayload(m.payload));
     const p = m.payload;
     assert.deepEqual([p.aspectRatioId, p.numTiles, p.rows, p.cols], [c.aspect_ratio_id, c.num_tiles, c.rows, c.cols]);
+    assert.ok(p.pixelValues instanceof Float32Array, "no device: the CPU path");
     assert.equal(diffSummary(p.pixelValues, new Float32Array(bytesAt(c.pixel_values).buffer)), null);
   }
   assert.equal(media[0].hash, media[2].hash);
@@ -137,6 +138,7 @@ test("the processor rejects videos (before decoding), honours abort, and do_conv
   const [m] = await noConvert.prepare([{ kind: "image", source: file("rgba_33x29.png"), options: {} }]);
   assert.ok(isMllamaImagePayload(m.payload));
   const direct = processMllamaImage(dropped, { ...MLLAMA_DEFAULT_PREPROCESS, tileSize: 28 });
+  assert.ok(m.payload.pixelValues instanceof Float32Array);
   assert.equal(diffSummary(m.payload.pixelValues, direct.pixelValues), null);
   assertCode(() => new MllamaProcessor({ imageTokenId: -1, preprocess: MLLAMA_DEFAULT_PREPROCESS }), "bad_request", /imageTokenId/);
 });

@@ -72,6 +72,6 @@ export const mllamaFamily: ModelFamily<MllamaConfig> = {
   maxPositions: (c) => c.text.maxPositionEmbeddings,
   eosTokenIds: (c) => c.eosTokenIds,
   createProcessor: (c, ctx) =>
-    createMllamaProcessor({ imageTokenId: c.imageTokenId, tileSize: c.vision.tileSize, maxNumTiles: c.vision.maxNumTiles, numAspectRatios: c.vision.aspectRatios.length }, ctx),
+    createMllamaProcessor({ imageTokenId: c.imageTokenId, tileSize: c.vision.tileSize, maxNumTiles: c.vision.maxNumTiles, numAspectRatios: c.vision.aspectRatios.length, patchSize: c.vision.patchSize }, ctx),
   load: async (gpu, c, source, opts) => new MllamaAdapter(await MllamaModel.load(gpu, c, source, opts)),
 };

@@ -1,6 +1,7 @@
 // Llama 3.2 Vision's tiled vision encoder (MLLAMA.md §4, transformers' MllamaVisionModel) and the
 // projector, for one image: all T = max_num_tiles tiles always run (real tokens attend to padded
-// tiles). Patch conv as a GEMM over CPU-extracted patch rows; pre-tile embedding (patch tokens) by
+// tiles). Patch conv as a GEMM over patch rows (cut on the CPU and uploaded, or already on the GPU
+// from the processor's GPU path, read in place); pre-tile embedding (patch tokens) by
 // aspect-ratio id with a tanh gate; class token; (1 - tanh g) position + tanh g tile embeddings;
 // layernorm_pre; each tile padded to L = P rounded up to 8 AFTER the norm; the local transformer
 // over all T*L tokens under the pad-vs-pad mask (keyMask "maskedRows": padding queries see only real
@@ -9,7 +10,7 @@
 // pad rows dropped while copying into the request's cross states. Records; submits nothing.
 import { WebvlmError } from "../../api/errors.ts";
 import type { Recorder } from "../../gpu/recorder.ts";
-import { reshape, type Tensor } from "../../gpu/tensor.ts";
+import { isTensor, reshape, type Tensor } from "../../gpu/tensor.ts";
 import { allocTensor, uploadTensor } from "../../gpu/transfer.ts";
 import { embedding } from "../../ops/embedding.ts";
 import { gatedAdd } from "../../ops/gated_add.ts";
@@ -21,8 +22,12 @@ import type { MllamaVisionWeights } from "./weights.ts";
 
 /** One preprocessed image (the processor's payload). */
 export interface MllamaVisionImage {
-  /** f32 [T, C, tile, tile]; tiles numTiles..T-1 are zeros. */
-  pixelValues: Float32Array;
+  /**
+   * f32 [T, C, tile, tile] on the CPU (tiles numTiles..T-1 are zeros), or the same values as the
+   * patch conv's input rows on the GPU, f32 [T * n, C * p * p] (mllamaPatchRows' layout); a tensor
+   * is read, never released.
+   */
+  pixelValues: Float32Array | Tensor;
   /** 1-based index into supported_aspect_ratios. */
   aspectRatioId: number;
   numTiles: number;
@@ -34,7 +39,14 @@ export function mllamaVitConfig(v: MllamaVisionConfig): VitConfig {
 
 export function checkVisionImage(v: MllamaVisionConfig, img: MllamaVisionImage): void {
   const need = v.maxNumTiles * v.numChannels * v.tileSize * v.tileSize;
-  if (!(img.pixelValues instanceof Float32Array) || img.pixelValues.length !== need) {
+  const pv = img.pixelValues;
+  if (isTensor(pv)) {
+    const rows = v.maxNumTiles * v.patchesPerTile;
+    const width = v.numChannels * v.patchSize * v.patchSize;
+    if (pv.dtype !== "f32" || pv.shape.length !== 2 || pv.shape[0] !== rows || pv.shape[1] !== width) {
+      throw new WebvlmError("bad_request", `mllama: patch rows must be f32 [${rows}, ${width}], got ${pv.dtype} [${pv.shape}]`, { expected: [rows, width], shape: [...pv.shape] });
+    }
+  } else if (!(pv instanceof Float32Array) || pv.length !== need) {
     throw new WebvlmError("bad_request", `mllama: pixel values must be f32 [${v.maxNumTiles}, ${v.numChannels}, ${v.tileSize}, ${v.tileSize}]`, { expected: need });
   }
   if (!Number.isInteger(img.aspectRatioId) || img.aspectRatioId < 1 || img.aspectRatioId > v.aspectRatios.length) {
@@ -49,7 +61,7 @@ export function checkVisionImage(v: MllamaVisionConfig, img: MllamaVisionImage):
  * Conv2d(stride = kernel) input rows: f32 [T * n, C * p * p], patch (py, px) of tile t at row
  * t * n + py * side + px, its features in the kernel's (c, ky, kx) order.
  */
-export function mllamaPatchRows(v: MllamaVisionConfig, pixels: Float32Array): Float32Array {
+export function mllamaPatchRows(v: Pick<MllamaVisionConfig, "tileSize" | "patchSize" | "numChannels" | "maxNumTiles">, pixels: Float32Array): Float32Array {
   const { tileSize: S, patchSize: p, numChannels: C, maxNumTiles: T } = v;
   const side = S / p;
   const width = C * p * p;
@@ -97,12 +109,15 @@ export function encodeMllamaImage(
   const cfg = mllamaVitConfig(v);
   const rowBytes = D * 4;
   const uploads = [
-    uploadTensor(ctx, mllamaPatchRows(v, img.pixelValues), [T * n, v.numChannels * v.patchSize * v.patchSize], "f32", "mllama.patches"),
     uploadTensor(ctx, Uint32Array.of(img.aspectRatioId), [1], "u32", "mllama.aspect_ratio_id"),
     uploadTensor(ctx, Uint32Array.from({ length: P }, (_, i) => i), [P], "u32", "mllama.position_ids"),
     uploadTensor(ctx, mllamaVisionKeep(v, img.numTiles), [T * L], "u32", "mllama.vision_keep"),
   ];
-  const [patches, arId, positionIds, keep] = uploads;
+  const [arId, positionIds, keep] = uploads;
+  // GPU-preprocessed patch rows are read in place (the payload owns them); host pixels are cut here.
+  const pv = img.pixelValues;
+  const patches = isTensor(pv) ? pv : uploadTensor(ctx, mllamaPatchRows(v, pv), [T * n, v.numChannels * v.patchSize * v.patchSize], "f32", "mllama.patches");
+  if (patches !== pv) uploads.push(patches);
   const temps: Tensor[] = [];
   const tmp = (t: Tensor): Tensor => (temps.push(t), t);
   try {
