@@ -50,6 +50,7 @@ export function embedding(rec: Recorder, ids: Tensor, table: Weight | ShardedWei
       expectDtype(`embedding.shard${i}.scales`, w.scales, ["f16"]);
       expectShape(`embedding.shard${i}.scales`, w.scales, [w.rows, groupsPerRow]);
       scales = w.scales;
+      if (w.zeros) throw new WebvlmError("unsupported_feature", `embedding.shard${i}: zero points (asymmetric groups) are not supported for embedding tables`);
     } else {
       expectDtype(`embedding.shard${i}.data`, w.data, [w.format]);
       expectShape(`embedding.shard${i}.data`, w.data, [w.rows, h]);

@@ -81,6 +81,7 @@ function checkWeight(name: string, w: Weight): void {
     expectShape(`${name}.data`, w.data, [w.rows, (w.paddedCols * (w.format === "q4" ? 4 : 8)) / 32]);
     expectDtype(`${name}.scales`, w.scales, ["f16"]);
     expectShape(`${name}.scales`, w.scales, [w.rows, groups]);
+    if (w.zeros) throw new WebvlmError("unsupported_feature", `${name}: zero points (asymmetric groups) are not supported by the linear kernels yet`);
   } else {
     expectDtype(`${name}.data`, w.data, [w.format]);
     expectShape(`${name}.data`, w.data, [w.rows, w.cols]);

@@ -11,6 +11,11 @@ import type { Tensor } from "../gpu/tensor.ts";
  * word i/4 is a signed int8; value = q * scale. Scales are f16, one per group,
  * stored [rows, groups] and packed in pairs. cols are zero-padded to a
  * multiple of 32 (paddedCols); padded weights quantize to exactly 0.
+ *
+ * Asymmetric groups (pre-quantized GPTQ/AWQ checkpoints, whose groups of 128 or a whole row are
+ * stored as runs of 32-wide groups with equal scale and zero): an optional zero point per group,
+ * one byte each, 4 per u32 word (byte g % 4 of word g / 4 of the row-major [rows, groups] list);
+ * then every code is unsigned (q4 0..15, q8 0..255) and value = (q - zero) * scale.
  */
 export type WeightFormat = "f32" | "f16" | "q8" | "q4";
 
@@ -34,6 +39,8 @@ export interface QuantizedWeight {
   readonly data: Tensor;
   /** f16, shape [rows, paddedCols / GROUP_SIZE] */
   readonly scales: Tensor;
+  /** Zero points, u32 words holding [rows * groups] bytes (see above); absent: symmetric. */
+  readonly zeros?: Tensor;
 }
 
 export type Weight = DenseWeight | QuantizedWeight;

@@ -14,6 +14,11 @@ export interface PackedQuant {
   data: Uint32Array;
   /** f16 bits, [rows, paddedCols / 32] */
   scales: Uint16Array;
+  /**
+   * Zero points, one byte per group [rows, paddedCols / 32] (asymmetric: pre-quantized
+   * GPTQ/AWQ); codes are then unsigned and value = (q - zero) * scale (formats.ts).
+   */
+  zeros?: Uint8Array;
 }
 
 /**
@@ -75,7 +80,10 @@ export function dequantize(p: PackedQuant): Float32Array {
       const scale = f16BitsToF32(p.scales[r * groups + g]);
       const word = p.data[(r * groups + g) * wordsPerGroup + (p.format === "q4" ? i >> 3 : i >> 2)];
       let q: number;
-      if (p.format === "q4") q = ((word >>> ((i & 7) * 4)) & 15) - 8;
+      if (p.zeros) {
+        const code = p.format === "q4" ? (word >>> ((i & 7) * 4)) & 15 : (word >>> ((i & 3) * 8)) & 255;
+        q = code - p.zeros[r * groups + g];
+      } else if (p.format === "q4") q = ((word >>> ((i & 7) * 4)) & 15) - 8;
       else q = ((word >>> ((i & 3) * 8)) << 24) >> 24;
       out[r * p.cols + c] = q * scale;
     }
@@ -92,6 +100,49 @@ export function uploadQuantized(ctx: GpuContext, p: PackedQuant, label = "weight
     paddedCols: p.paddedCols,
     data: uploadTensor(ctx, p.data, [p.rows, p.data.length / p.rows], "u32", `${label}.q`),
     scales: uploadTensor(ctx, p.scales, [p.rows, groups], "f16", `${label}.scales`),
+    ...(p.zeros ? { zeros: uploadTensor(ctx, zeroWords(p.zeros), [Math.ceil(p.zeros.length / 4)], "u32", `${label}.zeros`) } : {}),
+  };
+}
+
+/** Zero-point bytes as the u32 words the kernels read (little-endian: byte g % 4 of word g / 4). */
+export function zeroWords(zeros: Uint8Array): Uint32Array {
+  const bytes = new Uint8Array(Math.ceil(zeros.length / 4) * 4);
+  bytes.set(zeros);
+  return new Uint32Array(bytes.buffer);
+}
+
+/** Rows [start, start + count) of a packed matrix (a row shard; rows are independent). */
+export function packedRows(p: PackedQuant, start: number, count: number): PackedQuant {
+  const groups = p.paddedCols / GROUP_SIZE;
+  const words = p.data.length / p.rows;
+  return {
+    format: p.format, rows: count, cols: p.cols, paddedCols: p.paddedCols,
+    data: p.data.slice(start * words, (start + count) * words),
+    scales: p.scales.slice(start * groups, (start + count) * groups),
+    ...(p.zeros ? { zeros: p.zeros.slice(start * groups, (start + count) * groups) } : {}),
+  };
+}
+
+/** Packed matrices stacked along rows (fused q|k|v, gate|up); all in one format, all or none with zeros. */
+export function stackPackedRows(parts: readonly PackedQuant[]): PackedQuant {
+  const f = parts[0];
+  if (parts.some((p) => p.format !== f.format || p.cols !== f.cols || !p.zeros !== !f.zeros)) {
+    throw new WebvlmError("shape_mismatch", "stacked quantized matrices differ in format, width or zero points");
+  }
+  const cat = <T extends Uint32Array | Uint16Array | Uint8Array>(arrays: T[], make: (n: number) => T): T => {
+    const out = make(arrays.reduce((a, x) => a + x.length, 0));
+    let o = 0;
+    for (const x of arrays) {
+      out.set(x, o);
+      o += x.length;
+    }
+    return out;
+  };
+  return {
+    format: f.format, rows: parts.reduce((a, p) => a + p.rows, 0), cols: f.cols, paddedCols: f.paddedCols,
+    data: cat(parts.map((p) => p.data), (n) => new Uint32Array(n)),
+    scales: cat(parts.map((p) => p.scales), (n) => new Uint16Array(n)),
+    ...(f.zeros ? { zeros: cat(parts.map((p) => p.zeros as Uint8Array), (n) => new Uint8Array(n)) } : {}),
   };
 }
 
@@ -117,7 +168,8 @@ export function roundTripValues(values: Float32Array, rows: number, cols: number
 
 /** The GPU tensors a weight holds (to release or count them). */
 export function weightTensors(w: Weight): Tensor[] {
-  return w.format === "q4" || w.format === "q8" ? [w.data, w.scales] : [w.data];
+  if (w.format === "q4" || w.format === "q8") return w.zeros ? [w.data, w.scales, w.zeros] : [w.data, w.scales];
+  return [w.data];
 }
 
 /**

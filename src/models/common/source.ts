@@ -3,6 +3,7 @@
 import type { SafetensorsCheckpoint } from "../../loader/safetensors.ts";
 import type { ShardedWeight, Weight, WeightFormat } from "../../quant/formats.ts";
 import type { PackedWeightCache } from "../../quant/packed_cache.ts";
+import type { PackedQuant } from "../../quant/pack.ts";
 
 /**
  * Where weights come from: a local directory, HTTP ranges, IndexedDB chunks...
@@ -21,6 +22,13 @@ export interface TensorSource {
    * never exists as f32 in JS memory.
    */
   readRows?(name: string, start: number, count: number): Promise<Float32Array>;
+  /**
+   * Optional: a matrix the checkpoint already holds quantized (GPTQ/AWQ, webvlm's own format),
+   * repacked into the GPU layout (quant/formats.ts), or undefined for a plain tensor. `shape`
+   * gives such a matrix's logical [rows = out_features, cols = in_features]; it loads in its own
+   * format whatever format the caller asked for, with no f32 copy ever made.
+   */
+  readQuantized?(name: string): Promise<PackedQuant | undefined>;
 }
 
 /** A TensorSource over an opened safetensors checkpoint (local files, HTTP, blobs). */

@@ -8,7 +8,7 @@ import type { GpuContext } from "../../gpu/device.ts";
 import { byteSize, type Tensor } from "../../gpu/tensor.ts";
 import { uploadTensor } from "../../gpu/transfer.ts";
 import { rowsPerShard, type ShardedWeight, type Weight, type WeightFormat } from "../../quant/formats.ts";
-import { maxWeightBytes, quantize, shardWeight, uploadQuantized, uploadWeight, weightTensors } from "../../quant/pack.ts";
+import { maxWeightBytes, packedRows, quantize, shardWeight, stackPackedRows, uploadQuantized, uploadWeight, weightTensors, type PackedQuant } from "../../quant/pack.ts";
 import { DEFAULT_FORMATS, type LinearWeight, type TensorSource, type WeightFormats, type WeightLoadOptions } from "./source.ts";
 
 export function sameShape(a: readonly number[], b: readonly number[]): boolean {
@@ -123,6 +123,8 @@ export class WeightLoader implements WeightMaker {
   async matrix(parts: MatrixPart[], cols: number, format: WeightFormat, label: string, alt?: readonly number[]): Promise<LinearWeight> {
     const names = parts.map((p) => this.check(p.canonical, [p.rows, cols], alt));
     const rows = parts.reduce((a, p) => a + p.rows, 0);
+    const pre = await this.prequantized(names);
+    if (pre) return this.countWeight(pre.fits ? uploadQuantized(this.gpu, pre.packed, label) : this.shardPacked(pre.packed, label));
     const fits = rows <= rowsPerShard(this.maxBytes, cols, format, names[0]);
     if (!fits && parts.length === 1 && this.source.readRows) {
       return this.countWeight(await this.streamShards(names[0], rows, cols, format, label));
@@ -153,6 +155,36 @@ export class WeightLoader implements WeightMaker {
     }
     for (const n of names) this.tick(n);
     return this.countWeight(w);
+  }
+
+  /**
+   * The parts as one packed matrix when the checkpoint holds them quantized (all of them: a
+   * fused matrix cannot mix), else undefined. Ticks progress for each part.
+   */
+  private async prequantized(names: string[]): Promise<{ packed: PackedQuant; fits: boolean } | undefined> {
+    if (!this.source.readQuantized) return undefined;
+    const packed: PackedQuant[] = [];
+    for (const n of names) {
+      const p = await this.source.readQuantized(n);
+      if (!p) {
+        if (packed.length > 0) throw new WebvlmError("bad_request", `"${n}" is not quantized but ${names[0]} is: fused matrices must be both or neither`);
+        return undefined;
+      }
+      packed.push(p);
+    }
+    for (const n of names) this.tick(n);
+    const all = packed.length === 1 ? packed[0] : stackPackedRows(packed);
+    this.opts.onQuantize?.(names.join("+"), true, all.data.byteLength + all.scales.byteLength + (all.zeros?.byteLength ?? 0));
+    return { packed: all, fits: all.rows <= rowsPerShard(this.maxBytes, all.cols, all.format, names[0]) };
+  }
+
+  private shardPacked(p: PackedQuant, label: string): ShardedWeight {
+    const perShard = rowsPerShard(this.maxBytes, p.cols, p.format, label);
+    const shards: { rowStart: number; weight: Weight }[] = [];
+    for (let r = 0; r < p.rows; r += perShard) {
+      shards.push({ rowStart: r, weight: uploadQuantized(this.gpu, packedRows(p, r, Math.min(perShard, p.rows - r)), `${label}[${shards.length}]`) });
+    }
+    return { format: p.format, rows: p.rows, cols: p.cols, shards };
   }
 
   /** Row shards read and uploaded one at a time (same split as shardWeight). */
