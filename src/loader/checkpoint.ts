@@ -13,6 +13,8 @@ import { isNode } from "../platform.ts";
 import { WebvlmError } from "../api/errors.ts";
 import { bf16BitsToF32, fromF16Bits } from "../quant/f16.ts";
 import { resolveChatTemplate } from "../tokenizer/chat_template.ts";
+import type { PackedQuant } from "../quant/pack.ts";
+import { withPrequantized } from "./prequantized.ts";
 import { noStoreFetch, openCachedStore, weightCacheAvailable, type WeightCacheOptions } from "./cache_idb.ts";
 import type * as FileNodeModule from "./file_node.ts";
 import {
@@ -242,6 +244,8 @@ export interface CheckpointWeights {
   readRows(name: string, start: number, count: number): Promise<Float32Array>;
   /** Sum of every tensor's bytes. */
   readonly totalBytes: number;
+  /** Pre-quantized checkpoints (loader/prequantized.ts): a matrix stored quantized, packed for the GPU. */
+  readQuantized?(name: string): Promise<PackedQuant | undefined>;
 }
 
 interface Entry extends TensorInfo {
@@ -413,7 +417,9 @@ export async function openCheckpoint(location: CheckpointLocation, opts: OpenChe
     chatTemplate = undefined; // a base (non-chat) model: the caller decides whether that is fine
   }
 
-  const weights = await openWeights(store, index, emit);
+  // Pre-quantized checkpoints (GPTQ, AWQ, webvlm's own format) expose their packed matrices.
+  const opened = await openWeights(store, index, emit);
+  const weights = withPrequantized(opened, config);
   return {
     kind,
     cached: store !== resolved.store,
@@ -426,7 +432,7 @@ export async function openCheckpoint(location: CheckpointLocation, opts: OpenChe
     tokenizerConfig: tokenizerConfig ?? {},
     chatTemplate,
     weights,
-    close: () => weights.close(),
+    close: () => opened.close(),
   };
 }
 
