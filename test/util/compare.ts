@@ -43,3 +43,19 @@ export function randomArray(n: number, seed: number, lo = -1, hi = 1): Float32Ar
   }
   return out;
 }
+
+/** Asserts two f32 arrays hold the same bits (bit-identical, -0 and NaN payloads included). */
+export function assertSameBits(got: Float32Array, want: Float32Array, what: string): void {
+  if (got.length !== want.length) throw new Error(`${what}: ${got.length} values, expected ${want.length}`);
+  const a = new Uint32Array(got.buffer, got.byteOffset, got.length);
+  const b = new Uint32Array(want.buffer, want.byteOffset, want.length);
+  let diff = 0;
+  let first = -1;
+  for (let i = 0; i < a.length; i++) {
+    if (a[i] !== b[i]) {
+      diff++;
+      if (first < 0) first = i;
+    }
+  }
+  if (diff > 0) throw new Error(`${what}: ${diff} of ${a.length} values differ (first at ${first}: ${got[first]} vs ${want[first]})`);
+}

@@ -18,6 +18,7 @@ import { GpuPreprocessor } from "../../src/vision/gpu_preprocess.ts";
 import type { ResampleFilter, ResizeBox } from "../../src/vision/resize.ts";
 import { readRgb } from "../ops/image_resample.cases.ts";
 import { FIXTURES, diffSummary, lcgImage, readBlob, readFixtureJson, u8At, type BlobEntry } from "./fixtures.ts";
+import { assertSameBits } from "../util/compare.ts";
 
 let gpu: GpuContext;
 before(async () => {
@@ -32,14 +33,6 @@ async function pixelsOf(m: Qwen2VLMedia): Promise<Float32Array> {
   return p instanceof Float32Array ? p : readF32(gpu, p as Tensor);
 }
 
-function assertSameBits(got: Float32Array, want: Float32Array, what: string): void {
-  assert.equal(got.length, want.length, `${what}: length`);
-  const a = new Uint32Array(got.buffer, got.byteOffset, got.length);
-  const b = new Uint32Array(want.buffer, want.byteOffset, want.length);
-  let diff = 0;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) diff++;
-  assert.equal(diff, 0, `${what}: ${diff} of ${a.length} values differ`);
-}
 
 test("GPU resize equals Pillow's bytes on every RGB fixture case (both filters, boxes)", async () => {
   interface Source { width: number; height: number; channels: number; kind: "noise" | "ramp"; seed: number }

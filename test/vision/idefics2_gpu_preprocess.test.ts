@@ -17,6 +17,7 @@ import type { MediaRef, PreparedMedia } from "../../src/models/family.ts";
 import { parseIdefics2Preprocess } from "../../src/models/idefics2/image_processor.ts";
 import { Idefics2Processor, isIdefics2Payload, type Idefics2ImagePayload } from "../../src/models/idefics2/processor.ts";
 import { FIXTURES, type BlobEntry } from "./fixtures.ts";
+import { assertSameBits } from "../util/compare.ts";
 
 const DIR = join(FIXTURES, "idefics2");
 
@@ -68,20 +69,6 @@ async function cropRows(m: PreparedMedia): Promise<Float32Array[]> {
   return rows;
 }
 
-function assertSameBits(got: Float32Array, want: Float32Array, what: string): void {
-  assert.equal(got.length, want.length, `${what}: length`);
-  const a = new Uint32Array(got.buffer, got.byteOffset, got.length);
-  const b = new Uint32Array(want.buffer, want.byteOffset, want.length);
-  let diff = 0;
-  let first = -1;
-  for (let i = 0; i < a.length; i++) {
-    if (a[i] !== b[i]) {
-      diff++;
-      if (first < 0) first = i;
-    }
-  }
-  assert.equal(diff, 0, `${what}: ${diff} of ${a.length} values differ (first at ${first}: ${got[first]} vs ${want[first]})`);
-}
 
 /** GPU media equal CPU media: device, tokens, crop sizes/grids/position ids, and every row bit for bit. */
 async function assertSameMedia(onGpu: PreparedMedia[], onCpu: PreparedMedia[], what: string, device: "gpu" | "cpu" = "gpu"): Promise<void> {

@@ -22,6 +22,7 @@ import {
 import { MllamaProcessor, isMllamaImagePayload, type MllamaImagePayload } from "../../src/models/mllama/processor.ts";
 import { mllamaPatchRows } from "../../src/models/mllama/vision.ts";
 import { FIXTURES, lcgImage, type BlobEntry } from "./fixtures.ts";
+import { assertSameBits } from "../util/compare.ts";
 
 const DIR = join(FIXTURES, "mllama");
 const IMAGE_TOKEN = 128256;
@@ -69,20 +70,6 @@ async function patchRowsOf(m: PreparedMedia, pp: MllamaPreprocessOptions, patchS
 const cpuRows = (pixelValues: Float32Array, pp: MllamaPreprocessOptions, patchSize: number): Float32Array =>
   mllamaPatchRows({ tileSize: pp.tileSize, patchSize, numChannels: 3, maxNumTiles: pp.maxImageTiles }, pixelValues);
 
-function assertSameBits(got: Float32Array, want: Float32Array, what: string): void {
-  assert.equal(got.length, want.length, `${what}: length`);
-  const a = new Uint32Array(got.buffer, got.byteOffset, got.length);
-  const b = new Uint32Array(want.buffer, want.byteOffset, want.length);
-  let diff = 0;
-  let first = -1;
-  for (let i = 0; i < a.length; i++) {
-    if (a[i] !== b[i]) {
-      diff++;
-      if (first < 0) first = i;
-    }
-  }
-  assert.equal(diff, 0, `${what}: ${diff} of ${a.length} values differ (first at ${first}: ${got[first]} vs ${want[first]})`);
-}
 
 /**
  * Prepares `sources` on both paths and checks the GPU one: device "gpu", a tensor payload, the CPU
