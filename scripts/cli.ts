@@ -2,7 +2,9 @@
 //   webvlm info
 //   webvlm chat --model <dir|url|owner/name> [--image FILE]... [--dtype q4] "question"
 //   webvlm run --request req.json [--model ...] [--dtype q4]
-import { readFile } from "node:fs/promises";
+//   webvlm quantize --model <dir|url|owner/name> --dtype q4|q8 --out DIR
+import { mkdir, open, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { isWebvlmError } from "../src/api/errors.ts";
 import type { ChatCompletionRequest, ContentPart } from "../src/api/types.ts";
@@ -10,12 +12,15 @@ import { Engine } from "../src/engine/engine.ts";
 import { validateRequest } from "../src/engine/request.ts";
 import type { ProgressEvent } from "../src/loader/progress.ts";
 import type { WeightFormat } from "../src/quant/formats.ts";
+import type { PackedSpool } from "../src/loader/webvlm_quant.ts";
 
 const USAGE = `usage:
   webvlm info
   webvlm chat --model <dir|url|owner/name[@rev]> [--image FILE]... [--dtype f32|f16|q8|q4]
               [--max-tokens N] [--temperature T] [--seed N] [--context N] [--preprocess gpu|cpu] "question"
-  webvlm run --request req.json [--model M] [--dtype ...] [--preprocess gpu|cpu]   (prints the chat.completion JSON)`;
+  webvlm run --request req.json [--model M] [--dtype ...] [--preprocess gpu|cpu]   (prints the chat.completion JSON)
+  webvlm quantize --model <dir|url|owner/name[@rev]> --dtype q4|q8 --out DIR
+              (writes webvlm's pre-quantized format: a Hugging Face directory that loads with no quantizing)`;
 
 const FORMATS = ["f32", "f16", "q8", "q4"] as const;
 
@@ -85,6 +90,7 @@ async function main(argv: string[]): Promise<number> {
       context: { type: "string" },
       request: { type: "string" },
       preprocess: { type: "string" },
+      out: { type: "string", short: "o" },
     },
   });
   if (command === "info") {
@@ -95,6 +101,7 @@ async function main(argv: string[]): Promise<number> {
     gpu.destroy();
     return 0;
   }
+  if (command === "quantize") return quantizeCommand(values);
   if (command !== "chat" && command !== "run") {
     console.error(USAGE);
     return 2;
@@ -165,6 +172,90 @@ async function main(argv: string[]): Promise<number> {
   }
   await engine.unload();
   engine.gpu.destroy();
+  return 0;
+}
+
+/** A file-backed PackedSpool (webvlm_quant.ts): packed matrices wait on disk, not in memory. */
+async function fileSpool(path: string): Promise<PackedSpool & { close(): Promise<void> }> {
+  const fh = await open(path, "w+");
+  let size = 0;
+  return {
+    async append(bytes) {
+      const at = size;
+      for (let o = 0; o < bytes.length; ) o += (await fh.write(bytes, o, bytes.length - o, at + o)).bytesWritten;
+      size += bytes.length;
+      return at;
+    },
+    async read(offset, length) {
+      const buf = new Uint8Array(length);
+      for (let o = 0; o < length; ) {
+        const { bytesRead } = await fh.read(buf, o, length - o, offset + o);
+        if (bytesRead === 0) throw new Error(`spool ${path} ends before ${offset + length}`);
+        o += bytesRead;
+      }
+      return buf;
+    },
+    close: () => fh.close(),
+  };
+}
+
+/** `webvlm quantize`: the checkpoint's decoder linears packed as the GPU reads them (loader/webvlm_quant.ts). */
+async function quantizeCommand(values: { model?: string; dtype?: string; out?: string }): Promise<number> {
+  const format = values.dtype;
+  if (format !== "q4" && format !== "q8") throw new Error(`quantize needs --dtype q4 or q8${format ? `, got ${format}` : ""}`);
+  if (!values.model) throw new Error("quantize needs --model (a directory, a URL, or a hub id like Qwen/Qwen2-VL-2B-Instruct)");
+  if (!values.out) throw new Error("quantize needs --out DIR");
+  const out = values.out;
+  let entries: string[] = [];
+  try {
+    entries = await readdir(out);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
+  }
+  if (entries.length > 0) throw new Error(`--out ${out} exists and is not empty`);
+  const { openCheckpoint, resolveCheckpointLocation } = await import("../src/loader/checkpoint.ts");
+  const { resolveFamily } = await import("../src/models/registry.ts");
+  const { quantizeCheckpoint } = await import("../src/loader/webvlm_quant.ts");
+  const { acquireNodeGpu } = await import("../src/gpu/node.ts");
+  const checkpoint = await openCheckpoint(values.model, { cache: false, onProgress: progressPrinter() });
+  const { store } = await resolveCheckpointLocation(values.model, { cache: false });
+  const family = resolveFamily(checkpoint.config).open(checkpoint.config, checkpoint.generationConfig);
+  await mkdir(out, { recursive: true });
+  const spoolPath = join(out, ".webvlm-quantize.spool");
+  const spool = await fileSpool(spoolPath);
+  const gpu = await acquireNodeGpu();
+  try {
+    const result = await quantizeCheckpoint({
+      gpu,
+      weights: checkpoint.weights,
+      config: checkpoint.config,
+      family,
+      format,
+      readFile: (f) => store.readFile(f),
+      spool,
+      sink: {
+        writeFile: (f, bytes) => writeFile(join(out, f), bytes),
+        async create(f) {
+          const fh = await open(join(out, f), "w");
+          let pos = 0;
+          return {
+            async write(bytes) {
+              for (let o = 0; o < bytes.length; ) o += (await fh.write(bytes, o, bytes.length - o, pos + o)).bytesWritten;
+              pos += bytes.length;
+            },
+            close: () => fh.close(),
+          };
+        },
+      },
+      log: (line) => process.stderr.write(`${process.stderr.isTTY ? "\n" : ""}${line}\n`),
+    });
+    console.log(JSON.stringify({ out, format, files: result.files, quantized: result.quantized.length, tensorBytes: result.tensorBytes }, null, 2));
+  } finally {
+    await spool.close();
+    await rm(spoolPath, { force: true });
+    await checkpoint.close();
+    gpu.destroy();
+  }
   return 0;
 }
 

@@ -288,13 +288,16 @@ export class SafetensorsCheckpoint {
 
 // ---------------------------------------------------------------- writing
 
-export type WritableDtype = "F32" | "F16" | "BF16";
+/** Float dtypes f32 values can be written as. */
+export type FloatDtype = "F32" | "F16" | "BF16";
+/** Integer dtypes are written from raw bytes only (packed quantized blocks, zero points). */
+export type WritableDtype = FloatDtype | "U32" | "U16" | "U8" | "I32";
 
 export interface TensorToWrite {
   name: string;
   dtype: WritableDtype;
   shape: number[];
-  /** f32 values (converted to dtype) or the dtype's raw little-endian bytes. */
+  /** f32 values (converted to dtype; float dtypes only) or the dtype's raw little-endian bytes. */
   data: Float32Array | Uint8Array;
 }
 
@@ -311,7 +314,7 @@ export function f32ToBf16Bits(values: Float32Array): Uint16Array {
 }
 
 /** Encodes f32 values as the given dtype's little-endian bytes. */
-export function encodeF32As(values: Float32Array, dtype: WritableDtype): Uint8Array {
+export function encodeF32As(values: Float32Array, dtype: FloatDtype): Uint8Array {
   if (dtype === "F32") return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
   const bits = dtype === "BF16" ? f32ToBf16Bits(values) : Uint16Array.from(values, (v) => f32ToF16Bits(v));
   return new Uint8Array(bits.buffer);
@@ -330,7 +333,10 @@ export function serializeSafetensorsParts(tensors: TensorToWrite[], metadata?: R
   let offset = 0;
   for (const t of tensors) {
     if (t.name === "__metadata__" || t.name in header) throw bad(`duplicate or reserved tensor name "${t.name}"`, { tensor: t.name });
-    const bytes = t.data instanceof Float32Array ? encodeF32As(t.data, t.dtype) : t.data;
+    if (t.data instanceof Float32Array && t.dtype !== "F32" && t.dtype !== "F16" && t.dtype !== "BF16") {
+      throw bad(`tensor "${t.name}": ${t.dtype} is written from raw bytes, not f32 values`, { tensor: t.name });
+    }
+    const bytes = t.data instanceof Float32Array ? encodeF32As(t.data, t.dtype as FloatDtype) : t.data;
     const want = elementCount(t.shape) * DTYPE_BYTES[t.dtype];
     if (bytes.length !== want) throw bad(`tensor "${t.name}": ${bytes.length} bytes for ${t.dtype}[${t.shape.join(",")}]`, { tensor: t.name });
     header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes.length] };
