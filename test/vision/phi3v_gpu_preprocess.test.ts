@@ -22,6 +22,7 @@ import { isPhi3VPayload, Phi3VProcessor, type Phi3VImagePayload } from "../../sr
 import { loadImage } from "../../src/vision/load_image.ts";
 import { normalizeTable } from "../../src/vision/normalize.ts";
 import { FIXTURES, lcgImage } from "./fixtures.ts";
+import { assertSameBits } from "../util/compare.ts";
 
 const DIR = join(FIXTURES, "phi3v");
 
@@ -46,20 +47,6 @@ before(async () => {
 });
 after(() => gpu?.destroy());
 
-function assertSameBits(got: Float32Array, want: Float32Array, what: string): void {
-  assert.equal(got.length, want.length, `${what}: length`);
-  const a = new Uint32Array(got.buffer, got.byteOffset, got.length);
-  const b = new Uint32Array(want.buffer, want.byteOffset, want.length);
-  let diff = 0;
-  let first = -1;
-  for (let i = 0; i < a.length; i++) {
-    if (a[i] !== b[i]) {
-      if (first < 0) first = i;
-      diff++;
-    }
-  }
-  assert.equal(diff, 0, `${what}: ${diff} of ${a.length} values differ (first at ${first}: ${got[first]} vs ${want[first]})`);
-}
 
 const payloadOf = (m: PreparedMedia): Phi3VImagePayload => {
   assert.ok(isPhi3VPayload(m.payload), "a phi3_v payload");
