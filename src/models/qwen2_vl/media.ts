@@ -5,7 +5,8 @@ import { WebvlmError } from "../../api/errors.ts";
 import type { Qwen2VLVisionConfig } from "./config.ts";
 import { normalizeOptionsFromConfig, normalizeRgb8ToChw } from "../../vision/normalize.ts";
 import { patchify } from "./patchify.ts";
-import { preprocessImage, resizeForModel, targetSize, type PreprocessOptions } from "./image_processor.ts";
+import { preprocessImage, targetSize, type PreprocessOptions } from "./image_processor.ts";
+import { resizeRgb8 } from "../../vision/resize.ts";
 import { Recorder } from "../../gpu/recorder.ts";
 import type { Tensor } from "../../gpu/tensor.ts";
 import { allocTensor } from "../../gpu/transfer.ts";
@@ -13,7 +14,7 @@ import { imagePatches } from "../../ops/image_patches.ts";
 import { resizeImage } from "../../ops/image_resample.ts";
 import { releaseImage, type GpuImage } from "../../vision/gpu_image.ts";
 import { releaseMedia, type GpuPreprocessor } from "../../vision/gpu_preprocess.ts";
-import { smartResize, type ResizedSize } from "./smart_resize.ts";
+import { requestedResize, smartResize, type ResizedSize } from "./smart_resize.ts";
 import { loadImage } from "../../vision/load_image.ts";
 import type { MediaRef } from "../family.ts";
 import type { PreparedMedia } from "../family.ts";
@@ -36,11 +37,12 @@ function media(kind: "image" | "video", grid: [number, number, number], pixelVal
   return { kind, hash: contentHash([pixelValues]), tokens: tokensOf(grid, merge), payload: { grid, pixelValues }, device: "cpu" };
 }
 
-// qwen_vl_utils' video budgets (in pixels): per frame and for the whole clip.
-const VIDEO_MIN_PIXELS = 128 * 28 * 28;
-const VIDEO_MAX_PIXELS = 768 * 28 * 28;
-const VIDEO_TOTAL_PIXELS = 24576 * 28 * 28;
+// qwen_vl_utils (0.0.8, the Qwen2-VL release) pads a frame list to a multiple of FRAME_FACTOR.
+// Its video budgets (128..768 x 28 x 28 per frame, 24576 x 28 x 28 in all) apply to video files
+// only: a frame list goes frame by frame through fetch_image, with the image budgets.
 const FRAME_FACTOR = 2;
+const FETCH_MIN_PIXELS = 4 * 28 * 28;
+const FETCH_MAX_PIXELS = 16384 * 28 * 28;
 
 /**
  * The checkpoint's preprocessing defaults from its preprocessor_config.json:
@@ -70,36 +72,64 @@ function processorOptions(vc: Qwen2VLVisionConfig, defaults: PreprocessOptions, 
   };
 }
 
-/** The frames of a video part, padded to an even count (qwen_vl_utils), and the size they are resized to. */
-function videoPlan(ref: MediaRef, vc: Qwen2VLVisionConfig): { sources: unknown[]; count: number; size: (w: number, h: number) => ResizedSize | null } {
-  const frames = ref.source as unknown[];
-  const n = Math.max(FRAME_FACTOR, Math.round(frames.length / FRAME_FACTOR) * FRAME_FACTOR);
-  const minPixels = ref.options.minPixels ?? VIDEO_MIN_PIXELS;
-  const maxPixels = ref.options.maxPixels ?? Math.max(Math.min(VIDEO_MAX_PIXELS, (VIDEO_TOTAL_PIXELS / n) * FRAME_FACTOR), Math.floor(minPixels * 1.05));
-  const size = (w: number, h: number): ResizedSize | null =>
-    ref.options.resizedHeight !== undefined ? null : smartResize(h, w, { factor: vc.patchSize * vc.spatialMergeSize, minPixels, maxPixels });
-  return { sources: Array.from({ length: n }, (_, i) => frames[Math.min(i, frames.length - 1)]), count: frames.length, size };
+/**
+ * How a video given as a list of frames is sized, as qwen_vl_utils 0.0.8 and the processor do it:
+ * each frame is resized (Pillow BICUBIC) by fetch_image to its own size — smart_resize of the
+ * frame's size with the part's min_pixels/max_pixels (default 4..16384 x 28 x 28), or the part's
+ * resized_height/resized_width rounded to 28 — and the list is padded to an even count by
+ * repeating the last frame; then Qwen2VLImageProcessor resizes every frame to smart_resize of the
+ * FIRST frame's size under the checkpoint's min/max pixels (a no-op when they agree).
+ */
+interface FramePlan {
+  /** The frame sources, without padding. */
+  sources: unknown[];
+  /** Frames after padding. */
+  count: number;
+  /** fetch_image's size for a frame of width x height. */
+  fetchSize(width: number, height: number): ResizedSize;
+  /** The processor's size for every frame, from the first frame's fetched size. */
+  finalSize(first: ResizedSize): ResizedSize;
 }
 
-async function prepareCpu(ref: MediaRef, opts: PreprocessOptions, vc: Qwen2VLVisionConfig, label: string, signal?: AbortSignal): Promise<Qwen2VLMedia> {
+function framePlan(ref: MediaRef, defaults: PreprocessOptions, vc: Qwen2VLVisionConfig): FramePlan {
+  const sources = ref.source as unknown[];
+  const factor = vc.patchSize * vc.spatialMergeSize;
+  const own = ref.options;
+  return {
+    sources,
+    count: Math.ceil(sources.length / FRAME_FACTOR) * FRAME_FACTOR,
+    fetchSize: (width, height) =>
+      own.resizedHeight !== undefined && own.resizedWidth !== undefined
+        ? requestedResize(own.resizedHeight, own.resizedWidth, { factor })
+        : requestedResize(height, width, { factor, minPixels: own.minPixels ?? FETCH_MIN_PIXELS, maxPixels: own.maxPixels ?? FETCH_MAX_PIXELS }),
+    finalSize: (first) => smartResize(first.height, first.width, { factor, minPixels: defaults.minPixels, maxPixels: defaults.maxPixels }),
+  };
+}
+
+async function prepareCpu(
+  ref: MediaRef, opts: PreprocessOptions, defaults: PreprocessOptions, vc: Qwen2VLVisionConfig, label: string, signal?: AbortSignal,
+): Promise<Qwen2VLMedia> {
   const merge = vc.spatialMergeSize;
   if (ref.kind === "image") {
     const img = await loadImage(ref.source, signal, { label });
     const p = preprocessImage(img.rgb, img.width, img.height, opts);
     return media("image", p.grid, p.pixelValues, merge);
   }
-  // A video given as frames: one size for all frames from the first frame and the per-frame budget.
-  const plan = videoPlan(ref, vc);
-  const decoded = [];
-  for (const [i, src] of plan.sources.entries()) decoded.push(await loadImage(src, signal, { label: `${label} frame ${Math.min(i, plan.count - 1) + 1}` }));
-  const first = decoded[0];
-  const size = plan.size(first.width, first.height);
-  const chw = decoded.map((d) => {
-    if (d.width !== first.width || d.height !== first.height) throw new WebvlmError("bad_request", "video frames must all have the same size");
-    const r = resizeForModel(d.rgb, d.width, d.height, size ? { ...opts, resizedHeight: size.height, resizedWidth: size.width } : opts);
-    return { chw: normalizeRgb8ToChw(r.rgb, r.width, r.height, opts), h: r.height, w: r.width };
-  });
-  const { pixelValues, grid } = patchify(chw.map((c) => c.chw), chw[0].h, chw[0].w, {
+  // A video given as frames (framePlan): each frame fetched at its own size, then all at the first's.
+  const plan = framePlan(ref, defaults, vc);
+  const chw: Float32Array[] = [];
+  let final: ResizedSize | null = null;
+  for (const [i, src] of plan.sources.entries()) {
+    const d = await loadImage(src, signal, { label: `${label} frame ${i + 1}` });
+    const fetched = plan.fetchSize(d.width, d.height);
+    final ??= plan.finalSize(fetched);
+    const once = resizeRgb8(d.rgb, d.width, d.height, fetched.width, fetched.height);
+    const twice = resizeRgb8(once, fetched.width, fetched.height, final.width, final.height);
+    chw.push(normalizeRgb8ToChw(twice, final.width, final.height, opts));
+  }
+  while (chw.length < plan.count) chw.push(chw[chw.length - 1]);
+  const f = final as ResizedSize;
+  const { pixelValues, grid } = patchify(chw, f.height, f.width, {
     patchSize: vc.patchSize,
     temporalPatchSize: vc.temporalPatchSize,
     mergeSize: merge,
@@ -113,41 +143,43 @@ async function prepareCpu(ref: MediaRef, opts: PreprocessOptions, vc: Qwen2VLVis
  * Null when the device cannot hold it (the caller takes the CPU path).
  */
 async function prepareGpu(
-  gp: GpuPreprocessor, ref: MediaRef, opts: PreprocessOptions, vc: Qwen2VLVisionConfig, label: string, signal?: AbortSignal,
+  gp: GpuPreprocessor, ref: MediaRef, opts: PreprocessOptions, defaults: PreprocessOptions, vc: Qwen2VLVisionConfig, label: string, signal?: AbortSignal,
 ): Promise<Qwen2VLMedia | null> {
   const tps = vc.temporalPatchSize;
   if (tps < 1 || tps > 2 || vc.inChannels !== 3) return null; // the kernel reads one or two frames of RGB
   const ctx = gp.ctx;
-  const plan = ref.kind === "video" ? videoPlan(ref, vc) : { sources: [ref.source], count: 1, size: () => null };
+  const plan = ref.kind === "video" ? framePlan(ref, defaults, vc) : null;
+  const sources = plan ? plan.sources : [ref.source];
+  const count = plan ? plan.count : 1;
   const frames: GpuImage[] = [];
   let pixels: Tensor | null = null;
   try {
-    let size: ResizedSize | null = null;
-    let first: { width: number; height: number } | null = null;
-    for (const [i, src] of plan.sources.entries()) {
-      const img = await gp.loadImage(src, signal, { label: ref.kind === "video" ? `${label} frame ${Math.min(i, plan.count - 1) + 1}` : label });
-      first ??= { width: img.width, height: img.height };
-      if (img.width !== first.width || img.height !== first.height) {
-        releaseImage(ctx, img);
-        throw new WebvlmError("bad_request", "video frames must all have the same size");
-      }
-      if (!size) {
-        const s = plan.size(img.width, img.height);
-        size = targetSize(img.width, img.height, s ? { ...opts, resizedHeight: s.height, resizedWidth: s.width } : opts);
-      }
-      if (!gp.fits(size.width * size.height * 4, (size.width * size.height * 3 * tps * Math.ceil(plan.sources.length / tps)) * 4)) {
+    let final: ResizedSize | null = null;
+    for (const [i, src] of sources.entries()) {
+      const img = await gp.loadImage(src, signal, { label: plan ? `${label} frame ${i + 1}` : label });
+      // An image: one resize (targetSize). A frame: fetch_image's resize, then the processor's.
+      const fetched = plan ? plan.fetchSize(img.width, img.height) : targetSize(img.width, img.height, opts);
+      final ??= plan ? plan.finalSize(fetched) : fetched;
+      const pixelBytes = final.width * final.height * 3 * tps * Math.ceil(count / tps) * 4;
+      if (!gp.fits(img.rowBytes * img.height, fetched.width * fetched.height * 4, final.width * final.height * 4, pixelBytes)) {
         releaseImage(ctx, img);
         return null;
       }
       const rec = new Recorder(ctx);
-      const resized = resizeImage(rec, img, size.width, size.height, { filter: "bicubic" });
+      let resized = resizeImage(rec, img, fetched.width, fetched.height, { filter: "bicubic" });
+      if (fetched.width !== final.width || fetched.height !== final.height) {
+        const again = resizeImage(rec, resized, final.width, final.height, { filter: "bicubic" });
+        ctx.pool.release(resized.buffer); // recorded: the pass that reads it runs first
+        resized = again;
+      }
       rec.submit();
       releaseImage(ctx, img);
       frames.push(resized);
     }
-    const s = size as ResizedSize;
+    const s = final as ResizedSize;
     const ps = vc.patchSize;
-    while (frames.length % tps !== 0) frames.push(frames[frames.length - 1]);
+    // Padding to the frame count (qwen_vl_utils), then to the temporal patch (the processor): the last frame again.
+    while (frames.length < count || frames.length % tps !== 0) frames.push(frames[frames.length - 1]);
     const grid: [number, number, number] = [frames.length / tps, s.height / ps, s.width / ps];
     const perT = grid[1] * grid[2];
     pixels = allocTensor(ctx, [grid[0] * perT, 3 * tps * ps * ps], "f32", "qwen2_vl.pixel_values");
@@ -186,7 +218,7 @@ export async function prepareMedia(
       const label = `${ref.kind} ${++counts[ref.kind]}`; // how errors name the item
       if (signal?.aborted) throw new WebvlmError("aborted", "the request was aborted while preparing images");
       const opts = processorOptions(vc, defaults, ref.options);
-      out.push((gpu && (await prepareGpu(gpu, ref, opts, vc, label, signal))) || (await prepareCpu(ref, opts, vc, label, signal)));
+      out.push((gpu && (await prepareGpu(gpu, ref, opts, defaults, vc, label, signal))) || (await prepareCpu(ref, opts, defaults, vc, label, signal)));
     }
   } catch (e) {
     releaseMedia(out);
