@@ -24,11 +24,34 @@ export interface ImagePart extends VisionSizeOptions {
   image: unknown;
 }
 
+/**
+ * A video: a list of frames (each an image as in ImagePart.image; sized frame by frame like
+ * images, qwen_vl_utils' frame-list rules), or a video FILE — a URL string, Blob/File or
+ * ArrayBuffer/Uint8Array of an MP4/WebM/MKV/MOV, or a <video> element (its src is read) — decoded
+ * with WebCodecs in browsers and sampled by qwen_vl_utils' video-file rules (fps/nframes,
+ * min_frames/max_frames, per-frame pixels from min_pixels/max_pixels/total_pixels).
+ * Node has no WebCodecs: a video file there is an unsupported_feature error.
+ */
 export interface VideoPart extends VisionSizeOptions {
   type: "video";
-  /** frames (each an image as in ImagePart.image) or a video source */
   video: unknown;
+  /** Frames per second to sample (default 2); not with nframes. Video files only. */
   fps?: number;
+  /** Exact number of frames to sample (rounded to an even count). Video files only. */
+  nframes?: number;
+  /** Fewest / most frames when sampling by fps (default 4 / min(768, frames)). Video files only. */
+  min_frames?: number;
+  max_frames?: number;
+  /** Pixel budget of all sampled frames together (default 24576*28*28). Video files only. */
+  total_pixels?: number;
+  /** Seconds to read from / up to (default: the whole video). Video files only. */
+  video_start?: number;
+  video_end?: number;
+  /**
+   * Called after each sampled frame is decoded, with (decoded, total). With the worker engine it is
+   * called on the page (it crosses as a proxy). The request's signal aborts between frames.
+   */
+  on_progress?: (decoded: number, total: number) => void;
 }
 
 export interface TextPart {

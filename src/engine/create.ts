@@ -111,22 +111,28 @@ class WorkerEngine implements ChatEngine {
 
   private async complete(req: ChatCompletionRequest): Promise<ChatCompletion> {
     const { id, wire, detach } = this.withSignal(req);
+    const ports: MessagePort[] = [];
     try {
-      const { request, transfers } = await bitmapsForWorker(wire);
+      const { request, transfers, ports: p } = await bitmapsForWorker(wire);
+      ports.push(...p);
       return await this.api.complete(id, Comlink.transfer(request, transfers));
     } finally {
+      for (const port of ports) port.close();
       detach();
     }
   }
 
   private async *stream(req: ChatCompletionRequest): AsyncGenerator<ChatCompletionChunk> {
     const { id, wire, detach } = this.withSignal(req);
+    const ports: MessagePort[] = [];
     try {
       yield* pump<ChatCompletionChunk>(async (push) => {
-        const { request, transfers } = await bitmapsForWorker(wire);
+        const { request, transfers, ports: p } = await bitmapsForWorker(wire);
+        ports.push(...p);
         await this.api.stream(id, Comlink.transfer(request, transfers), Comlink.proxy((chunks: ChatCompletionChunk[]) => push(...chunks)));
       }, () => void this.api.abort(id)); // leaving the loop early aborts the generation in the worker
     } finally {
+      for (const port of ports) port.close();
       detach();
     }
   }
@@ -135,11 +141,14 @@ class WorkerEngine implements ChatEngine {
 /**
  * <img>, canvases and ImageBitmaps cannot be cloned to a worker: they become ImageBitmaps
  * (decoded pixels, no re-encoding) moved with a transfer list. Blobs/Files/ImageData clone as-is.
+ * A video file crosses as its Blob/bytes or absolute URL (a <video> element as its src), and its
+ * on_progress callback as a MessagePort.
  */
 async function bitmapsForWorker(
   req: Omit<ChatCompletionRequest, "signal">,
-): Promise<{ request: Omit<ChatCompletionRequest, "signal">; transfers: Transferable[] }> {
+): Promise<{ request: Omit<ChatCompletionRequest, "signal">; transfers: Transferable[]; ports: MessagePort[] }> {
   const transfers: Transferable[] = [];
+  const ports: MessagePort[] = []; // progress channels' page ends, closed when the request ends
   // Copies down to the parts: the caller's request is not modified.
   const messages = req.messages.map((m) => (typeof m.content === "string" ? m : { ...m, content: m.content.map((p) => ({ ...p })) }));
   let count = 0;
@@ -158,10 +167,31 @@ async function bitmapsForWorker(
     if (typeof m.content === "string") continue;
     for (const part of m.content) {
       if (part.type === "image") part.image = await convert(part.image);
-      else if (part.type === "video") part.video = await Promise.all((part.video as unknown[]).map(convert));
+      else if (part.type === "video" && Array.isArray(part.video)) part.video = await Promise.all((part.video as unknown[]).map(convert));
+      else if (part.type === "video") {
+        // A video file: Blobs/Files/bytes clone as they are; a <video> element cannot cross, its src does
+        // (as an absolute URL: blob: URLs of this page are readable in its worker); relative URLs are the page's.
+        const v = part.video;
+        if (typeof HTMLVideoElement !== "undefined" && v instanceof HTMLVideoElement) {
+          const src = v.currentSrc || v.src;
+          if (!src) throw new WebvlmError("unsupported_feature", "a <video> element without a src (a MediaStream) cannot be sampled as a file: give its frames as a list");
+          part.video = src;
+        } else if (typeof v === "string" && typeof globalThis.location !== "undefined") {
+          part.video = new URL(v, globalThis.location.href).href;
+        }
+        // The progress callback cannot be cloned: a MessagePort carries (decoded, total) back.
+        const onProgress = part.on_progress;
+        if (typeof onProgress === "function") {
+          const channel = new MessageChannel();
+          channel.port1.onmessage = (e: MessageEvent<[number, number]>) => onProgress(e.data[0], e.data[1]);
+          part.on_progress = channel.port2 as unknown as typeof onProgress;
+          transfers.push(channel.port2);
+          ports.push(channel.port1);
+        }
+      }
     }
   }
-  return { request: { ...req, messages }, transfers };
+  return { request: { ...req, messages }, transfers, ports };
 }
 
 /** Relative URLs are the page's, not the worker script's. */

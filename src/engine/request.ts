@@ -29,6 +29,39 @@ function sizeOptions(o: Record<string, unknown>, where: string): MediaSizeOption
   return out;
 }
 
+/**
+ * A video file's sampling options (qwen_vl_utils fetch_video): fps | nframes, min_frames, max_frames,
+ * total_pixels, video_start/video_end, and on_progress (a function, or the MessagePort the worker
+ * engine puts in its place).
+ */
+function videoOptions(o: Record<string, unknown>, where: string, out: MediaSizeOptions): MediaSizeOptions {
+  const num = (k: string, integer = false, zeroOk = false): number | undefined => {
+    const v = o[k];
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== "number" || !Number.isFinite(v) || v < 0 || (v === 0 && !zeroOk) || (integer && !Number.isSafeInteger(v))) {
+      throw bad(`${where}.${k} must be a ${zeroOk ? "non-negative" : "positive"} ${integer ? "integer" : "number"}`, k);
+    }
+    return v;
+  };
+  out.fps = num("fps");
+  out.nframes = num("nframes", true);
+  if (out.fps !== undefined && out.nframes !== undefined) throw bad(`${where}: give either fps or nframes, not both`, "nframes");
+  out.minFrames = num("min_frames", true);
+  out.maxFrames = num("max_frames", true);
+  out.totalPixels = num("total_pixels");
+  out.videoStart = num("video_start", false, true);
+  out.videoEnd = num("video_end");
+  if (out.videoStart !== undefined && out.videoEnd !== undefined && out.videoEnd <= out.videoStart) {
+    throw bad(`${where}.video_end must be after video_start`, "video_end");
+  }
+  const p = o.on_progress;
+  if (typeof p === "function") out.onVideoProgress = p as (decoded: number, total: number) => void;
+  else if (typeof MessagePort !== "undefined" && p instanceof MessagePort) {
+    out.onVideoProgress = (decoded, total) => p.postMessage([decoded, total]);
+  } else if (p !== undefined && p !== null) throw bad(`${where}.on_progress must be a function`, "on_progress");
+  return out;
+}
+
 /** Media parts of all messages, in the order the chat template emits their placeholders. */
 export function collectMedia(messages: readonly ChatMessage[]): MediaRef[] {
   const media: MediaRef[] = [];
@@ -47,10 +80,18 @@ export function collectMedia(messages: readonly ChatMessage[]): MediaRef[] {
         if (part.image === undefined || part.image === null) throw bad(`${where}.image is missing`, "messages");
         media.push({ kind: "image", source: part.image, options: sizeOptions(part, where) });
       } else if (p.type === "video") {
-        if (!Array.isArray(part.video) || part.video.length === 0) {
-          throw bad(`${where}.video must be a non-empty list of frames (images)`, "messages");
+        const v = part.video;
+        if (Array.isArray(v)) {
+          // A list of frames: sized like images (qwen_vl_utils ignores the video-file options here).
+          if (v.length === 0) throw bad(`${where}.video must be a non-empty list of frames (images) or a video file`, "messages");
+          media.push({ kind: "video", source: v, options: sizeOptions(part, where) });
+        } else {
+          // A video file: URL string, Blob/File, bytes or a <video> element (decoded in the processor).
+          if (v === undefined || v === null || (typeof v === "string" ? v.length === 0 : typeof v !== "object")) {
+            throw bad(`${where}.video must be a list of frames or a video file (URL, Blob/File, bytes, <video>), got ${show(v)}`, "messages");
+          }
+          media.push({ kind: "video", source: v, options: videoOptions(part, where, sizeOptions(part, where)) });
         }
-        media.push({ kind: "video", source: part.video, options: sizeOptions(part, where) });
       } else if (p.type !== "text") {
         throw bad(`${where}: unsupported content part type ${JSON.stringify((p as { type?: unknown }).type)}`, "messages");
       }

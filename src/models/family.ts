@@ -20,6 +20,18 @@ export interface MediaSizeOptions {
   resizedWidth?: number;
   /** Phi-3-vision's HD transform: most 336x336 crops (default: preprocessor_config.json's num_crops). */
   numCrops?: number;
+  /** Video files only (qwen_vl_utils fetch_video): sampling rate (default 2) or an exact frame count. */
+  fps?: number;
+  nframes?: number;
+  minFrames?: number;
+  maxFrames?: number;
+  /** Video files only: the pixel budget of all sampled frames together (default 24576*28*28). */
+  totalPixels?: number;
+  /** Video files only: the seconds to read (torchvision read_video's start_pts/end_pts). */
+  videoStart?: number;
+  videoEnd?: number;
+  /** Video files only: called after each decoded frame (decoded, total). Not carried to a worker. */
+  onVideoProgress?: (decoded: number, total: number) => void;
 }
 
 /** One image or video part of a request, in prompt order, before the family's processor. */

@@ -16,6 +16,7 @@ import { releaseImage, type GpuImage } from "../../vision/gpu_image.ts";
 import { releaseMedia, type GpuPreprocessor } from "../../vision/gpu_preprocess.ts";
 import { requestedResize, smartResize, type ResizedSize } from "./smart_resize.ts";
 import { loadImage } from "../../vision/load_image.ts";
+import { openVideo } from "../../vision/video_browser.ts";
 import type { MediaRef } from "../family.ts";
 import type { PreparedMedia } from "../family.ts";
 
@@ -81,8 +82,10 @@ function processorOptions(vc: Qwen2VLVisionConfig, defaults: PreprocessOptions, 
  * FIRST frame's size under the checkpoint's min/max pixels (a no-op when they agree).
  */
 interface FramePlan {
-  /** The frame sources, without padding. */
-  sources: unknown[];
+  /** The frame sources, without padding (a video file's: its sampled frames, decoded one by one). */
+  sources: Iterable<unknown> | AsyncIterable<unknown>;
+  /** Called once a source has been read (a video file's frames are closed). */
+  done?(source: unknown): void;
   /** Frames after padding. */
   count: number;
   /** fetch_image's size for a frame of width x height. */
@@ -106,6 +109,38 @@ function framePlan(ref: MediaRef, defaults: PreprocessOptions, vc: Qwen2VLVision
   };
 }
 
+/**
+ * A video FILE (browser only: WebCodecs), sampled as qwen_vl_utils' fetch_video does
+ * (src/vision/video_sampling.ts): nframes from fps (default 2) / nframes / min_frames / max_frames,
+ * frames at linspace(0, total - 1, nframes), all resized to smart_resize of the video's size under
+ * the per-frame budget from min_pixels / max_pixels / total_pixels (or resized_height/width); then,
+ * as for frame lists, the processor's resize to smart_resize of that size with the checkpoint's bounds.
+ * fetch_video resizes with torchvision's BICUBIC (antialias) on a tensor, not Pillow's: both resizes
+ * here are the Pillow-exact bicubic (CPU and GPU alike), so pixels differ slightly from the Python
+ * reference (decoded frames differ by decoder anyway). Node: unsupported_feature (openVideo).
+ */
+async function videoFilePlan(ref: MediaRef, defaults: PreprocessOptions, vc: Qwen2VLVisionConfig, label: string, signal?: AbortSignal): Promise<FramePlan> {
+  const factor = vc.patchSize * vc.spatialMergeSize;
+  const own = ref.options;
+  const video = await openVideo(ref.source, { ...own, onProgress: own.onVideoProgress, label, factor }, signal);
+  const size = video.plan.size;
+  async function* bitmaps(): AsyncGenerator<ImageBitmap> {
+    for await (const f of video.frames(signal)) yield f.bitmap;
+  }
+  return {
+    sources: bitmaps(),
+    done: (src) => (src as ImageBitmap).close(),
+    count: video.plan.nframes,
+    fetchSize: () => size,
+    finalSize: (first) => smartResize(first.height, first.width, { factor, minPixels: defaults.minPixels, maxPixels: defaults.maxPixels }),
+  };
+}
+
+/** The plan of a video part: a frame list's, or a video file's. */
+async function videoPlan(ref: MediaRef, defaults: PreprocessOptions, vc: Qwen2VLVisionConfig, label: string, signal?: AbortSignal): Promise<FramePlan> {
+  return Array.isArray(ref.source) ? framePlan(ref, defaults, vc) : videoFilePlan(ref, defaults, vc, label, signal);
+}
+
 async function prepareCpu(
   ref: MediaRef, opts: PreprocessOptions, defaults: PreprocessOptions, vc: Qwen2VLVisionConfig, label: string, signal?: AbortSignal,
 ): Promise<Qwen2VLMedia> {
@@ -116,11 +151,18 @@ async function prepareCpu(
     return media("image", p.grid, p.pixelValues, merge);
   }
   // A video given as frames (framePlan): each frame fetched at its own size, then all at the first's.
-  const plan = framePlan(ref, defaults, vc);
+  // A video file (videoFilePlan): its sampled frames, all fetched at the video's size.
+  const plan = await videoPlan(ref, defaults, vc, label, signal);
   const chw: Float32Array[] = [];
   let final: ResizedSize | null = null;
-  for (const [i, src] of plan.sources.entries()) {
-    const d = await loadImage(src, signal, { label: `${label} frame ${i + 1}` });
+  let i = 0;
+  for await (const src of plan.sources) {
+    let d;
+    try {
+      d = await loadImage(src, signal, { label: `${label} frame ${++i}` });
+    } finally {
+      plan.done?.(src);
+    }
     const fetched = plan.fetchSize(d.width, d.height);
     final ??= plan.finalSize(fetched);
     const once = resizeRgb8(d.rgb, d.width, d.height, fetched.width, fetched.height);
@@ -148,15 +190,21 @@ async function prepareGpu(
   const tps = vc.temporalPatchSize;
   if (tps < 1 || tps > 2 || vc.inChannels !== 3) return null; // the kernel reads one or two frames of RGB
   const ctx = gp.ctx;
-  const plan = ref.kind === "video" ? framePlan(ref, defaults, vc) : null;
+  const plan = ref.kind === "video" ? await videoPlan(ref, defaults, vc, label, signal) : null;
   const sources = plan ? plan.sources : [ref.source];
   const count = plan ? plan.count : 1;
   const frames: GpuImage[] = [];
   let pixels: Tensor | null = null;
   try {
     let final: ResizedSize | null = null;
-    for (const [i, src] of sources.entries()) {
-      const img = await gp.loadImage(src, signal, { label: plan ? `${label} frame ${i + 1}` : label });
+    let i = 0;
+    for await (const src of sources) {
+      let img: GpuImage;
+      try {
+        img = await gp.loadImage(src, signal, { label: plan ? `${label} frame ${++i}` : label });
+      } finally {
+        plan?.done?.(src);
+      }
       // An image: one resize (targetSize). A frame: fetch_image's resize, then the processor's.
       const fetched = plan ? plan.fetchSize(img.width, img.height) : targetSize(img.width, img.height, opts);
       final ??= plan ? plan.finalSize(fetched) : fetched;
