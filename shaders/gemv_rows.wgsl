@@ -9,6 +9,9 @@
 //   quant: q4/q8 weights (BITS), layout of src/quant/formats.ts, K % 4 == 0.
 //     (1) x (2) w: array<vec4<u32>> [N, groups * BITS / 4] (3) scales: array<u32> f16 pairs [N, groups]
 //     (4) bias (5) y (6) norm weight
+//   quant_zeros: quant with zero points (override ZEROS = true): unsigned codes, value = (q - zero) *
+//     scale; bindings of quant plus (7) zero_words: array<u32>, byte g % 4 of word g / 4 of the row-major
+//     [N, groups] list (only this entry point references it, so quant's auto layout lacks it).
 // With NORM (override): y = rmsnorm(x) W^T (x scaled by the norm weight as read, the dot product times
 // inverseSqrt(mean(x^2) + eps) of the row).
 // Dispatch: (tiles_x, tiles_y, M), tiles_x * tiles_y * 64 >= N (grid2d).
@@ -22,6 +25,7 @@ struct Params { M: u32, N: u32, K: u32, out_col: u32, out_stride: u32, has_bias:
 override WEIGHT_F16: bool = true;
 override NORM: bool = false;  // fused RMSNorm (a pipeline constant: no per-element branch without it)
 override BITS: u32 = 4u;
+override ZEROS: bool = false;  // unsigned codes with zero points (set for quant_zeros)
 
 fn row_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
   return gid.y * nwg.x * 64u + gid.x;
@@ -94,15 +98,45 @@ fn x4(m: u32, k: u32) -> vec4<f32> {
   return v;
 }
 
-fn q4_dot(word: u32, k: u32, m: u32) -> f32 {
-  let lo = vec4<f32>(vec4<u32>(word, word >> 4u, word >> 8u, word >> 12u) & vec4<u32>(15u)) - 8.0;
-  let hi = vec4<f32>(vec4<u32>(word >> 16u, word >> 20u, word >> 24u, word >> 28u) & vec4<u32>(15u)) - 8.0;
+// Codes minus their offset z (q4: 8, or the zero point with ZEROS; q8: 0, or the zero point) dotted
+// with x[m, k .. k + 8) (q4) / x[m, k .. k + 4) (q8).
+fn q4_dot(word: u32, k: u32, m: u32, z: f32) -> f32 {
+  let lo = vec4<f32>(vec4<u32>(word, word >> 4u, word >> 8u, word >> 12u) & vec4<u32>(15u)) - z;
+  let hi = vec4<f32>(vec4<u32>(word >> 16u, word >> 20u, word >> 24u, word >> 28u) & vec4<u32>(15u)) - z;
   return dot(lo, x4(m, k)) + dot(hi, x4(m, k + 4u));
 }
 
-fn q8_dot(word: u32, k: u32, m: u32) -> f32 {
+fn q8_dot(word: u32, k: u32, m: u32, z: f32) -> f32 {
+  if (ZEROS) {
+    return dot(vec4<f32>(vec4<u32>(word, word >> 8u, word >> 16u, word >> 24u) & vec4<u32>(255u)) - z, x4(m, k));
+  }
   let v = vec4<f32>(vec4<i32>(bitcast<i32>(word << 24u), bitcast<i32>(word << 16u), bitcast<i32>(word << 8u), bitcast<i32>(word)) >> vec4<u32>(24u));
   return dot(v, x4(m, k));
+}
+
+// sum over group g of row n of (code - z) * x[m, k] (times the scale: the caller).
+fn group_sum(n: u32, m: u32, g: u32, groups: u32, z: f32) -> f32 {
+  let k0 = g * 32u;
+  let base = (n * groups + g) * (BITS / 4u);
+  if (BITS == 4u) {
+    let q = w[base];
+    return q4_dot(q.x, k0, m, z) + q4_dot(q.y, k0 + 8u, m, z) + q4_dot(q.z, k0 + 16u, m, z) + q4_dot(q.w, k0 + 24u, m, z);
+  }
+  let a = w[base];
+  let b = w[base + 1u];
+  return q8_dot(a.x, k0, m, z) + q8_dot(a.y, k0 + 4u, m, z) + q8_dot(a.z, k0 + 8u, m, z) + q8_dot(a.w, k0 + 12u, m, z)
+    + q8_dot(b.x, k0 + 16u, m, z) + q8_dot(b.y, k0 + 20u, m, z) + q8_dot(b.z, k0 + 24u, m, z) + q8_dot(b.w, k0 + 28u, m, z);
+}
+
+// The epilogue: norm factor, bias, accumulate, store.
+fn quant_store(n: u32, m: u32, dot_sum: f32) {
+  var acc = dot_sum;
+  if (NORM) { acc *= row_scale(m); }
+  if (params.has_bias != 0u) { acc += quant_bias[params.out_col + n]; }
+  let out_index = m * params.out_stride + params.out_col + n;
+  // accumulate: y += x W^T (the residual add fused into the projection).
+  if (params.accumulate != 0u) { acc += quant_y[out_index]; }
+  quant_y[out_index] = acc;
 }
 
 @compute @workgroup_size(64)
@@ -111,27 +145,26 @@ fn quant(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
   let m = gid.z;
   if (n >= params.N || m >= params.M) { return; }
   let groups = (params.K + 31u) / 32u;
-  let vpg = BITS / 4u;
   var acc = 0.0;
   for (var g = 0u; g < groups; g++) {
-    let k0 = g * 32u;
-    var s = 0.0;
-    let base = (n * groups + g) * vpg;
-    if (BITS == 4u) {
-      let q = w[base];
-      s = q4_dot(q.x, k0, m) + q4_dot(q.y, k0 + 8u, m) + q4_dot(q.z, k0 + 16u, m) + q4_dot(q.w, k0 + 24u, m);
-    } else {
-      let a = w[base];
-      let b = w[base + 1u];
-      s = q8_dot(a.x, k0, m) + q8_dot(a.y, k0 + 4u, m) + q8_dot(a.z, k0 + 8u, m) + q8_dot(a.w, k0 + 12u, m)
-        + q8_dot(b.x, k0 + 16u, m) + q8_dot(b.y, k0 + 20u, m) + q8_dot(b.z, k0 + 24u, m) + q8_dot(b.w, k0 + 28u, m);
-    }
-    acc += s * scale_of(n * groups + g);
+    acc += group_sum(n, m, g, groups, select(0.0, 8.0, BITS == 4u)) * scale_of(n * groups + g);
   }
-  if (NORM) { acc *= row_scale(m); }
-  if (params.has_bias != 0u) { acc += quant_bias[params.out_col + n]; }
-  let out_index = m * params.out_stride + params.out_col + n;
-  // accumulate: y += x W^T (the residual add fused into the projection).
-  if (params.accumulate != 0u) { acc += quant_y[out_index]; }
-  quant_y[out_index] = acc;
+  quant_store(n, m, acc);
+}
+
+@group(0) @binding(7) var<storage, read> zero_words: array<u32>;
+
+@compute @workgroup_size(64)
+fn quant_zeros(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let n = row_index(gid, nwg);
+  let m = gid.z;
+  if (n >= params.N || m >= params.M) { return; }
+  let groups = (params.K + 31u) / 32u;
+  var acc = 0.0;
+  for (var g = 0u; g < groups; g++) {
+    let si = n * groups + g;
+    let z = f32((zero_words[si >> 2u] >> ((si & 3u) * 8u)) & 255u);
+    acc += group_sum(n, m, g, groups, z) * scale_of(si);
+  }
+  quant_store(n, m, acc);
 }

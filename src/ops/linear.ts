@@ -81,7 +81,15 @@ function checkWeight(name: string, w: Weight): void {
     expectShape(`${name}.data`, w.data, [w.rows, (w.paddedCols * (w.format === "q4" ? 4 : 8)) / 32]);
     expectDtype(`${name}.scales`, w.scales, ["f16"]);
     expectShape(`${name}.scales`, w.scales, [w.rows, groups]);
-    if (w.zeros) throw new WebvlmError("unsupported_feature", `${name}: zero points (asymmetric groups) are not supported by the linear kernels yet`);
+    if (w.zeros) {
+      // One byte per group, 4 per u32 word (formats.ts); the tensor's shape is free, its size is not.
+      expectDtype(`${name}.zeros`, w.zeros, ["u32"]);
+      const words = w.zeros.shape.reduce((a, d) => a * d, 1);
+      const want = Math.ceil((w.rows * groups) / 4);
+      if (words !== want) {
+        throw new WebvlmError("shape_mismatch", `${name}.zeros: ${words} u32 words for ${w.rows}x${groups} zero points (want ${want})`);
+      }
+    }
   } else {
     expectDtype(`${name}.data`, w.data, [w.format]);
     expectShape(`${name}.data`, w.data, [w.rows, w.cols]);
@@ -165,6 +173,10 @@ function dispatchShard(
   // The bias flag is a uniform, not an override: half the pipelines for a negligible branch.
   const uniforms = packUniforms("uuuuuuuf", M, N, K, col, outStride, bias ? 1 : 0, accumulate ? 1 : 0, norm?.eps ?? 0);
   const constants: Record<string, number | boolean> = quant ? { BITS: w.format === "q4" ? 4 : 8 } : { WEIGHT_F16: w.format === "f16" };
+  // Zero points: a separate entry point of each q kernel (the only one that references the zeros
+  // binding, so the symmetric pipelines' auto layouts and bind groups stay as they were).
+  const zeros = quant ? w.zeros : undefined;
+  if (zeros) constants.ZEROS = true;
   // The fused norm is a pipeline constant: its per-element scaling must cost nothing when off.
   if (norm) constants.NORM = true;
   // Without a bias the slot still has to be bound (layout "auto"); x is read-only, so reuse it.
@@ -173,13 +185,15 @@ function dispatchShard(
   const bindings: Binding[] = [x, ...weightBindings, bias ?? x, y];
   // The GEMV kernels bind the norm weight last (x again when there is none); the GEMM has no slot.
   if (kernel !== "gemm") bindings.push(norm?.weight ?? x);
-  const label = `linear ${w.format} ${M}x${N}x${K}${norm ? " +norm" : ""}${accumulate ? " +=" : ""}`;
+  // The zeros come after every other binding (auto layout numbers them in order).
+  if (zeros) bindings.push(zeros);
+  const label = `linear ${w.format}${zeros ? "+z" : ""} ${M}x${N}x${K}${norm ? " +norm" : ""}${accumulate ? " +=" : ""}`;
 
   if (kernel === "gemv_rows") {
     const [gx, gy] = grid2d(Math.ceil(N / 64), limits.maxComputeWorkgroupsPerDimension);
     rec.dispatch({
       code: gemvRowsCode,
-      entryPoint: quant ? "quant" : "dense",
+      entryPoint: quant ? (zeros ? "quant_zeros" : "quant") : "dense",
       constants,
       uniforms,
       bindings,
@@ -193,6 +207,7 @@ function dispatchShard(
     if (quant) constants.XC = gemvStagedVec4s(cfg, K, limits.maxComputeWorkgroupStorageSize);
     rec.dispatch({
       code: quant ? gemvQCode : gemvCode,
+      entryPoint: zeros ? "main_zeros" : "main",
       constants: { ...constants, ...cfg },
       uniforms,
       bindings,
@@ -202,6 +217,7 @@ function dispatchShard(
   } else {
     rec.dispatch({
       code: quant ? matmulQCode : matmulCode,
+      entryPoint: zeros ? "main_zeros" : "main",
       constants,
       uniforms,
       bindings,
