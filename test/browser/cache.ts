@@ -15,6 +15,8 @@ export interface CacheLoadOptions {
   quota?: number;
   /** Weight format of the LLM's linear layers (default f32). */
   quantization?: "f32" | "q4";
+  /** WeightCacheOptions.revalidate (default on: one 1-byte request per cached file and load). */
+  revalidate?: boolean;
 }
 
 export interface CacheLoadReport {
@@ -50,6 +52,7 @@ async function load(o: CacheLoadOptions): Promise<CacheLoadReport> {
       onProgress,
       cache: {
         chunkBytes: o.chunkBytes,
+        ...(o.revalidate === undefined ? {} : { revalidate: o.revalidate }),
         storageEstimate: o.quota === undefined ? undefined : async () => ({ usage: 0, quota: o.quota }),
       },
     });

@@ -4,7 +4,9 @@
 // download, and deleting a cached model makes the next load download again.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { cp, mkdtemp, rm, stat } from "node:fs/promises";
+import { execFile } from "node:child_process";
+import { cp, mkdtemp, readdir, rm, stat } from "node:fs/promises";
+import { promisify } from "node:util";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Browser, BrowserContext, Page } from "playwright-core";
@@ -237,5 +239,35 @@ test("(g) quantized weights are kept too: a reload uploads the stored q4 bytes w
   assert.equal(second.text, first.text, "same answer from the stored q4 weights");
   // Every quantized matrix came from IndexedDB: a miss would have quantized (and reported it).
   assert.equal(await page.evaluate((k) => window.__cache.remove(k), models.url("g")), true);
+  await ctx.close();
+});
+
+test("(h) webvlm's pre-quantized format over HTTP: no quantizing; a reload loads it from IndexedDB with zero requests", { timeout: 300_000 }, async () => {
+  // `webvlm quantize` (Dawn in Node) writes the q4 directory the static server then serves.
+  const cli = new URL("../../scripts/cli.mjs", import.meta.url).pathname;
+  await promisify(execFile)(process.execPath, [cli, "quantize", "--model", join(dir, "base"), "--dtype", "q4", "--out", join(dir, "h")], { maxBuffer: 1 << 24 });
+  const files = await readdir(join(dir, "h"));
+  const shard = (await stat(join(dir, "h", "model.safetensors"))).size;
+  const ctx = await browser.newContext();
+  const page = await openPage(ctx);
+  let mark = models.log.length;
+  const first = await load(page, "h", { revalidate: false });
+  assert.equal(first.error, undefined, String(first.error));
+  assert.ok(first.text && first.text.length > 0);
+  assert.ok(!first.phases.includes("quantize"), `the packed blocks load as stored: ${first.phases}`);
+  assert.equal(first.weightBytes.download, shard, "the quantized shard was downloaded");
+  assert.ok(requests("h", mark).length > 0);
+  await reload(page);
+  mark = models.log.length;
+  const second = await load(page, "h", { revalidate: false });
+  assert.equal(second.error, undefined, String(second.error));
+  assert.deepEqual(requests("h", mark, false), [], "no request at all: every file came from IndexedDB");
+  assert.ok(!second.phases.includes("quantize"), `no quantizing: ${second.phases}`);
+  assert.equal(second.weightBytes.cache, shard);
+  assert.equal(second.weightBytes.download ?? 0, 0);
+  assert.equal(second.text, first.text);
+  const listed = (await list(page)).find((m) => m.key === models.url("h"));
+  assert.ok(listed?.complete && listed.files.filter((f) => f.cachedBytes > 0).every((f) => files.includes(f.file)));
+  assert.equal(await page.evaluate((k) => window.__cache.remove(k), models.url("h")), true);
   await ctx.close();
 });
