@@ -23,7 +23,8 @@
 //     X.weight.zeros    U8  [rows, paddedCols / 32]  PackedQuant.zeros (only for a matrix with zero
 //                        points; then codes are unsigned, value = (q - zero) * scale). `quantize`
 //                        itself never writes them (webvlm's q4/q8 are symmetric).
-//                        paddedCols = cols rounded up to a multiple of 32; padding codes are 0-valued.
+//                        paddedCols = cols rounded up to a multiple of 32; padding values are exactly 0.
+//                        bits = 4 (q4) or 8 (q8).
 //   tokenizer.json, tokenizer_config.json, generation_config.json, preprocessor_config.json,
 //   processor_config.json, chat_template.json, chat_template.jinja, special_tokens_map.json
 //                        copied byte for byte when the source has them.
@@ -34,7 +35,16 @@
 // a fused matrix's key names its parts joined by "+" and is split back per part (packedRows), so
 // every stored tensor keeps its checkpoint name. Loading the result therefore gives logits
 // identical to an in-situ quantized load of the source.
-// Streaming: each recorded PackedQuant is appended to a spool (a temporary file in the CLI) and
+// (A matrix too large for one GPU binding is quantized by the loader shard by shard and never
+// offered to the cache: it stays stored as it was and is quantized in-situ at load, with the same
+// result. No decoder linear of a supported model comes near that size.)
+// Read side (webvlmQuantWeights): X.weight is listed with shape [rows, cols], dtype "Q4"/"Q8",
+// byteSize = the bytes of its stored parts, and readQuantized("X.weight") returns the PackedQuant
+// over the stored bytes as they are (read() dequantizes, for references); the parts' own names
+// are hidden. config errors: unsupported_feature (format, group_size, version), bad_request (layout).
+// A source that is already pre-quantized (any quantization_config) is refused (unsupported_feature).
+// Streaming: the recording load holds the model on the GPU (as any load does); each recorded
+// PackedQuant is appended to a spool (DIR/.webvlm-quantize.spool in the CLI, deleted after) and
 // dropped, so JS never holds more than one packed matrix; the shards are then written tensor by
 // tensor (header first, then each tensor's bytes from the spool or the source), never a whole file.
 import { WebvlmError } from "../api/errors.ts";
