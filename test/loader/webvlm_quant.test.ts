@@ -12,7 +12,7 @@ import { isWebvlmError } from "../../src/api/errors.ts";
 import { openCheckpoint } from "../../src/loader/checkpoint.ts";
 import { writeJson, writeSafetensorsFile } from "../../src/loader/file_node.ts";
 import type { TensorToWrite } from "../../src/loader/safetensors.ts";
-import { webvlmQuantizationConfig } from "../../src/loader/webvlm_quant.ts";
+import { memorySpool, quantizeCheckpoint, webvlmQuantizationConfig, type QuantizeOptions } from "../../src/loader/webvlm_quant.ts";
 import { dequantize, quantize, type PackedQuant } from "../../src/quant/pack.ts";
 
 const dirs: string[] = [];
@@ -115,5 +115,28 @@ test("a q8 checkpoint reads q8; every wrong quantization_config or layout is a t
   for (const [what, tensors, qc, code, msg] of cases) {
     const dir = await checkpointDir(tensors, qc);
     await assert.rejects(openCheckpoint(dir), (e) => isWebvlmError(e) && e.code === code && msg.test(e.message), what);
+  }
+});
+
+test("quantize refuses a source that is already quantized, and formats other than q4/q8, before touching the GPU", async () => {
+  const ck = await openCheckpoint(await checkpointDir(parts("m.weight", m), webvlmQuantizationConfig("q4")));
+  const base = {
+    gpu: undefined as unknown as QuantizeOptions["gpu"],
+    family: undefined as unknown as QuantizeOptions["family"],
+    readFile: async () => undefined,
+    spool: memorySpool(),
+    sink: { writeFile: async () => assert.fail("nothing is written"), create: async () => assert.fail("nothing is written") },
+  };
+  try {
+    await assert.rejects(
+      quantizeCheckpoint({ ...base, weights: ck.weights, config: ck.config, format: "q4" }),
+      (e) => isWebvlmError(e) && e.code === "unsupported_feature" && /already quantized/.test(e.message),
+    );
+    await assert.rejects(
+      quantizeCheckpoint({ ...base, weights: ck.weights, config: {}, format: "q2" as "q4" }),
+      (e) => isWebvlmError(e) && e.code === "bad_request" && /q4 or q8/.test(e.message),
+    );
+  } finally {
+    await ck.close();
   }
 });
