@@ -419,7 +419,13 @@ export async function openCheckpoint(location: CheckpointLocation, opts: OpenChe
 
   // Pre-quantized checkpoints (GPTQ, AWQ, webvlm's own format) expose their packed matrices.
   const opened = await openWeights(store, index, emit);
-  const weights = withPrequantized(opened, config);
+  let weights: CheckpointWeights;
+  try {
+    weights = withPrequantized(opened, config);
+  } catch (e) {
+    await opened.close(); // a refused quantization_config leaves no file handle open
+    throw e;
+  }
   return {
     kind,
     cached: store !== resolved.store,
