@@ -4,6 +4,9 @@ import {
   type ChatEngine, type ChatMessage, type ContentPart, type ProgressEvent, type Usage,
 } from "../src/index.ts";
 import { renderMarkdown } from "./markdown.ts";
+// Not in the public API yet (src/index.ts): the video-file sampler, used here only to preview the
+// frames the engine will take (the engine samples the file again itself, by the same rules).
+import { openVideo } from "../src/vision/video_browser.ts";
 
 const $ = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
 const gpuStatus = $("gpu-status");
@@ -45,7 +48,9 @@ let engine: ChatEngine | null = null;
 let loaded = false;
 let busy = false;
 let history: ChatMessage[] = [];
-let pending: { file: File; url: string }[] = [];
+/** An image, or a video file with the frames qwen_vl_utils' rules sample from it (previews). */
+interface Pending { file: File; url: string; kind: "image" | "video"; frames?: string[]; note?: string }
+let pending: Pending[] = [];
 let abort: AbortController | null = null;
 
 // ------------------------------------------------------------- settings
@@ -219,30 +224,81 @@ async function refreshCache(): Promise<void> {
 
 function addFiles(files: Iterable<File>): void {
   for (const file of files) {
-    if (!file.type.startsWith("image/")) continue;
-    pending.push({ file, url: URL.createObjectURL(file) });
+    if (file.type.startsWith("image/")) pending.push({ file, url: URL.createObjectURL(file), kind: "image" });
+    else if (file.type.startsWith("video/") || /\.(mp4|m4v|mov|webm|mkv)$/i.test(file.name)) {
+      const p: Pending = { file, url: "", kind: "video", frames: [], note: "sampling…" };
+      pending.push(p);
+      void previewVideo(p);
+    }
   }
   renderThumbs();
+}
+
+/** The frames the engine will sample from a video file (fps 2, 4..768 frames), as small JPEG previews. */
+async function previewVideo(p: Pending): Promise<void> {
+  try {
+    const v = await openVideo(p.file, {
+      onProgress: (d, t) => {
+        p.note = `frame ${d} / ${t}`;
+        renderThumbs();
+      },
+    });
+    for await (const f of v.frames()) {
+      const h = 64;
+      const w = Math.max(1, Math.round((f.bitmap.width * h) / f.bitmap.height));
+      const c = document.createElement("canvas");
+      c.width = w;
+      c.height = h;
+      c.getContext("2d")?.drawImage(f.bitmap, 0, 0, w, h);
+      f.bitmap.close();
+      p.frames!.push(c.toDataURL("image/jpeg", 0.8));
+    }
+    const secs = v.timestamps.length ? v.timestamps[v.timestamps.length - 1] - v.timestamps[0] : 0;
+    p.note = `${v.plan.nframes} of ${v.plan.totalFrames} frames (${secs.toFixed(1)} s, ${v.plan.videoFps.toFixed(1)} fps, ${v.codec ?? "?"})`;
+  } catch (e) {
+    p.note = errText(e);
+  }
+  renderThumbs();
+}
+
+/** A video's sampled frames as a strip of small images, with its note (frame count, progress, error). */
+function videoStrip(p: Pending): HTMLElement[] {
+  const strip = document.createElement("div");
+  strip.className = "frames";
+  strip.title = p.file.name;
+  for (const [k, src] of (p.frames ?? []).entries()) {
+    const img = document.createElement("img");
+    img.src = src;
+    img.alt = `${p.file.name} frame ${k + 1}`;
+    strip.append(img);
+  }
+  const cap = document.createElement("figcaption");
+  cap.textContent = `${p.file.name}: ${p.note ?? ""}`;
+  return [strip, cap];
 }
 
 function renderThumbs(): void {
   thumbs.replaceChildren(
     ...pending.map((p, i) => {
       const fig = document.createElement("figure");
-      fig.className = "thumb";
-      const img = document.createElement("img");
-      img.src = p.url;
-      img.alt = p.file.name;
+      fig.className = p.kind === "video" ? "thumb video" : "thumb";
       const rm = document.createElement("button");
       rm.type = "button";
       rm.className = "remove";
       rm.textContent = "×";
-      rm.setAttribute("aria-label", `Remove image ${i + 1} (${p.file.name})`);
+      rm.setAttribute("aria-label", `Remove ${p.kind} ${i + 1} (${p.file.name})`);
       rm.addEventListener("click", () => {
-        URL.revokeObjectURL(p.url);
+        if (p.url) URL.revokeObjectURL(p.url);
         pending.splice(i, 1);
         renderThumbs();
       });
+      if (p.kind === "video") {
+        fig.append(...videoStrip(p), rm);
+        return fig;
+      }
+      const img = document.createElement("img");
+      img.src = p.url;
+      img.alt = p.file.name;
       fig.append(img, rm);
       return fig;
     }),
@@ -288,7 +344,14 @@ function statsText(u: Usage | undefined, stopped: boolean): string {
 async function send(): Promise<void> {
   const text = prompt.value.trim();
   if (!engine || !loaded || busy || (!text && pending.length === 0)) return;
-  const content: ContentPart[] = pending.map((p) => ({ type: "image" as const, image: p.file }));
+  const content: ContentPart[] = pending.map((p): ContentPart =>
+    p.kind === "video"
+      // A video file: the engine decodes it (WebCodecs) and samples it (fps 2); progress shows in the stats line.
+      ? { type: "video", video: p.file, on_progress: (d, t) => {
+        stats.textContent = `decoding video frame ${d} / ${t}`;
+        if (!stats.isConnected) a.append(stats);
+      } }
+      : { type: "image", image: p.file });
   if (text) content.push({ type: "text", text });
   const userMsg: ChatMessage = { role: "user", content };
 
@@ -297,6 +360,13 @@ async function send(): Promise<void> {
     const row = document.createElement("div");
     row.className = "msg-images";
     for (const p of pending) {
+      if (p.kind === "video") {
+        const fig = document.createElement("figure");
+        fig.className = "video";
+        fig.append(...videoStrip(p));
+        row.append(fig);
+        continue;
+      }
       const img = document.createElement("img");
       img.src = p.url;
       img.alt = p.file.name;
@@ -368,7 +438,7 @@ function newChat(): void {
   abort?.abort();
   history = [];
   transcript.replaceChildren();
-  for (const p of pending) URL.revokeObjectURL(p.url);
+  for (const p of pending) if (p.url) URL.revokeObjectURL(p.url);
   pending = [];
   renderThumbs();
 }
@@ -435,6 +505,7 @@ function wire(): void {
   });
   stopBtn.addEventListener("click", () => abort?.abort());
   newChatBtn.addEventListener("click", newChat);
+  filesInput.accept = "image/*,video/*"; // video files are sampled by qwen_vl_utils' rules (WebCodecs)
   filesInput.addEventListener("change", () => {
     addFiles(filesInput.files ?? []);
     filesInput.value = "";

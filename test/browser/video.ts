@@ -39,6 +39,8 @@ export interface VideoResult {
   files?: { name: string; codec: string; bytes: number; cases: SampledCase[] }[];
   abort?: { code?: string; progress: number[][] };
   answer?: { text?: string; progress: number[][]; preprocessDevice?: string; framesPng?: string[]; error?: string };
+  /** The VP8 WebM's bytes (base64), for the demo's drop test. */
+  webmBase64?: string;
   /** Milliseconds per stage. */
   times?: Record<string, number>;
   error?: string;
@@ -180,6 +182,12 @@ async function main(): Promise<VideoResult> {
     lap(`${name} sample`);
   }
   if (!webm) return r;
+  {
+    const bytes = new Uint8Array(await webm.arrayBuffer());
+    let bin = "";
+    for (const b of bytes) bin += String.fromCharCode(b);
+    r.webmBase64 = btoa(bin);
+  }
 
   // Abort between frames: the signal fires in the first progress callback.
   const ac = new AbortController();

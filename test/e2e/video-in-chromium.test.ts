@@ -52,6 +52,8 @@ const EXPECTED: { indices: number[] | null; size?: [number, number]; total?: num
   { indices: null, error: /^bad_request: nframes should be in the interval \[2, 20\]/ },
 ];
 
+let webmBase64 = "";
+
 test("video files in Chromium: sampled as qwen_vl_utils says, frames equal to the decoder's, abort, one answer like Node's", { timeout: 300_000 }, async (t) => {
   const page = await browser.newPage();
   const errors: string[] = [];
@@ -67,6 +69,7 @@ test("video files in Chromium: sampled as qwen_vl_utils says, frames equal to th
   t.diagnostic(`page times (ms): ${JSON.stringify(r.times)}`);
   t.diagnostic(`encoders: ${JSON.stringify(r.encoders)}; files: ${r.files?.map((f) => `${f.name} ${f.bytes} B`).join(", ")}`);
 
+  webmBase64 = r.webmBase64 ?? "";
   assert.ok(r.files?.some((f) => f.name.startsWith("webm")), "a WebM was written and read");
   assert.ok(r.files?.some((f) => f.name.startsWith("mp4")), "an MP4 was written and read");
   for (const f of r.files!) {
@@ -115,4 +118,29 @@ test("video files in Chromium: sampled as qwen_vl_utils says, frames equal to th
   t.diagnostic(`answer: ${JSON.stringify(a.text)} (preprocessed on ${a.preprocessDevice}); Node: ${JSON.stringify(nodeAnswer.choices[0].message.content)}`);
   assert.ok((a.text ?? "").length > 0);
   assert.equal(a.text, nodeAnswer.choices[0].message.content, "the worker's answer about the WebM equals Node's for its sampled frames");
+});
+
+test("the demo previews a dropped video's sampled frames", { timeout: 120_000 }, async () => {
+  assert.ok(webmBase64.length > 0, "runs after the page wrote a WebM");
+  const page = await browser.newPage();
+  const errors: string[] = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  await page.goto(`${url}/`);
+  const dt = await page.evaluateHandle((b64) => {
+    const bin = atob(b64);
+    const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
+    const d = new DataTransfer();
+    d.items.add(new File([bytes], "clip.webm", { type: "video/webm" }));
+    return d;
+  }, webmBase64);
+  await page.dispatchEvent("body", "dragover", { dataTransfer: dt });
+  await page.dispatchEvent("body", "drop", { dataTransfer: dt });
+  const cap = page.locator("#thumbs .thumb.video figcaption");
+  await cap.filter({ hasText: "4 of 20 frames" }).waitFor({ timeout: 60_000 });
+  assert.match(await cap.textContent() ?? "", /clip\.webm: 4 of 20 frames \(1\.9 s, 10\.0 fps, vp8\)/);
+  assert.equal(await page.locator("#thumbs .thumb.video .frames img").count(), 4, "one thumbnail per sampled frame");
+  await page.locator("#thumbs .thumb.video .remove").click();
+  assert.equal(await page.locator("#thumbs .thumb").count(), 0);
+  await page.close();
+  assert.deepEqual(errors, []);
 });
