@@ -17,7 +17,8 @@ import type { PackedSpool } from "../src/loader/webvlm_quant.ts";
 const USAGE = `usage:
   webvlm info
   webvlm chat --model <dir|url|owner/name[@rev]> [--image FILE]... [--dtype f32|f16|q8|q4]
-              [--max-tokens N] [--temperature T] [--seed N] [--context N] [--preprocess gpu|cpu] "question"
+              [--max-tokens N] [--temperature T] [--seed N] [--context N] [--kv-cache f16|f32]
+              [--preprocess gpu|cpu] "question"
   webvlm run --request req.json [--model M] [--dtype ...] [--preprocess gpu|cpu]   (prints the chat.completion JSON)
   webvlm quantize --model <dir|url|owner/name[@rev]> --dtype q4|q8 --out DIR
               (writes webvlm's pre-quantized format: a Hugging Face directory that loads with no quantizing)`;
@@ -90,6 +91,7 @@ async function main(argv: string[]): Promise<number> {
       context: { type: "string" },
       request: { type: "string" },
       preprocess: { type: "string" },
+      "kv-cache": { type: "string" },
       out: { type: "string", short: "o" },
     },
   });
@@ -114,6 +116,9 @@ async function main(argv: string[]): Promise<number> {
   const seed = numberOption("seed", values.seed, true);
   const preprocessing = values.preprocess ?? "gpu";
   if (preprocessing !== "gpu" && preprocessing !== "cpu") throw new Error(`--preprocess must be gpu or cpu, got ${preprocessing}`);
+  // KV cache element type: f16 by default, f32 with --dtype f32 (all-f32 weights) unless given here.
+  const kvCache = values["kv-cache"];
+  if (kvCache !== undefined && kvCache !== "f16" && kvCache !== "f32") throw new Error(`--kv-cache must be f16 or f32, got ${kvCache}`);
   let request: ChatCompletionRequest;
   if (command === "run") {
     if (!values.request) throw new Error("run needs --request req.json");
@@ -147,6 +152,7 @@ async function main(argv: string[]): Promise<number> {
     quantization,
     ...whole,
     contextLength,
+    kvCache,
     preprocessing,
     onProgress: progress,
   });

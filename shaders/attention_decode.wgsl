@@ -7,13 +7,14 @@
 // Entry `combine`: workgroup h merges head h's chunks: out = sum_c e^(m_c-M) acc_c / sum_c e^(m_c-M) l_c
 //   (zeros when no key was visible).
 // @binding(0) uniform Params (below), shared by both entries
-// partial: @binding(1) part: array<f32> (read_write), (2) q, (3) k, (4) v: array<f32>,
+// partial: @binding(1) part: array<f32> (read_write), (2) q: array<f32>, (3) k, (4) v: array<u32>
+//   (f32 bits, or with KV_F16 packed f16 pairs: element i is half i & 1 of word i >> 1),
 //   (5) keep: array<u32> (key mask; any buffer when maskMode = 0, not read)
 //   q element (h, d) at qOff + h * D + d; k/v element (j, kvh, d) at j * stride + off + kvh * D + d
 // combine: @binding(1) part: array<f32>, (2) out: array<f32> [numHeads * D]
 //   (binding 2 is q in one entry and out in the other: WGSL only forbids sharing within one entry)
 // part layout: acc [numHeads][numChunks][D], then m [numHeads][numChunks], then l [numHeads][numChunks].
-// Overrides: D (head dim, any), GROUP (heads per workgroup, <= 16: the kv group, or a slice of it
+// Overrides: KV_F16 (k/v hold f16 pairs), D (head dim, any), GROUP (heads per workgroup, <= 16: the kv group, or a slice of it
 // when workgroup memory is short). Query and accumulators sit in workgroup memory as D4 = ceil(D / 4)
 // vec4 per head, zero beyond D.
 // Dispatch: partial (numChunks, numKvHeads * slices, 1); combine (numHeads, 1, 1). Workgroup size WG = 64.
@@ -33,11 +34,12 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> part: array<f32>;
 @group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> k: array<f32>;
-@group(0) @binding(4) var<storage, read> v: array<f32>;
+@group(0) @binding(3) var<storage, read> k: array<u32>;
+@group(0) @binding(4) var<storage, read> v: array<u32>;
 @group(0) @binding(5) var<storage, read> keep: array<u32>;
 
 override D: u32 = 128u;
+override KV_F16: bool = false; // k/v hold packed f16 pairs (an f16 KV cache)
 override GROUP: u32 = 1u;
 override D4: u32 = (D + 3u) / 4u;
 override TAIL: bool = D % 4u != 0u; // the last vec4 column is partial
@@ -60,16 +62,42 @@ fn loadQ(base: u32, d: u32) -> vec4<f32> {
   for (var e = 0u; d + e < D; e++) { r[e] = q[base + d + e]; }
   return r;
 }
+// k and v: f32 bits (KV_F16 = false: bitcast, exact) or f16 pairs (KV_F16 = true: element i is
+// half i & 1 of word i >> 1; a vec4 starting on an even element is two words).
+fn kAt(i: u32) -> f32 {
+  if (KV_F16) {
+    let w = unpack2x16float(k[i >> 1u]);
+    return select(w.x, w.y, (i & 1u) == 1u);
+  }
+  return bitcast<f32>(k[i]);
+}
+fn vAt(i: u32) -> f32 {
+  if (KV_F16) {
+    let w = unpack2x16float(v[i >> 1u]);
+    return select(w.x, w.y, (i & 1u) == 1u);
+  }
+  return bitcast<f32>(v[i]);
+}
 fn loadK(base: u32, d: u32) -> vec4<f32> {
-  if (!TAIL || d + 4u <= D) { return vec4<f32>(k[base + d], k[base + d + 1u], k[base + d + 2u], k[base + d + 3u]); }
+  let i = base + d;
+  if (!TAIL || d + 4u <= D) {
+    if (!KV_F16) { return bitcast<vec4<f32>>(vec4<u32>(k[i], k[i + 1u], k[i + 2u], k[i + 3u])); }
+    if ((i & 1u) == 0u) { return vec4<f32>(unpack2x16float(k[i >> 1u]), unpack2x16float(k[(i >> 1u) + 1u])); }
+    return vec4<f32>(kAt(i), kAt(i + 1u), kAt(i + 2u), kAt(i + 3u));
+  }
   var r = vec4<f32>(0.0);
-  for (var e = 0u; d + e < D; e++) { r[e] = k[base + d + e]; }
+  for (var e = 0u; d + e < D; e++) { r[e] = kAt(i + e); }
   return r;
 }
 fn loadV(base: u32, d: u32) -> vec4<f32> {
-  if (!TAIL || d + 4u <= D) { return vec4<f32>(v[base + d], v[base + d + 1u], v[base + d + 2u], v[base + d + 3u]); }
+  let i = base + d;
+  if (!TAIL || d + 4u <= D) {
+    if (!KV_F16) { return bitcast<vec4<f32>>(vec4<u32>(v[i], v[i + 1u], v[i + 2u], v[i + 3u])); }
+    if ((i & 1u) == 0u) { return vec4<f32>(unpack2x16float(v[i >> 1u]), unpack2x16float(v[(i >> 1u) + 1u])); }
+    return vec4<f32>(vAt(i), vAt(i + 1u), vAt(i + 2u), vAt(i + 3u));
+  }
   var r = vec4<f32>(0.0);
-  for (var e = 0u; d + e < D; e++) { r[e] = v[base + d + e]; }
+  for (var e = 0u; d + e < D; e++) { r[e] = vAt(i + e); }
   return r;
 }
 

@@ -12,13 +12,14 @@
 //   A row whose non-empty range is entirely key-masked gets zeros.
 // @binding(0) uniform Params (below)
 // @binding(1) q: array<f32>  element (i, h, d) at i * qStride + qOff + h * D + d
-// @binding(2) k: array<f32>  element (j, kvh, d) at j * kStride + kOff + kvh * D + d
-// @binding(3) v: array<f32>  element (j, kvh, d) at j * vStride + vOff + kvh * D + d
+// @binding(2) k: array<u32>  element (j, kvh, d) at j * kStride + kOff + kvh * D + d: f32 bits, or
+//   with KV_F16 f16 halves (element i in word i >> 1, low half first)
+// @binding(3) v: array<u32>  element (j, kvh, d) at j * vStride + vOff + kvh * D + d, as k
 // @binding(4) rows: array<u32> cu_seqlens (numSegments + 1) in mode 1, [Sq][2] ranges in mode 3;
 //   any buffer otherwise (not read)
 // @binding(5) keep: array<u32> key mask [>= skv] when maskMode != 0; any buffer otherwise (not read)
 // @binding(6) out: array<f32> [Sq, numHeads * D]
-// Overrides: D (head dim, <= 256), BR (rows per tile), BC (keys per tile, multiple of TPR, BC / TPR
+// Overrides: KV_F16 (k/v are packed f16 pairs, e.g. an f16 KV cache), D (head dim, <= 256), BR (rows per tile), BC (keys per tile, multiple of TPR, BC / TPR
 // <= 8), TPR (threads per row, D <= 32 * TPR). Workgroup size BR * TPR. Q and K/V tiles sit in
 // workgroup memory as rows of D4 = ceil(D / 4) vec4 (+1 padding vec4), zero beyond D, so the dot
 // products stay vec4 for any D; thread (r, j) owns vec4 output columns j, j + TPR, ...
@@ -40,13 +41,14 @@ struct Params {
 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<f32>;
-@group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<u32>;
+@group(0) @binding(3) var<storage, read> v: array<u32>;
 @group(0) @binding(4) var<storage, read> rows: array<u32>;
 @group(0) @binding(5) var<storage, read> keep: array<u32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
 override D: u32 = 128u;
+override KV_F16: bool = false; // k/v hold packed f16 pairs (an f16 KV cache)
 override BR: u32 = 16u;
 override BC: u32 = 32u;
 override TPR: u32 = 4u;    // threads per row
@@ -103,16 +105,42 @@ fn loadQ(base: u32, d: u32) -> vec4<f32> {
   for (var e = 0u; d + e < D; e++) { r[e] = q[base + d + e]; }
   return r;
 }
+// k and v: f32 bits (KV_F16 = false: bitcast, exact) or f16 pairs (KV_F16 = true: element i is
+// half i & 1 of word i >> 1; a vec4 starting on an even element is two words).
+fn kAt(i: u32) -> f32 {
+  if (KV_F16) {
+    let w = unpack2x16float(k[i >> 1u]);
+    return select(w.x, w.y, (i & 1u) == 1u);
+  }
+  return bitcast<f32>(k[i]);
+}
+fn vAt(i: u32) -> f32 {
+  if (KV_F16) {
+    let w = unpack2x16float(v[i >> 1u]);
+    return select(w.x, w.y, (i & 1u) == 1u);
+  }
+  return bitcast<f32>(v[i]);
+}
 fn loadK(base: u32, d: u32) -> vec4<f32> {
-  if (!TAIL || d + 4u <= D) { return vec4<f32>(k[base + d], k[base + d + 1u], k[base + d + 2u], k[base + d + 3u]); }
+  let i = base + d;
+  if (!TAIL || d + 4u <= D) {
+    if (!KV_F16) { return bitcast<vec4<f32>>(vec4<u32>(k[i], k[i + 1u], k[i + 2u], k[i + 3u])); }
+    if ((i & 1u) == 0u) { return vec4<f32>(unpack2x16float(k[i >> 1u]), unpack2x16float(k[(i >> 1u) + 1u])); }
+    return vec4<f32>(kAt(i), kAt(i + 1u), kAt(i + 2u), kAt(i + 3u));
+  }
   var r = vec4<f32>(0.0);
-  for (var e = 0u; d + e < D; e++) { r[e] = k[base + d + e]; }
+  for (var e = 0u; d + e < D; e++) { r[e] = kAt(i + e); }
   return r;
 }
 fn loadV(base: u32, d: u32) -> vec4<f32> {
-  if (!TAIL || d + 4u <= D) { return vec4<f32>(v[base + d], v[base + d + 1u], v[base + d + 2u], v[base + d + 3u]); }
+  let i = base + d;
+  if (!TAIL || d + 4u <= D) {
+    if (!KV_F16) { return bitcast<vec4<f32>>(vec4<u32>(v[i], v[i + 1u], v[i + 2u], v[i + 3u])); }
+    if ((i & 1u) == 0u) { return vec4<f32>(unpack2x16float(v[i >> 1u]), unpack2x16float(v[(i >> 1u) + 1u])); }
+    return vec4<f32>(vAt(i), vAt(i + 1u), vAt(i + 2u), vAt(i + 3u));
+  }
   var r = vec4<f32>(0.0);
-  for (var e = 0u; d + e < D; e++) { r[e] = v[base + d + e]; }
+  for (var e = 0u; d + e < D; e++) { r[e] = vAt(i + e); }
   return r;
 }
 

@@ -36,6 +36,13 @@ export interface LoadOptions {
   vision?: WeightFormat;
   /** KV cache length in tokens (default min(4096, max_position_embeddings)). */
   contextLength?: number;
+  /**
+   * KV cache element type (self-attention caches and cross-attention K/V): "f16" (default; packed
+   * pairs, half the memory, no shader-f16 needed) or "f32" (exact). When kvCache is not given and
+   * the decoder's weights are f32 (quantization and embedding "f32", as `--dtype f32` loads all
+   * weights), "f32", so f32 runs stay comparable with references.
+   */
+  kvCache?: "f16" | "f32";
   onProgress?: (e: ProgressEvent) => void;
   signal?: AbortSignal;
   /** Cache the checkpoint in IndexedDB (default: on in browsers, off in Node); see loader/cache_idb.ts. */
@@ -55,6 +62,8 @@ export interface ModelInfo {
   family: string;
   contextLength: number;
   formats: { textLinear: WeightFormat; embedding: WeightFormat; vision: WeightFormat };
+  /** The KV cache's element type (LoadOptions.kvCache). */
+  kvCache: "f16" | "f32";
   /** Where images are preprocessed (LoadOptions.preprocessing). */
   preprocessing: PreprocessDevice;
 }
@@ -129,6 +138,9 @@ export class Engine {
     if (requested !== undefined && (typeof requested !== "number" || !Number.isSafeInteger(requested) || requested < 1)) {
       throw new WebvlmError("bad_request", `contextLength must be an integer >= 1 (tokens), got ${String(requested)}`, { param: "contextLength" });
     }
+    if (opts.kvCache !== undefined && opts.kvCache !== "f16" && opts.kvCache !== "f32") {
+      throw new WebvlmError("bad_request", `kvCache must be "f16" or "f32", got ${JSON.stringify(opts.kvCache)}`, { param: "kvCache" });
+    }
     const limits = checkEngineLimits(opts.limits);
     const preprocessing = opts.preprocessing ?? "gpu";
     if (preprocessing !== "gpu" && preprocessing !== "cpu") {
@@ -152,6 +164,10 @@ export class Engine {
           vision: opts.vision ?? "f16",
         } as const;
         const contextLength = Math.min(requested ?? 4096, family.maxPositions);
+        // f32 weights where the keys and values come from (the decoder's linears and embeddings; the
+        // vision format does not change them, and text-only checkpoints have no vision weights).
+        const f32Decoder = formats.textLinear === "f32" && formats.embedding === "f32";
+        const kvCache = opts.kvCache ?? (f32Decoder ? "f32" : "f16");
         const { sampling, eosTokenIds, badWordsIds } = generationConfigDefaults(checkpoint.generationConfig);
         const processor = family.createProcessor({
           preprocessorConfig: jsonObject(checkpoint.preprocessorConfig),
@@ -185,14 +201,20 @@ export class Engine {
         try {
           const emit = (done: number, total: number): void =>
             opts.onProgress?.({ phase: "compile", file: "pipelines", loadedBytes: done, totalBytes: total, fraction: total ? done / total : 1 });
-          await model.warmUp(emit);
-          cache = model.createCache(contextLength);
+          // The cache first (it starts small and grows), so that the warm-up compiles its kvDtype's pipelines.
+          cache = model.createCache(contextLength, { kvDtype: kvCache });
+          try {
+            await model.warmUp(emit);
+          } catch (e) {
+            cache.dispose();
+            throw e;
+          }
         } catch (e) {
           model.dispose();
           throw e;
         }
         this.loaded = {
-          info: { id: checkpoint.description, family: family.family, contextLength, formats, preprocessing },
+          info: { id: checkpoint.description, family: family.family, contextLength, formats, kvCache, preprocessing },
           checkpoint,
           model,
           tokenizer,

@@ -128,7 +128,12 @@ export interface ModelCache {
 
 /** A loaded model, as the engine drives it. */
 export interface VlmModel {
-  createCache(maxSeq: number): ModelCache;
+  /**
+   * A cache for up to maxSeq tokens (allocated small and grown as the chat grows). kvDtype: the
+   * KV cache's element type, "f32" when absent (the engine passes LoadOptions.kvCache); a model's
+   * warm-up afterwards compiles the pipelines of the kvDtype last asked for here.
+   */
+  createCache(maxSeq: number, opts?: { kvDtype?: "f16" | "f32" }): ModelCache;
   /** Runs the prompt tokens not already in `cache` (it holds a prefix of `ids`) with their media. */
   prefill(ids: readonly number[], media: readonly PreparedMedia[], cache: ModelCache, opts?: ModelStepOptions): Promise<ModelPrefill>;
   decode(id: number, cache: ModelCache, opts?: ModelStepOptions): Promise<ModelStep>;

@@ -9,6 +9,8 @@ import type { KvCache } from "./kv_cache.ts";
 /**
  * Rows of heads inside an f32 tensor: row i, element c at i * rowStride + colOffset + c.
  * Lets q/k/v be read from a fused qkv row [S, (Hq + 2 Hkv) * D], separate tensors or a KV cache.
+ * k and v may also be f16 tensors (packed pairs, e.g. an f16 KV cache); strides and offsets
+ * then count f16 elements, and k and v must share the dtype.
  */
 export interface RowView {
   tensor: Tensor;
@@ -19,8 +21,10 @@ export interface RowView {
 }
 
 /** Checks that `rows` rows of `width` elements fit; returns stride and offset. */
-export function resolveView(name: string, view: RowView, rows: number, width: number): { stride: number; off: number } {
-  expectDtype(name, view.tensor, ["f32"]);
+export function resolveView(
+  name: string, view: RowView, rows: number, width: number, dtypes: readonly string[] = ["f32"],
+): { stride: number; off: number } {
+  expectDtype(name, view.tensor, dtypes);
   const stride = view.rowStride ?? numel(view.tensor.shape.slice(1));
   const off = view.colOffset ?? 0;
   if (!Number.isInteger(stride) || !Number.isInteger(off) || off < 0 || off + width > stride) {
@@ -146,10 +150,19 @@ export function prefillTiles(D: number, limit: number): PrefillTiles {
 
 const MASK_MODES = { causal: 0, segments: 1, full: 2, ranges: 3 } as const;
 
+/** k/v views (f32, or f16 for an f16 cache: both the same); returns the shaders' KV_F16 constant. */
+function resolveKv(
+  k: RowView, v: RowView, rows: number, width: number,
+): { kv: { stride: number; off: number }; vv: { stride: number; off: number }; f16: boolean } {
+  const kv = resolveView("attention.k", k, rows, width, ["f32", "f16"]);
+  const vv = resolveView("attention.v", v, rows, width, [k.tensor.dtype]);
+  return { kv, vv, f16: k.tensor.dtype === "f16" };
+}
+
 /**
  * Prefill / encoder / cross attention: out[i, h] = softmax(q_i . K^T * scale + mask) V over the
  * kv head h / group. Sq = q.tensor.shape[0]; Skv from the mask kind. Flash-attention kernel; one
- * pass, f32.
+ * pass, f32 arithmetic; k/v f32 or f16 (an f16 KV cache, read with unpack2x16float).
  */
 export function attentionPrefill(rec: Recorder, q: RowView, k: RowView, v: RowView, opts: AttentionPrefillOptions): Tensor {
   const { numHeads, numKvHeads, headDim: D } = opts;
@@ -195,15 +208,14 @@ export function attentionPrefill(rec: Recorder, q: RowView, k: RowView, v: RowVi
     }
   }
   const qv = resolveView("attention.q", q, sq, numHeads * D);
-  const kv = resolveView("attention.k", k, skv, numKvHeads * D);
-  const vv = resolveView("attention.v", v, skv, numKvHeads * D);
+  const { kv, vv, f16 } = resolveKv(k, v, skv, numKvHeads * D);
   const out = opts.out ?? allocTensor(rec.ctx, [sq, numHeads * D], "f32", "attention");
   expectDtype("attention.out", out, ["f32"]);
   expectShape("attention.out", out, [sq, numHeads * D]);
   const tiles = prefillTiles(D, rec.ctx.limits.maxComputeWorkgroupStorageSize);
   rec.dispatch({
     code: prefillCode,
-    constants: { D, BR: tiles.br, BC: tiles.bc, TPR: tiles.tpr },
+    constants: { D, BR: tiles.br, BC: tiles.bc, TPR: tiles.tpr, ...(f16 ? { KV_F16: true } : {}) },
     uniforms: packUniforms(
       "uuuuuuuuuuuuuuuf",
       sq, skv, numHeads, group, qv.stride, qv.off, kv.stride, kv.off, vv.stride, vv.off,
@@ -248,10 +260,13 @@ export function decodeHeadsPerWorkgroup(D: number, group: number, limit: number)
   throw new WebvlmError("limit_exceeded", `attention: decode needs ${decodeWorkgroupBytes(D, 1)} bytes of workgroup storage`);
 }
 
-/** Decode attention of one query row (row 0 of q) over the cache's first `length` rows. */
+/** Decode attention of one query row (row 0 of q) over the cache's first `length` rows (f32 or f16). */
 export function attentionDecode(rec: Recorder, q: RowView, cache: KvCache, length: number, opts: AttentionDecodeOptions): Tensor {
   if (length > cache.maxSeq) {
     throw new WebvlmError("context_length_exceeded", `attention: length ${length} > cache size ${cache.maxSeq}`);
+  }
+  if (length > cache.capacity) {
+    throw new WebvlmError("internal", `attention: length ${length} > the cache's ${cache.capacity} allocated rows`);
   }
   return attentionDecodeViews(rec, q, { tensor: cache.k }, { tensor: cache.v }, length, {
     ...opts,
@@ -284,8 +299,7 @@ export function attentionDecodeViews(
   }
   if (keep) checkKeep(keep, length);
   const qv = resolveView("attention.q", q, 1, numHeads * D);
-  const kv = resolveView("attention.k", k, length, numKvHeads * D);
-  const vv = resolveView("attention.v", v, length, numKvHeads * D);
+  const { kv, vv, f16 } = resolveKv(k, v, length, numKvHeads * D);
   const out = opts.out ?? allocTensor(rec.ctx, [1, numHeads * D], "f32", "attention");
   expectDtype("attention.out", out, ["f32"]);
   expectShape("attention.out", out, [1, numHeads * D]);
@@ -305,7 +319,7 @@ export function attentionDecodeViews(
   rec.dispatch({
     code: decodeCode,
     entryPoint: "partial",
-    constants: { D, GROUP: G },
+    constants: { D, GROUP: G, ...(f16 ? { KV_F16: true } : {}) },
     uniforms,
     bindings: [part, q.tensor, k.tensor, v.tensor, keep ?? q.tensor],
     workgroups: [numChunks, numHeads / G, 1],

@@ -2,7 +2,7 @@ import code from "../../shaders/rope.wgsl?raw";
 import { WebvlmError } from "../api/errors.ts";
 import { grid2d, type Recorder } from "../gpu/recorder.ts";
 import { expectDtype, numel, type Tensor } from "../gpu/tensor.ts";
-import { checkAppend, type KvCache } from "./kv_cache.ts";
+import { reserveKv, writeKvRows, type KvCache } from "./kv_cache.ts";
 
 export interface RopeOptions {
   numHeads: number;
@@ -81,7 +81,7 @@ export interface RopeKvOptions extends Omit<RopeOptions, "numHeads" | "colOffset
  * A decoder layer's RoPE and KV append in one dispatch: in fused q|k|v rows (x f32, S rows of
  * rowStride; q's heads, then cache.numKvHeads k heads, then as many v heads), q and k are rotated
  * in place, rotated k goes to cache rows [position, position + S) and v beside it. Same result as
- * applyRope over q|k followed by appendKv.
+ * applyRope over q|k followed by appendKv (which is what an f16 cache gets: two dispatches).
  */
 export function ropeAppendKv(rec: Recorder, x: Tensor, positions: Tensor, cache: KvCache, position: number, opts: RopeKvOptions): void {
   const { numQHeads, headDim } = opts;
@@ -92,7 +92,16 @@ export function ropeAppendKv(rec: Recorder, x: Tensor, positions: Tensor, cache:
     throw new WebvlmError("shape_mismatch", `rope+kv: ${numQHeads} q + 2 x ${Hkv} kv heads of ${headDim} exceed row stride ${rowStride}`);
   }
   const { u, threads, S } = ropeUniforms(x, positions, { ...opts, numHeads: numQHeads + Hkv, colOffset: 0, rowStride }, numQHeads, position);
-  checkAppend(cache, position, S);
+  reserveKv(rec, cache, position, S);
+  if (cache.dtype === "f16") {
+    // An f16 cache: rotate q|k in place, then store k and v as f16 pairs (kv_append).
+    applyRope(rec, x, positions, { ...opts, numHeads: numQHeads + Hkv, colOffset: 0, rowStride });
+    const kv = { tensor: x, rowStride };
+    writeKvRows(rec, cache.k, cache.v, { ...kv, colOffset: numQHeads * headDim }, { ...kv, colOffset: (numQHeads + Hkv) * headDim },
+      position, S, Hkv * headDim, cache.rowStride);
+    cache.length = position + S;
+    return;
+  }
   rec.dispatch({
     code,
     entryPoint: "main_kv",

@@ -52,4 +52,23 @@ export const cases: KernelCase[] = [
   decodeCase({ name: "decode head dim 256 L=100 GQA 8 (8/1)", D: 256, hq: 8, hkv: 1, length: 100, amp: 2, headsPerWorkgroup: 8 }),
   decodeCase({ name: "decode 16 KiB: head dim 256 GQA 8 (8/1) in 2 slices of 4 heads", D: 256, hq: 8, hkv: 1, length: 100, amp: 2, limit: KIB16, headsPerWorkgroup: 4 }),
   decodeCase({ name: "decode GQA 24 (24/1) head dim 16 in 2 slices of 12 heads", D: 16, hq: 24, hkv: 1, length: 33, amp: 2, headsPerWorkgroup: 12 }),
+
+  // K/V stored as f16 pairs (an f16 KV cache or mllama's cross K/V): the reference sees the same
+  // f16-rounded values, so the f32 tolerance holds. Odd head dims and fused column offsets take
+  // the per-element path (element i in half i & 1 of word i >> 1).
+  prefillCase({ name: "f16 K/V: prefill causal D=128 GQA 6 (12/2) Sq=17 past=23", D: 128, hq: 12, hkv: 2, sq: 17, skv: 40, mask: { kind: "causal", past: 23 }, fused: false, amp: 2, kvF16: true }),
+  prefillCase({ name: "f16 K/V: prefill causal D=64 GQA 2 (2/1) Sq=3 past=8190 (long past)", D: 64, hq: 2, hkv: 1, sq: 3, skv: 8193, mask: { kind: "causal", past: 8190 }, fused: false, amp: 2, kvF16: true }),
+  prefillCase({ name: "f16 K/V: prefill causal D=80 GQA 2 (4/2) Sq=300 past=9", D: 80, hq: 4, hkv: 2, sq: 300, skv: 309, mask: { kind: "causal", past: 9 }, fused: false, amp: 2, kvF16: true }),
+  prefillCase({ name: "f16 K/V: head dim 3 causal 1 head Sq=9 fused (odd offsets)", D: 3, hq: 1, hkv: 1, sq: 9, skv: 9, mask: { kind: "causal", past: 0 }, fused: true, amp: 2, kvF16: true }),
+  prefillCase({ name: "f16 K/V: head dim 36 causal GQA 3 (3/1) Sq=33 fused", D: 36, hq: 3, hkv: 1, sq: 33, skv: 33, mask: { kind: "causal", past: 0 }, fused: true, amp: 2, kvF16: true }),
+  prefillCase({ name: "f16 K/V: cross ranges D=128 GQA 4 (8/2) Sq=6 over 40 keys, key mask", D: 128, hq: 8, hkv: 2, sq: 6, skv: 40, mask: { kind: "ranges", ranges: [[0, 0], [0, 20], [0, 40], [20, 40], [5, 5], [0, 40]] }, keep: Array.from({ length: 40 }, (_, j) => (j % 20 < 14 ? 1 : 0)), emptyRows: "attendAll", fused: false, amp: 2, kvF16: true }),
+  prefillCase({ name: "f16 K/V 16 KiB: head dim 256 tile 4x8, causal GQA 2 (2/1) Sq=11 past=6", D: 256, hq: 2, hkv: 1, sq: 11, skv: 17, mask: { kind: "causal", past: 6 }, fused: false, amp: 2, limit: KIB16, tiles: { br: 4, bc: 8, tpr: 8 }, kvF16: true }),
+  decodeCase({ name: "f16 K/V: decode L=300 D=128 GQA 6 (12/2)", D: 128, hq: 12, hkv: 2, length: 300, amp: 3, kvF16: true }),
+  decodeCase({ name: "f16 K/V: decode L=8192 D=64 GQA 2 (2/1), 128 chunks of 64", D: 64, hq: 2, hkv: 1, length: 8192, amp: 3, kvF16: true }),
+  decodeCase({ name: "f16 K/V: decode L=8000 D=128 1 head, 125 chunks", D: 128, hq: 1, hkv: 1, length: 8000, amp: 3, kvF16: true }),
+  decodeCase({ name: "f16 K/V: decode L=17000 D=80 1 head, 133 chunks of 128", D: 80, hq: 1, hkv: 1, length: 17000, amp: 3, kvF16: true }),
+  decodeCase({ name: "f16 K/V: decode head dim 3 L=5 2 heads (odd offsets)", D: 3, hq: 2, hkv: 2, length: 5, amp: 2, kvF16: true }),
+  decodeCase({ name: "f16 K/V: decode head dim 36 L=130 GQA 3 (3/1)", D: 36, hq: 3, hkv: 1, length: 130, amp: 2, kvF16: true }),
+  decodeCase({ name: "f16 K/V: decode D=128 GQA 4 (8/2) L=200 window [72, 200)", D: 128, hq: 8, hkv: 2, length: 200, amp: 2, keyRange: [72, 200], kvF16: true }),
+  decodeCase({ name: "f16 K/V: decode 16 KiB head dim 256 GQA 8 (8/1) in 2 slices", D: 256, hq: 8, hkv: 1, length: 100, amp: 2, limit: KIB16, headsPerWorkgroup: 4, kvF16: true }),
 ];

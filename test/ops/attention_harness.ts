@@ -10,6 +10,12 @@ import { readF32, uploadTensor } from "../../src/gpu/transfer.ts";
 import type { Tensor } from "../../src/gpu/tensor.ts";
 import type { KernelCase } from "../util/cases.ts";
 import { expectClose, randomArray } from "../util/compare.ts";
+import { fromF16Bits, toF16Bits } from "../../src/quant/f16.ts";
+
+/** Values rounded to f16 (round to nearest even) and back: what an f16 tensor of them holds. */
+export function roundF16(data: Float32Array): Float32Array {
+  return fromF16Bits(toF16Bits(data));
+}
 
 // Tolerance: f32 kernels vs an f64 reference; measured NMSE is ~1e-14, 1e-10 catches any real
 // defect (a wrong mask entry or a mis-scaled chunk moves NMSE far above 1e-6).
@@ -109,6 +115,12 @@ export interface PrefillSpec {
   /** Run under this maxComputeWorkgroupStorageSize, and check the tile it leads to. */
   limit?: number;
   tiles?: PrefillTiles;
+  /**
+   * K and V in f16 tensors (packed pairs, as an f16 KV cache holds them); the reference sees the
+   * same f16-rounded values, so the result stays exact to f32 rounding. Fused: q from an f32
+   * copy of the rows, k/v column ranges of an f16 copy (odd element offsets included).
+   */
+  kvF16?: boolean;
 }
 
 export function prefillCase(c: PrefillSpec): KernelCase {
@@ -140,6 +152,14 @@ export function prefillCase(c: PrefillSpec): KernelCase {
         kh = { data, stride, off: qw };
         vh = { data, stride, off: qw + kw };
         tq = tk = tv = up(data, [sq, stride], "f32");
+        if (c.kvF16) {
+          const half = uploadTensor(gpu, data, [sq, stride], "f16");
+          uploads.push(half);
+          tk = tv = half;
+          const rounded = roundF16(data);
+          kh = { data: rounded, stride, off: qw };
+          vh = { data: rounded, stride, off: qw + kw };
+        }
       } else {
         // K/V in cache-like tensors with spare rows beyond skv (never read).
         const rows = skv + 5;
@@ -147,8 +167,16 @@ export function prefillCase(c: PrefillSpec): KernelCase {
         kh = { data: randomArray(rows * kw, seed + 1, -c.amp, c.amp), stride: kw, off: 0 };
         vh = { data: randomArray(rows * kw, seed + 2, -1, 1), stride: kw, off: 0 };
         tq = up(qh.data, [sq, qw], "f32");
-        tk = up(kh.data, [rows, kw], "f32");
-        tv = up(vh.data, [rows, kw], "f32");
+        if (c.kvF16) {
+          tk = uploadTensor(gpu, kh.data, [rows, kw], "f16");
+          tv = uploadTensor(gpu, vh.data, [rows, kw], "f16");
+          uploads.push(tk, tv);
+          kh = { ...kh, data: roundF16(kh.data) };
+          vh = { ...vh, data: roundF16(vh.data) };
+        } else {
+          tk = up(kh.data, [rows, kw], "f32");
+          tv = up(vh.data, [rows, kw], "f32");
+        }
       }
 
       // The visibility rule, written independently of the kernel's mode logic.
@@ -222,6 +250,8 @@ export interface DecodeSpec {
   /** Run under this maxComputeWorkgroupStorageSize, and check the heads per workgroup it leads to. */
   limit?: number;
   headsPerWorkgroup?: number;
+  /** K/V as f16 tensors (an f16 KV cache); the reference sees the same f16-rounded values. */
+  kvF16?: boolean;
 }
 
 export function decodeCase(c: DecodeSpec): KernelCase {
@@ -240,11 +270,15 @@ export function decodeCase(c: DecodeSpec): KernelCase {
       const seed = length * 3 + D;
       const qrow = randomArray(hq * D + 2 * kw, seed + 11, -c.amp, c.amp);
       const qh: HostView = { data: qrow, stride: qrow.length, off: 0 };
-      const kh: HostView = { data: randomArray(maxSeq * kw, seed + 12, -c.amp, c.amp), stride: kw, off: 0 };
-      const vh: HostView = { data: randomArray(maxSeq * kw, seed + 13, -1, 1), stride: kw, off: 0 };
+      const kvDtype = c.kvF16 ? "f16" : "f32";
+      const round = (a: Float32Array): Float32Array => (c.kvF16 ? roundF16(a) : a);
+      const kraw = randomArray(maxSeq * kw, seed + 12, -c.amp, c.amp);
+      const vraw = randomArray(maxSeq * kw, seed + 13, -1, 1);
+      const kh: HostView = { data: round(kraw), stride: kw, off: 0 };
+      const vh: HostView = { data: round(vraw), stride: kw, off: 0 };
       const tq = uploadTensor(gpu, qrow, [1, qrow.length], "f32");
-      const tk = uploadTensor(gpu, kh.data, [maxSeq, kw], "f32");
-      const tv = uploadTensor(gpu, vh.data, [maxSeq, kw], "f32");
+      const tk = uploadTensor(gpu, kraw, [maxSeq, kw], kvDtype);
+      const tv = uploadTensor(gpu, vraw, [maxSeq, kw], kvDtype);
       const tkeep = c.keep ? uploadTensor(gpu, Uint32Array.from(c.keep), [c.keep.length], "u32") : undefined;
       const rec = new Recorder(gpu);
       const t0 = performance.now();

@@ -6,7 +6,7 @@ import type { GpuContext } from "../../gpu/device.ts";
 import type { Recorder } from "../../gpu/recorder.ts";
 import { byteSize, type Tensor } from "../../gpu/tensor.ts";
 import { argmax } from "../../ops/argmax.ts";
-import { createKvCache, releaseKvCache, type KvCache } from "../../ops/kv_cache.ts";
+import { createKvCache, growKvCache, releaseKvCache, type KvCache, type KvDtype } from "../../ops/kv_cache.ts";
 import type { ModelCache, ReadMode } from "../family.ts";
 
 /**
@@ -45,13 +45,17 @@ export async function gpuIdle(gpu: GpuContext): Promise<void> {
   if (gpu.lostError) throw gpu.lostError;
 }
 
-/** A decode step's preconditions: a prefilled cache with room for one more token (typed errors). */
-export function checkDecodeRoom(cache: { readonly length: number; readonly maxSeq: number }): void {
+/**
+ * A decode step's preconditions: a prefilled cache with room for one more token (typed errors);
+ * a cache that can grow (LayerCaches) is grown to hold it.
+ */
+export function checkDecodeRoom(cache: { readonly length: number; readonly maxSeq: number; ensure?(n: number): void }): void {
   const past = cache.length;
   if (past === 0) throw new WebvlmError("bad_request", "decode: empty cache (prefill first)");
   if (past + 1 > cache.maxSeq) {
     throw new WebvlmError("context_length_exceeded", `${past + 1} tokens exceed the cache's ${cache.maxSeq}`, { needed: past + 1, maxSeq: cache.maxSeq });
   }
+  cache.ensure?.(past + 1);
 }
 
 /** Throws WebvlmError "aborted" when `signal` has fired (between prefill chunks). */
@@ -59,7 +63,18 @@ export function throwIfAborted(signal: AbortSignal | undefined, what = "the requ
   if (signal?.aborted) throw new WebvlmError("aborted", `${what} was aborted`);
 }
 
-/** One KV cache per layer; truncate(n) keeps the first n tokens (the next turn's common prefix). */
+/** How a model's cache is made (VlmModel.createCache's options). */
+export interface CacheOptions {
+  /** K/V element type; default "f32" here (the engine passes its kvCache choice, f16 by default). */
+  kvDtype?: KvDtype;
+  /** Rows allocated at first (then grown by doubling up to maxSeq); default min(maxSeq, 1024). */
+  initialRows?: number;
+}
+
+/**
+ * One KV cache per layer; truncate(n) keeps the first n tokens (the next turn's common prefix).
+ * The layers start small and grow (ensure) as the chat grows, up to maxSeq.
+ */
 export class LayerCaches implements ModelCache {
   constructor(
     protected readonly gpu: GpuContext,
@@ -68,15 +83,39 @@ export class LayerCaches implements ModelCache {
   ) {}
 
   /** Allocates the layers' caches (all or none). */
-  static allocate(gpu: GpuContext, numLayers: number, maxSeq: number, numKvHeads: number, headDim: number): KvCache[] {
+  static allocate(gpu: GpuContext, numLayers: number, maxSeq: number, numKvHeads: number, headDim: number, opts: CacheOptions = {}): KvCache[] {
     const layers: KvCache[] = [];
     try {
-      for (let i = 0; i < numLayers; i++) layers.push(createKvCache(gpu, { maxSeq, numKvHeads, headDim, label: `kv${i}` }));
+      for (let i = 0; i < numLayers; i++) {
+        layers.push(createKvCache(gpu, { maxSeq, numKvHeads, headDim, dtype: opts.kvDtype, initialRows: opts.initialRows, label: `kv${i}` }));
+      }
     } catch (e) {
       for (const l of layers) releaseKvCache(gpu, l);
       throw e;
     }
     return layers;
+  }
+
+  /** The K/V element type of the layers (f32 when there are none). */
+  get kvDtype(): KvDtype {
+    return this.layers[0]?.dtype ?? "f32";
+  }
+
+  /** Rows allocated now (each layer the same). */
+  get capacity(): number {
+    return this.layers[0]?.capacity ?? this.maxSeq;
+  }
+
+  /**
+   * Makes room for n tokens before a step is recorded: layers whose capacity is short grow (by
+   * doubling, up to maxSeq; the valid rows copied in their own submit). context_length_exceeded
+   * past maxSeq, naming both numbers.
+   */
+  ensure(n: number): void {
+    if (n > this.maxSeq) {
+      throw new WebvlmError("context_length_exceeded", `${n} tokens exceed the cache's ${this.maxSeq}`, { needed: n, maxSeq: this.maxSeq });
+    }
+    for (const l of this.layers) growKvCache(this.gpu, l, n);
   }
 
   /** Tokens cached (the cache index of the next token). */

@@ -40,7 +40,11 @@ export interface CrossAttentionLayerWeights {
   down: LinearWeight;
 }
 
-/** A layer's keys (normalized) and values over the vision states: f32 [tokens, Hkv * D] each. */
+/**
+ * A layer's keys (normalized) and values over the vision states: [tokens, Hkv * D] each, f32 as
+ * crossAttentionKv makes them, or f16 pairs when the caller stores them like an f16 KV cache
+ * (mllama: kv_append's packing, rows padded to an even width); attention reads either.
+ */
 export interface CrossKv {
   k: Tensor;
   v: Tensor;

@@ -1,6 +1,7 @@
 // A text-only family behind the engine's contract (models/family.ts), built from decoder traits:
 // config parsing, a media processor that takes no media, and the DecoderModel with its warm-up.
 // Qwen2, Mistral, Llama and Phi-3 are each one call of textOnlyFamily.
+import type { CacheOptions } from "../common/step.ts";
 import { WebvlmError } from "../../api/errors.ts";
 import type { MediaRef } from "../family.ts";
 import type { MediaPlaceholder } from "../../tokenizer/chat_template.ts";
@@ -38,8 +39,12 @@ export class NoMediaProcessor implements MediaProcessor {
 export class TextOnlyModel implements VlmModel {
   constructor(readonly model: DecoderModel, private readonly family: string) {}
 
-  createCache(maxSeq: number): DecoderCache {
-    return this.model.createCache(maxSeq);
+  /** The last cache options asked for: the warm-up's throwaway cache uses them (same pipelines). */
+  private cacheOptions: CacheOptions = {};
+
+  createCache(maxSeq: number, opts: CacheOptions = {}): DecoderCache {
+    this.cacheOptions = { kvDtype: opts.kvDtype };
+    return this.model.createCache(maxSeq, opts);
   }
 
   prefill(ids: readonly number[], media: readonly PreparedMedia[], cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelPrefill> {
@@ -54,7 +59,7 @@ export class TextOnlyModel implements VlmModel {
   /** A 2-token prefill and one decode step: every pipeline compiled. */
   async warmUp(onStep?: (done: number, total: number) => void): Promise<void> {
     onStep?.(0, 2);
-    const cache = this.model.createCache(4);
+    const cache = this.model.createCache(4, this.cacheOptions);
     await warmUpPrefillDecode(
       cache,
       (warmCache) => this.model.prefill([0, 0], warmCache, { read: "argmax" }),

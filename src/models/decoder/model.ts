@@ -11,7 +11,7 @@
 // reuses only cached keys of the factors its own pass uses; and a decode step at which the
 // sequence first reaches original_max_position_embeddings (O) + 1 tokens with O cached drops the
 // cache and recomputes the whole sequence (chunked like a prefill) with the long factors.
-import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted, checkDecodeRoom } from "../common/step.ts";
+import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted, checkDecodeRoom, type CacheOptions } from "../common/step.ts";
 import { WebvlmError } from "../../api/errors.ts";
 import type { GpuContext } from "../../gpu/device.ts";
 import { Recorder } from "../../gpu/recorder.ts";
@@ -93,9 +93,10 @@ export class DecoderModel {
     return o !== null && T > o;
   }
 
-  createCache(maxSeq: number): DecoderCache {
+  /** The per-layer KV caches (kvDtype f32 unless told; small at first, grown up to maxSeq). */
+  createCache(maxSeq: number, opts: CacheOptions = {}): DecoderCache {
     const c = this.config;
-    return new DecoderCache(this.gpu, LayerCaches.allocate(this.gpu, selfAttentionLayerCount(c), maxSeq, c.numKvHeads, c.headDim), maxSeq);
+    return new DecoderCache(this.gpu, LayerCaches.allocate(this.gpu, selfAttentionLayerCount(c), maxSeq, c.numKvHeads, c.headDim, opts), maxSeq);
   }
 
   /**
@@ -107,6 +108,7 @@ export class DecoderModel {
     this.checkIds(ids);
     const L = ids.length;
     if (L > cache.maxSeq) throw new WebvlmError("context_length_exceeded", `prompt of ${L} tokens exceeds the cache's ${cache.maxSeq}`, { needed: L, maxSeq: cache.maxSeq });
+    cache.ensure(L); // grows the layers (their own submit) before any step is recorded
     const long = this.longPass(L);
     let keep = 0;
     while (keep < cache.length && cache.longKeys[keep] === long) keep++;

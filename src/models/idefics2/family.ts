@@ -1,6 +1,7 @@
 // Idefics2 as a family behind the engine's contract (models/family.ts): its config parser, its
 // media processor (split / resize / patches, <fake><image>x n<fake> expansion) and the model with
 // its warm-up.
+import type { CacheOptions } from "../common/step.ts";
 import { WebvlmError } from "../../api/errors.ts";
 import type { ModelCache, ModelFamily, ModelPrefill, ModelStep, ModelStepOptions, PreparedMedia, ProcessorContext, VlmModel } from "../family.ts";
 import { IDEFICS2_ARCHITECTURES, parseIdefics2Config, type Idefics2Config } from "./config.ts";
@@ -41,8 +42,12 @@ export function createIdefics2Processor(c: Idefics2Config, ctx: ProcessorContext
 export class Idefics2Adapter implements VlmModel {
   constructor(readonly model: Idefics2Model) {}
 
-  createCache(maxSeq: number): Idefics2Cache {
-    return this.model.createCache(maxSeq);
+  /** The last cache options asked for: the warm-up's throwaway cache uses them (same pipelines). */
+  private cacheOptions: CacheOptions = {};
+
+  createCache(maxSeq: number, opts: CacheOptions = {}): Idefics2Cache {
+    this.cacheOptions = { kvDtype: opts.kvDtype };
+    return this.model.createCache(maxSeq, opts);
   }
 
   async prefill(ids: readonly number[], media: readonly PreparedMedia[], cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelPrefill> {
@@ -71,7 +76,7 @@ export class Idefics2Adapter implements VlmModel {
     };
     const L = c.perceiver.numLatents;
     const ids = [...new Array<number>(L).fill(c.imageTokenId), c.bosTokenId ?? 0];
-    const cache = this.model.createCache(ids.length + 1);
+    const cache = this.model.createCache(ids.length + 1, this.cacheOptions);
     await warmUpPrefillDecode(
       cache,
       (warmCache) => this.model.prefill(ids, [{ crops: [crop] }], warmCache, { read: "argmax" }),

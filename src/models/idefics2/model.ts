@@ -13,7 +13,7 @@ import { embedding } from "../../ops/embedding.ts";
 import { ropeTables } from "../common/rope.ts";
 import type { TensorSource, WeightLoadOptions } from "../common/source.ts";
 import { copyImageRows, imagesToEncode, planImageRuns, type ImageRowRun } from "../common/image_scatter.ts";
-import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted, type StepReadout, checkDecodeRoom } from "../common/step.ts";
+import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted, type StepReadout, checkDecodeRoom, type CacheOptions } from "../common/step.ts";
 import { decoderForward } from "../decoder/forward.ts";
 import type { ReadMode } from "../family.ts";
 import type { Idefics2Config } from "./config.ts";
@@ -96,9 +96,10 @@ export class Idefics2Model {
     return item.crops.length * this.config.perceiver.numLatents;
   }
 
-  createCache(maxSeq: number): Idefics2Cache {
+  /** The per-layer KV caches (kvDtype f32 unless told; small at first, grown up to maxSeq). */
+  createCache(maxSeq: number, opts: CacheOptions = {}): Idefics2Cache {
     const t = this.config.text;
-    return new Idefics2Cache(this.gpu, LayerCaches.allocate(this.gpu, t.numLayers, maxSeq, t.numKvHeads, t.headDim), maxSeq);
+    return new Idefics2Cache(this.gpu, LayerCaches.allocate(this.gpu, t.numLayers, maxSeq, t.numKvHeads, t.headDim, opts), maxSeq);
   }
 
   /**
@@ -171,6 +172,7 @@ export class Idefics2Model {
     const past = cache.length;
     if (past >= T) throw new WebvlmError("bad_request", `prefill: the cache already holds ${past} tokens of a ${T}-token prompt; truncate it first`);
     if (T > cache.maxSeq) throw new WebvlmError("context_length_exceeded", `prompt of ${T} tokens exceeds the cache's ${cache.maxSeq}`, { needed: T, maxSeq: cache.maxSeq });
+    cache.ensure(T); // grows the layers (their own submit) before any step is recorded
     const runs = this.planImages(ids, images, past);
     const { items: toEncode, firstRow } = imagesToEncode(runs, (it) => this.imageTokens(it));
 

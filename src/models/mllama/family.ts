@@ -1,6 +1,7 @@
 // Llama 3.2 Vision as a family behind the engine's contract (models/family.ts): its config parser,
 // its media processor (tiles, aspect ratio ids; one <|image|> token per image, never expanded), its
 // prompt builder, and the model with its warm-up.
+import type { CacheOptions } from "../common/step.ts";
 import { WebvlmError } from "../../api/errors.ts";
 import type { ModelCache, ModelFamily, ModelPrefill, ModelStep, ModelStepOptions, PreparedMedia, VlmModel } from "../family.ts";
 import { MllamaCache } from "./cache.ts";
@@ -20,8 +21,12 @@ function imageItem(m: PreparedMedia): MllamaImageItem {
 export class MllamaAdapter implements VlmModel {
   constructor(readonly model: MllamaModel) {}
 
-  createCache(maxSeq: number): MllamaCache {
-    return this.model.createCache(maxSeq);
+  /** The last cache options asked for: the warm-up's throwaway cache uses them (same pipelines). */
+  private cacheOptions: CacheOptions = {};
+
+  createCache(maxSeq: number, opts: CacheOptions = {}): MllamaCache {
+    this.cacheOptions = { kvDtype: opts.kvDtype };
+    return this.model.createCache(maxSeq, opts);
   }
 
   async prefill(ids: readonly number[], media: readonly PreparedMedia[], cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelPrefill> {
@@ -48,7 +53,7 @@ export class MllamaAdapter implements VlmModel {
       hash: "warm-up",
     };
     const ids = [c.bosTokenId ?? 0, c.imageTokenId, c.bosTokenId ?? 0];
-    const cache = this.model.createCache(ids.length + 1);
+    const cache = this.model.createCache(ids.length + 1, this.cacheOptions);
     await warmUpPrefillDecode(
       cache,
       (warmCache) => this.model.prefill(ids, [image], warmCache, { read: "argmax" }),

@@ -12,9 +12,10 @@ import { Recorder } from "../../gpu/recorder.ts";
 import type { Tensor } from "../../gpu/tensor.ts";
 import { allocTensor, uploadTensor } from "../../gpu/transfer.ts";
 import { embedding } from "../../ops/embedding.ts";
+import { kvRowStride, writeKvRows, type KvDtype } from "../../ops/kv_cache.ts";
 import { ropeTables } from "../common/rope.ts";
 import type { TensorSource, WeightLoadOptions } from "../common/source.ts";
-import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted, checkDecodeRoom } from "../common/step.ts";
+import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted, checkDecodeRoom, type CacheOptions } from "../common/step.ts";
 import { selfAttentionLayerCount } from "../decoder/config.ts";
 import { crossAttentionKv, type CrossKv } from "../decoder/cross_attention.ts";
 import { decoderForward } from "../decoder/forward.ts";
@@ -68,9 +69,10 @@ export class MllamaModel {
     return new MllamaModel(gpu, config, weights);
   }
 
-  createCache(maxSeq: number): MllamaCache {
+  /** The per-layer KV caches (kvDtype f32 unless told; small at first, grown up to maxSeq). */
+  createCache(maxSeq: number, opts: CacheOptions = {}): MllamaCache {
     const t = this.config.text;
-    return new MllamaCache(this.gpu, LayerCaches.allocate(this.gpu, selfAttentionLayerCount(t), maxSeq, t.numKvHeads, t.headDim), maxSeq);
+    return new MllamaCache(this.gpu, LayerCaches.allocate(this.gpu, selfAttentionLayerCount(t), maxSeq, t.numKvHeads, t.headDim, opts), maxSeq);
   }
 
   /** Vision rows per image: T * P (every tile runs). */
@@ -114,6 +116,7 @@ export class MllamaModel {
       throw new WebvlmError("bad_request", `prompt has ${imageTokens} <|image|> tokens for ${images.length} image(s)`, { tokens: imageTokens, images: images.length });
     }
     if (S > cache.maxSeq) throw new WebvlmError("context_length_exceeded", `prompt of ${S} tokens exceeds the cache's ${cache.maxSeq}`, { needed: S, maxSeq: cache.maxSeq });
+    cache.ensure(S); // grows the layers (their own submit) before any step is recorded
     const key = images.length ? images.map((im) => im.hash).join("|") : null;
     const sameImages = (cache.cross?.key ?? null) === key;
     if (!sameImages) cache.truncate(0);
@@ -125,7 +128,7 @@ export class MllamaModel {
       throwIfAborted(opts.signal);
       if (!sameImages) {
         cache.setCross(null);
-        if (images.length) cache.setCross(await this.encodeCross(images, key!, opts.signal));
+        if (images.length) cache.setCross(await this.encodeCross(images, key!, cache.kvDtype, opts.signal));
       }
       for (const [start, end] of prefillChunks(past, S)) {
         if (chunks > 0) {
@@ -183,7 +186,7 @@ export class MllamaModel {
    * each layer's k_norm(k_proj) / v_proj rows of the set, and released, so no binding grows with
    * the number of images beyond the K/V themselves.
    */
-  private async encodeCross(images: readonly MllamaImageItem[], key: string, signal?: AbortSignal): Promise<MllamaCrossState> {
+  private async encodeCross(images: readonly MllamaImageItem[], key: string, dtype: KvDtype, signal?: AbortSignal): Promise<MllamaCrossState> {
     const t = this.config.text;
     const v = this.config.vision;
     for (const img of images) checkVisionImage(v, img);
@@ -192,6 +195,8 @@ export class MllamaModel {
     const perImage = this.keysPerImage;
     const total = images.length * perImage;
     const kvDim = t.numKvHeads * t.headDim;
+    // The cross K/V take the cache's dtype: f16 pairs (kv_append's packing) or f32 copies.
+    const stride = kvRowStride(t.numKvHeads, t.headDim, dtype);
     const keep = new Uint32Array(total);
     images.forEach((img, i) => keep.fill(1, i * perImage, i * perImage + img.numTiles * v.tokensPerTile));
     const kv: CrossKv[] = [];
@@ -199,8 +204,8 @@ export class MllamaModel {
     try {
       for (let l = 0; l < this.weights.text.crossLayers.length; l++) {
         kv.push({
-          k: allocTensor(this.gpu, [total, kvDim], "f32", `mllama.cross_k${l}`),
-          v: allocTensor(this.gpu, [total, kvDim], "f32", `mllama.cross_v${l}`),
+          k: allocTensor(this.gpu, [total, stride], dtype, `mllama.cross_k${l}`),
+          v: allocTensor(this.gpu, [total, stride], dtype, `mllama.cross_v${l}`),
           length: total,
         });
       }
@@ -216,8 +221,12 @@ export class MllamaModel {
         encodeMllamaImage(rec, v, this.weights.vision, img, states, 0);
         this.weights.text.crossLayers.forEach((lw, l) => {
           const part = crossAttentionKv(rec, cfg, lw, states);
-          rec.copy(part.k, { buffer: kv[l].k.buffer, offset: kv[l].k.offset + i * bytes, size: bytes });
-          rec.copy(part.v, { buffer: kv[l].v.buffer, offset: kv[l].v.offset + i * bytes, size: bytes });
+          if (dtype === "f16") {
+            writeKvRows(rec, kv[l].k, kv[l].v, { tensor: part.k }, { tensor: part.v }, i * perImage, perImage, kvDim, stride);
+          } else {
+            rec.copy(part.k, { buffer: kv[l].k.buffer, offset: kv[l].k.offset + i * bytes, size: bytes });
+            rec.copy(part.v, { buffer: kv[l].v.buffer, offset: kv[l].v.offset + i * bytes, size: bytes });
+          }
           this.gpu.pool.release(part.k.buffer);
           this.gpu.pool.release(part.v.buffer);
         });

@@ -1,6 +1,7 @@
 // Phi-3.5-vision as a family behind the engine's contract (models/family.ts): its config parser,
 // its media processor (HD transform, num_crops, <|image|> placeholders), its prompt builder
 // (numbered <|image_k|> tags, chunks tokenized separately) and the model with its warm-up.
+import type { CacheOptions } from "../common/step.ts";
 import { WebvlmError } from "../../api/errors.ts";
 import type { ModelCache, ModelFamily, ModelPrefill, ModelStep, ModelStepOptions, PreparedMedia, ProcessorContext, VlmModel } from "../family.ts";
 import { PHI3V_ARCHITECTURES, PHI3V_PATCH_DIM, parsePhi3VConfig, type Phi3VConfig } from "./config.ts";
@@ -46,8 +47,12 @@ export function createPhi3VProcessor(c: Phi3VConfig, ctx: ProcessorContext): Phi
 export class Phi3VAdapter implements VlmModel {
   constructor(readonly model: Phi3VModel) {}
 
-  createCache(maxSeq: number): Phi3VCache {
-    return this.model.createCache(maxSeq);
+  /** The last cache options asked for: the warm-up's throwaway cache uses them (same pipelines). */
+  private cacheOptions: CacheOptions = {};
+
+  createCache(maxSeq: number, opts: CacheOptions = {}): Phi3VCache {
+    this.cacheOptions = { kvDtype: opts.kvDtype };
+    return this.model.createCache(maxSeq, opts);
   }
 
   async prefill(ids: readonly number[], media: readonly PreparedMedia[], cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelPrefill> {
@@ -72,7 +77,7 @@ export class Phi3VAdapter implements VlmModel {
     const item: Phi3VImageItem = { hc: 1, wc: 1, numImgTokens, patchRows: new Float32Array(2 * 576 * PHI3V_PATCH_DIM) };
     const bos = this.model.config.bosTokenId ?? 1;
     const ids = [bos, ...new Array<number>(numImgTokens).fill(this.model.imageToken), bos];
-    const cache = this.model.createCache(ids.length + 1);
+    const cache = this.model.createCache(ids.length + 1, this.cacheOptions);
     await warmUpPrefillDecode(
       cache,
       (warmCache) => this.model.prefill(ids, [item], warmCache, { read: "argmax" }),

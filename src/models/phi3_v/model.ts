@@ -22,7 +22,7 @@ import { embedding } from "../../ops/embedding.ts";
 import { ropeTables } from "../common/rope.ts";
 import type { TensorSource, WeightLoadOptions } from "../common/source.ts";
 import { copyImageRows, imagesToEncode, planImageRuns, type ImageRowRun } from "../common/image_scatter.ts";
-import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted, type StepReadout, checkDecodeRoom } from "../common/step.ts";
+import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted, type StepReadout, checkDecodeRoom, type CacheOptions } from "../common/step.ts";
 import { decoderForward } from "../decoder/forward.ts";
 import type { ReadMode } from "../family.ts";
 import { PHI3V_TILE_TOKENS, type Phi3VConfig } from "./config.ts";
@@ -140,9 +140,10 @@ export class Phi3VModel {
     return o !== null && T > o;
   }
 
-  createCache(maxSeq: number): Phi3VCache {
+  /** The per-layer KV caches (kvDtype f32 unless told; small at first, grown up to maxSeq). */
+  createCache(maxSeq: number, opts: CacheOptions = {}): Phi3VCache {
     const t = this.config.text;
-    return new Phi3VCache(this.gpu, LayerCaches.allocate(this.gpu, t.numLayers, maxSeq, t.numKvHeads, t.headDim), maxSeq);
+    return new Phi3VCache(this.gpu, LayerCaches.allocate(this.gpu, t.numLayers, maxSeq, t.numKvHeads, t.headDim, opts), maxSeq);
   }
 
   /**
@@ -234,6 +235,7 @@ export class Phi3VModel {
     this.checkIds(ids);
     const T = ids.length;
     if (T > cache.maxSeq) throw new WebvlmError("context_length_exceeded", `prompt of ${T} tokens exceeds the cache's ${cache.maxSeq}`, { needed: T, maxSeq: cache.maxSeq });
+    cache.ensure(T); // grows the layers (their own submit) before any step is recorded
     const long = this.longPass(T);
     let keep = 0;
     while (keep < cache.length && cache.ids[keep] === ids[keep] && cache.longKeys[keep] === long && !cache.imageAsZero[keep]) keep++;

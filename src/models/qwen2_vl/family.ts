@@ -1,5 +1,6 @@
 // Qwen2-VL as a family behind the engine's contract (models/family.ts): its config parser, its
 // media processor (smart_resize + patchify, image/video pads) and the model with its warm-up.
+import type { CacheOptions } from "../common/step.ts";
 import { WebvlmError } from "../../api/errors.ts";
 import type { MediaRef } from "../family.ts";
 import type { MediaPlaceholder } from "../../tokenizer/chat_template.ts";
@@ -53,8 +54,12 @@ function visionItem(m: PreparedMedia): VisionItem {
 class Qwen2VLAdapter implements VlmModel {
   constructor(readonly model: Qwen2VLModel) {}
 
-  createCache(maxSeq: number): Qwen2VLCache {
-    return this.model.createCache(maxSeq);
+  /** The last cache options asked for: the warm-up's throwaway cache uses them (same pipelines). */
+  private cacheOptions: CacheOptions = {};
+
+  createCache(maxSeq: number, opts: CacheOptions = {}): Qwen2VLCache {
+    this.cacheOptions = { kvDtype: opts.kvDtype };
+    return this.model.createCache(maxSeq, opts);
   }
 
   async prefill(ids: readonly number[], media: readonly PreparedMedia[], cache: ModelCache, opts: ModelStepOptions = {}): Promise<ModelPrefill> {
@@ -75,7 +80,7 @@ class Qwen2VLAdapter implements VlmModel {
     const m = c.vision.spatialMergeSize;
     const grid: [number, number, number] = [1, m, m];
     const patchWidth = c.vision.inChannels * c.vision.temporalPatchSize * c.vision.patchSize * c.vision.patchSize;
-    const cache = this.model.createCache(8);
+    const cache = this.model.createCache(8, this.cacheOptions);
     const ids = [c.visionStartTokenId, c.imageTokenId, c.visionEndTokenId];
     await warmUpPrefillDecode(
       cache,

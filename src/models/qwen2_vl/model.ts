@@ -2,7 +2,7 @@
 // whose only readback is its result (the argmax id and/or the last row of logits); a prefill is one
 // submit per chunk of at most prefillChunkTokens() tokens (the vision tower runs in the first),
 // checking the abort signal between chunks; only the last chunk computes logits.
-import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted, checkDecodeRoom } from "../common/step.ts";
+import { gpuIdle, LayerCaches, prefillChunks, StepReader, throwIfAborted, checkDecodeRoom, type CacheOptions } from "../common/step.ts";
 import { planImageRuns } from "../common/image_scatter.ts";
 import { WebvlmError } from "../../api/errors.ts";
 import type { GpuContext } from "../../gpu/device.ts";
@@ -99,9 +99,10 @@ export class Qwen2VLModel {
     return new Qwen2VLModel(gpu, config, weights);
   }
 
-  createCache(maxSeq: number): Qwen2VLCache {
+  /** The per-layer KV caches (kvDtype f32 unless told; small at first, grown up to maxSeq). */
+  createCache(maxSeq: number, opts: CacheOptions = {}): Qwen2VLCache {
     const t = this.config.text;
-    return new Qwen2VLCache(this.gpu, LayerCaches.allocate(this.gpu, t.numLayers, maxSeq, t.numKvHeads, t.headDim), maxSeq);
+    return new Qwen2VLCache(this.gpu, LayerCaches.allocate(this.gpu, t.numLayers, maxSeq, t.numKvHeads, t.headDim, opts), maxSeq);
   }
 
   ropeIndex(ids: readonly number[], imageGrids: readonly Grid[] = [], videoGrids: readonly Grid[] = []): RopeIndex {
@@ -146,6 +147,7 @@ export class Qwen2VLModel {
     if (L > cache.maxSeq) {
       throw new WebvlmError("context_length_exceeded", `prompt of ${L} tokens exceeds the cache's ${cache.maxSeq}`, { needed: L, maxSeq: cache.maxSeq });
     }
+    cache.ensure(L); // grows the layers (their own submit) before any step is recorded
     const S = L - past;
     const copies = [
       ...this.planVision(ids, images, c.imageTokenId, "image", past),
