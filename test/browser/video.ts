@@ -36,6 +36,10 @@ export interface SampledCase {
 
 export interface VideoResult {
   encoders?: Record<string, boolean>;
+  /** VideoDecoder.isConfigSupported per codec. */
+  decoders?: Record<string, boolean>;
+  /** The WebM given as a blob: URL string and as a <video> element: sampled indices. */
+  otherSources?: { url?: number[]; element?: number[]; error?: string };
   files?: { name: string; codec: string; bytes: number; cases: SampledCase[] }[];
   abort?: { code?: string; progress: number[][] };
   answer?: { text?: string; progress: number[][]; preprocessDevice?: string; framesPng?: string[]; error?: string };
@@ -173,6 +177,12 @@ async function main(): Promise<VideoResult> {
   if (r.encoders!.vp9) plans.push(["mp4-vp9", "mp4", "vp9"]);
   if (r.encoders!.vp8) plans.push(["webm-vp8", "webm", "vp8"]);
   if (r.encoders!.vp9) plans.push(["webm-vp9", "webm", "vp9"]);
+  if (r.encoders!.av1) plans.push(["webm-av1", "webm", "av1"]);
+  r.decoders = {};
+  const strings: Record<string, string> = { avc: "avc1.42001f", hevc: "hev1.1.6.L93.B0", vp8: "vp8", vp9: "vp09.00.10.08", av1: "av01.0.04M.08" };
+  for (const [k, codec] of Object.entries(strings)) {
+    r.decoders[k] = (await VideoDecoder.isConfigSupported({ codec, codedWidth: W, codedHeight: H })).supported === true;
+  }
   let webm: Blob | null = null;
   for (const [name, format, codec] of plans) {
     const blob = await makeVideo(format, codec);
@@ -182,6 +192,21 @@ async function main(): Promise<VideoResult> {
     lap(`${name} sample`);
   }
   if (!webm) return r;
+  // The same file as a blob: URL string and as a <video> element (its src is read).
+  r.otherSources = {};
+  const blobUrl = URL.createObjectURL(webm);
+  try {
+    const byUrl = await openVideo(blobUrl);
+    r.otherSources.url = byUrl.plan.indices;
+    byUrl.close();
+    const el = document.createElement("video");
+    el.src = blobUrl;
+    const byElement = await openVideo(el);
+    r.otherSources.element = byElement.plan.indices;
+    byElement.close();
+  } catch (e) {
+    r.otherSources.error = String(e);
+  }
   {
     const bytes = new Uint8Array(await webm.arrayBuffer());
     let bin = "";

@@ -69,7 +69,9 @@ test("video files in Chromium: sampled as qwen_vl_utils says, frames equal to th
   t.diagnostic(`page times (ms): ${JSON.stringify(r.times)}`);
   t.diagnostic(`encoders: ${JSON.stringify(r.encoders)}; files: ${r.files?.map((f) => `${f.name} ${f.bytes} B`).join(", ")}`);
 
+  t.diagnostic(`decoders: ${JSON.stringify(r.decoders)}`);
   webmBase64 = r.webmBase64 ?? "";
+  assert.deepEqual(r.otherSources, { url: [0, 6, 13, 19], element: [0, 6, 13, 19] }, "a blob: URL string and a <video> element are read like the Blob");
   assert.ok(r.files?.some((f) => f.name.startsWith("webm")), "a WebM was written and read");
   assert.ok(r.files?.some((f) => f.name.startsWith("mp4")), "an MP4 was written and read");
   for (const f of r.files!) {
