@@ -327,6 +327,42 @@ for (const shape of ["tiny-a", "tiny-b"] as const) {
         assert.equal(diff, 0, `${diff} logits differ from the host-pixel prefill`);
         t.diagnostic(`${got.length} logits identical with GPU-tensor pixel values`);
       });
+
+      test("f16 KV cache: 32 greedy tokens equal the f32 cache's (both grown from 16 rows); logit NMSE per step", async (t) => {
+        const count = GREEDY_TOKENS;
+        // Prefill and decode steps reading the logits of every step; the caches start at 16 rows
+        // and grow (prefill to the prompt, then by doubling) on the way.
+        const run = async (kvDtype: "f16" | "f32"): Promise<{ tokens: number[]; logits: Float32Array[]; capacity: number }> => {
+          const cache = model.createCache(ids.length + count + 1, { kvDtype, initialRows: 16 });
+          try {
+            const pre = await model.prefill(ids, { images: images() }, cache, { read: "both" });
+            const tokens = [pre.tokenId!];
+            const logits = [pre.logits!];
+            while (tokens.length < count && !config.eosTokenIds.includes(tokens[tokens.length - 1])) {
+              const step = await model.decode(tokens[tokens.length - 1], cache, { read: "both" });
+              tokens.push(step.tokenId!);
+              logits.push(step.logits!);
+            }
+            assert.equal(cache.kvDtype, kvDtype);
+            return { tokens, logits, capacity: cache.capacity };
+          } finally {
+            cache.dispose();
+          }
+        };
+        const a = await run("f32");
+        const b = await run("f16");
+        // The grown f32 cache is the exact path: the reference's tokens.
+        assert.deepEqual(a.tokens, refGen.tokens.slice(0, count));
+        assert.deepEqual(b.tokens, a.tokens);
+        const errs = a.logits.map((l, i) => nmse(b.logits[i], l));
+        const worst = Math.max(...errs);
+        assert.ok(worst <= 1e-3, `f16-KV logits NMSE up to ${worst}`);
+        t.diagnostic(
+          `${b.tokens.length} tokens identical (prompt ${ids.length}); f16-KV vs f32-KV logit NMSE: prefill ${errs[0].toExponential(2)}, ` +
+            `max over ${errs.length} steps ${worst.toExponential(2)}, mean ${(errs.reduce((x, y) => x + y, 0) / errs.length).toExponential(2)}; ` +
+            `capacity 16 -> ${a.capacity} rows`,
+        );
+      });
     }
 
     if (shape === "tiny-b") {
