@@ -43,6 +43,8 @@ export interface VideoResult {
   files?: { name: string; codec: string; bytes: number; cases: SampledCase[] }[];
   abort?: { code?: string; progress: number[][] };
   answer?: { text?: string; progress: number[][]; preprocessDevice?: string; framesPng?: string[]; error?: string };
+  /** Through the worker: a <video> element whose request is aborted in its first progress callback. */
+  workerAbort?: { code?: string; progress: number[][]; after?: string };
   /** The VP8 WebM's bytes (base64), for the demo's drop test. */
   webmBase64?: string;
   /** Milliseconds per stage. */
@@ -253,6 +255,33 @@ async function main(): Promise<VideoResult> {
         answer.text = res.choices[0].message.content;
         answer.preprocessDevice = res.usage.preprocess_device;
         lap("worker answer");
+        // A <video> element crosses as its src; the abort reaches the worker between frames.
+        const wa: NonNullable<VideoResult["workerAbort"]> = { progress: [] };
+        r.workerAbort = wa;
+        const el = document.createElement("video");
+        el.src = URL.createObjectURL(webm);
+        const ac2 = new AbortController();
+        try {
+          await engine.chat.completions.create({
+            messages: [{ role: "user", content: [
+              { type: "video", video: el, nframes: 8, on_progress: (d: number, t: number) => (wa.progress.push([d, t]), ac2.abort()) },
+              { type: "text", text: "?" },
+            ] }],
+            max_tokens: 2, temperature: 0, signal: ac2.signal,
+          });
+        } catch (e) {
+          wa.code = (e as WebvlmError).code;
+        }
+        // The engine still answers afterwards (the same request as above).
+        const again = await engine.chat.completions.create({
+          messages: [{ role: "user", content: [
+            { type: "video", video: el, nframes: 4, resized_height: 56, resized_width: 56 },
+            { type: "text", text: params.get("q") ?? "What happens in this video?" },
+          ] }],
+          max_tokens: Number(params.get("max") ?? 8), temperature: 0,
+        });
+        wa.after = again.choices[0].message.content;
+        lap("worker abort + <video>");
       } finally {
         await engine.terminate();
       }

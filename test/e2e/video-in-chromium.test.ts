@@ -120,6 +120,10 @@ test("video files in Chromium: sampled as qwen_vl_utils says, frames equal to th
   t.diagnostic(`answer: ${JSON.stringify(a.text)} (preprocessed on ${a.preprocessDevice}); Node: ${JSON.stringify(nodeAnswer.choices[0].message.content)}`);
   assert.ok((a.text ?? "").length > 0);
   assert.equal(a.text, nodeAnswer.choices[0].message.content, "the worker's answer about the WebM equals Node's for its sampled frames");
+  const wa = r.workerAbort!;
+  assert.equal(wa.code, "aborted", "a worker request aborted from its progress callback fails with aborted");
+  assert.ok(wa.progress.length >= 1 && wa.progress.length < 8, `progress before the abort: ${JSON.stringify(wa.progress)}`);
+  assert.equal(wa.after, a.text, "a <video> element (its src) gives the same answer as the Blob");
 });
 
 test("the demo previews a dropped video's sampled frames", { timeout: 120_000 }, async () => {
