@@ -111,3 +111,13 @@ test("request: video-file options are validated and carried; frame lists unchang
     assert.throws(() => collectMedia(msg(bad)), (e: unknown) => e instanceof WebvlmError && e.code === "bad_request", JSON.stringify(bad));
   }
 });
+
+test("Node: prepareMedia sends a video file to openVideo (unsupported_feature), not to the frame-list path", async () => {
+  const { prepareMedia } = await import("../../src/models/qwen2_vl/media.ts");
+  type Vc = Parameters<typeof prepareMedia>[2];
+  const vc = { patchSize: 14, spatialMergeSize: 2, temporalPatchSize: 2, inChannels: 3 } as unknown as Vc;
+  await assert.rejects(
+    prepareMedia([{ kind: "video", source: new Uint8Array(64), options: { nframes: 4 } }], { minPixels: 3136, maxPixels: 12845056 }, vc),
+    (e: unknown) => e instanceof WebvlmError && e.code === "unsupported_feature" && /video 1 is a video file/.test(e.message),
+  );
+});
