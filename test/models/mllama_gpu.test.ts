@@ -222,6 +222,41 @@ for (const c of CASES) {
       assert.deepEqual(got.tokens, want.tokens);
     });
 
+    if (c.name === "tiny-a") {
+      test("f16 KV cache (self-attention caches and cross K/V): 32 greedy tokens equal the f32 cache's; logit NMSE per step", async (t) => {
+        const ids = separated();
+        const run = async (kvDtype: "f16" | "f32"): Promise<{ tokens: number[]; logits: Float32Array[]; crossDtype: string }> => {
+          const cache = model.createCache(ids.length + GREEDY_TOKENS + 1, { kvDtype, initialRows: 8 });
+          try {
+            const pre = await model.prefill(ids, images, cache, { read: "both" });
+            const tokens = [pre.tokenId!];
+            const logits = [pre.logits!];
+            while (tokens.length < GREEDY_TOKENS && !model.config.eosTokenIds.includes(tokens[tokens.length - 1])) {
+              const step = await model.decode(tokens[tokens.length - 1], cache, { read: "both" });
+              tokens.push(step.tokenId!);
+              logits.push(step.logits!);
+            }
+            return { tokens, logits, crossDtype: cache.cross!.kv[0].k.dtype };
+          } finally {
+            cache.dispose();
+          }
+        };
+        const a = await run("f32");
+        const b = await run("f16");
+        assert.equal(a.crossDtype, "f32");
+        assert.equal(b.crossDtype, "f16");
+        assert.deepEqual(a.tokens, ref.generate(ids, refStates, tiles, GREEDY_TOKENS).tokens);
+        assert.deepEqual(b.tokens, a.tokens);
+        const errs = a.logits.map((l, i) => nmse(b.logits[i], l));
+        const worst = Math.max(...errs);
+        assert.ok(worst <= 1e-3, `f16-KV logits NMSE up to ${worst}`);
+        t.diagnostic(
+          `${b.tokens.length} tokens identical (prompt ${ids.length}); f16-KV vs f32-KV logit NMSE: prefill ${errs[0].toExponential(2)}, ` +
+            `max over ${errs.length} steps ${worst.toExponential(2)}, mean ${(errs.reduce((x, y) => x + y, 0) / errs.length).toExponential(2)}`,
+        );
+      });
+    }
+
     test("two adjacent images: logits", async () => {
       const ids = prompt([{ role: "user", content: [{ type: "image" }, { type: "image" }, { type: "text", text: "What do both show?" }] }]);
       const cache = model.createCache(ids.length + 1);
