@@ -7,6 +7,10 @@
 // Frames come out one at a time as ImageBitmaps (the caller closes them), so a long video never
 // holds more than one decoded frame; the signal is checked and progress reported between frames.
 //
+// Frames are taken at the track's coded orientation (rotation metadata is not applied), as
+// torchvision's read_video gives them to qwen_vl_utils. Containers mediabunny cannot demux (AVI,
+// Ogg, ...) are an image_decode_failed error: no <video>-element seeking fallback yet.
+//
 // Node has no WebCodecs: a video file there is an unsupported_feature error (give frames instead).
 // No pure-JS H.264/VP8/VP9/AV1 decoder on npm is well kept and fast enough to serve here.
 import { WebvlmError } from "../api/errors.ts";
@@ -49,11 +53,6 @@ export interface OpenedVideo {
 }
 
 export const hasWebCodecs = (): boolean => typeof VideoDecoder !== "undefined" && typeof createImageBitmap !== "undefined";
-
-/** Is `source` a video file (not a frame list)? URL strings, Blobs, bytes and <video> elements are. */
-export function isVideoFileSource(source: unknown): boolean {
-  return !Array.isArray(source) && source !== null && source !== undefined;
-}
 
 function aborted(label: string): WebvlmError {
   return new WebvlmError("aborted", `the request was aborted while decoding ${label}`, { video: label });
