@@ -7,8 +7,8 @@
 // Frames come out one at a time as ImageBitmaps (the caller closes them), so a long video never
 // holds more than one decoded frame; the signal is checked and progress reported between frames.
 //
-// Frames are taken at the track's coded orientation (rotation metadata is not applied), as
-// torchvision's read_video gives them to qwen_vl_utils. Containers mediabunny cannot demux (AVI,
+// webvlm does not apply a track's rotation metadata itself (torchvision's read_video, which
+// qwen_vl_utils uses, does not either); rotated phone videos are untested. Containers mediabunny cannot demux (AVI,
 // Ogg, ...) are an image_decode_failed error: no <video>-element seeking fallback yet.
 //
 // Node has no WebCodecs: a video file there is an unsupported_feature error (give frames instead).
