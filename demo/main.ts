@@ -1,12 +1,11 @@
 // The chat demo. It uses only the public API, like any embedder: plain DOM, no framework.
 import {
-  createEngine, listCachedModels, deleteCachedModel, storageEstimate, isWebvlmError,
+  createEngine, listCachedModels, deleteCachedModel, storageEstimate, isWebvlmError, openVideo,
   type ChatEngine, type ChatMessage, type ContentPart, type ProgressEvent, type Usage,
 } from "../src/index.ts";
 import { renderMarkdown } from "./markdown.ts";
-// Not in the public API yet (src/index.ts): the video-file sampler, used here only to preview the
-// frames the engine will take (the engine samples the file again itself, by the same rules).
-import { openVideo } from "../src/vision/video_browser.ts";
+// openVideo previews the frames the engine will take from a video file (the engine samples the
+// file again itself, by the same rules).
 
 const $ = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
 const gpuStatus = $("gpu-status");
@@ -34,6 +33,8 @@ const dropHint = $("drop-hint");
 
 const HUB: Record<string, string> = {
   "2b": "Qwen/Qwen2-VL-2B-Instruct",
+  "2b-gptq": "Qwen/Qwen2-VL-2B-Instruct-GPTQ-Int4",
+  "2b-awq": "Qwen/Qwen2-VL-2B-Instruct-AWQ",
   "7b": "Qwen/Qwen2-VL-7B-Instruct",
   "idefics2": "HuggingFaceM4/idefics2-8b-chatty",
   "phi35v": "microsoft/Phi-3.5-vision-instruct",

@@ -1,4 +1,4 @@
-// Public API of webvlm. Later issues add createEngine and the chat API here.
+// Public API of webvlm.
 export { WebvlmError, isWebvlmError, type WebvlmErrorCode } from "./api/errors.ts";
 export { acquireGpu, type GpuContext, type AdapterReport, type AcquireOptions, type OptionalFeature } from "./gpu/device.ts";
 export { selfCheck, type SelfCheckResult } from "./gpu/selfcheck.ts";
@@ -10,3 +10,6 @@ export {
   listCachedModels, deleteCachedModel, clearCache, storageEstimate, weightCacheAvailable,
   type CachedModelInfo, type CachedFileInfo, type WeightCacheOptions,
 } from "./loader/cache_idb.ts";
+export {
+  openVideo, hasWebCodecs, type VideoFileOptions, type SampledVideoFrame, type OpenedVideo,
+} from "./vision/video_browser.ts";
