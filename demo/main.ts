@@ -20,6 +20,7 @@ const variantEl = $("variant");
 const cacheList = $("cache-list");
 const storageEl = $("storage");
 const adapterEl = $("adapter");
+const memoryEl = $("memory");
 const transcript = $("transcript");
 const composer = $<HTMLFormElement>("composer");
 const thumbs = $("thumbs");
@@ -165,6 +166,7 @@ async function load(): Promise<void> {
     });
     loaded = true;
     loadStatus.textContent = `Ready: ${info.id} (context ${info.contextLength} tokens)`;
+    void showMemory();
     const f = info.formats;
     const hasF16 = adapterFeatures.includes("shader-f16");
     variantEl.textContent =
@@ -429,10 +431,39 @@ async function send(): Promise<void> {
   history = [...messages, { role: "assistant", content: answer }];
   stats.textContent = statsText(usage, stopped);
   a.append(stats);
+  void showMemory();
   busy = false;
   abort = null;
   updateButtons();
   prompt.focus();
+}
+
+/** The engine's GPU memory: weights, KV cache (allocated / used), activations, pool slack. */
+async function showMemory(): Promise<void> {
+  if (!engine) return;
+  let m;
+  try {
+    m = (await engine.stats()).memory;
+  } catch {
+    return; // a lost device or a terminated worker: nothing to show
+  }
+  const mib = (b: number): string => `${(b / 2 ** 20).toFixed(1)} MiB`;
+  const dl = document.createElement("dl");
+  const entries: [string, string][] = [
+    ["weights", mib(m.weightsBytes)],
+    ["KV cache", `${mib(m.kvCache.usedBytes)} used of ${mib(m.kvCache.allocatedBytes)} allocated`],
+    ["activations", mib(m.activationsBytes)],
+    ["pool slack", mib(m.poolSlackBytes)],
+    ["total (peak)", `${mib(m.allocatedBytes)} (${mib(m.peakBytes)})`],
+  ];
+  for (const [k, v] of entries) {
+    const dt = document.createElement("dt");
+    dt.textContent = k;
+    const dd = document.createElement("dd");
+    dd.textContent = v;
+    dl.append(dt, dd);
+  }
+  memoryEl.replaceChildren(dl);
 }
 
 function newChat(): void {

@@ -6,7 +6,7 @@ import { createFetchAdapter } from "../api/fetch.ts";
 import { installErrorTransfer } from "../worker/errors.ts";
 import { transferableBitmap } from "../vision/decode_browser.ts";
 import type { WorkerEngineApi } from "../worker/protocol.ts";
-import { Engine, type LoadOptions, type ModelInfo } from "./engine.ts";
+import { Engine, type EngineStats, type LoadOptions, type ModelInfo } from "./engine.ts";
 import { pump } from "./pump.ts";
 import type { CheckpointLocation } from "../loader/checkpoint.ts";
 
@@ -20,6 +20,8 @@ export interface ChatEngine {
   load(location: CheckpointLocation, opts?: LoadOptions): Promise<ModelInfo>;
   unload(): Promise<void>;
   readonly model: ModelInfo | null;
+  /** GPU memory (weights, KV cache allocated / used, activations, pool slack) and work counts. */
+  stats(): Promise<EngineStats>;
   readonly chat: {
     readonly completions: {
       create(req: ChatCompletionRequest & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
@@ -89,6 +91,10 @@ class WorkerEngine implements ChatEngine {
   async unload(): Promise<void> {
     await this.api.unload();
     this.model = null;
+  }
+
+  stats(): Promise<EngineStats> {
+    return this.api.stats();
   }
 
   async terminate(): Promise<void> {

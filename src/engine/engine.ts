@@ -29,12 +29,19 @@ export interface EngineOptions {
   gpu?: GpuContext;
 }
 
+/**
+ * Default context length (tokens) when LoadOptions.contextLength is not given, capped by the model's
+ * max_position_embeddings and by what one storage binding holds: the KV cache starts small and
+ * grows as the chat grows, so a long default costs memory only when it is used.
+ */
+export const DEFAULT_CONTEXT_TOKENS = 32768;
+
 export interface LoadOptions {
   /** Weight format of the LLM's linear layers (default q4); embeddings/lm_head and the vision tower use `embedding`/`vision`. */
   quantization?: WeightFormat;
   embedding?: WeightFormat;
   vision?: WeightFormat;
-  /** KV cache length in tokens (default min(4096, max_position_embeddings)). */
+  /** Context length in tokens (default DEFAULT_CONTEXT_TOKENS = 32768, at most max_position_embeddings); the KV cache grows to it as needed. */
   contextLength?: number;
   /**
    * KV cache element type (self-attention caches and cross-attention K/V): "f16" (default; packed
@@ -68,8 +75,33 @@ export interface ModelInfo {
   preprocessing: PreprocessDevice;
 }
 
+/** What the engine holds on the GPU now, in bytes (engine.stats()). */
+export interface MemoryStats {
+  /** Every GPU buffer webvlm holds: in use plus the pool's free buffers. */
+  allocatedBytes: number;
+  /** The largest allocatedBytes so far on this device. */
+  peakBytes: number;
+  /** The loaded model's weights. */
+  weightsBytes: number;
+  /** The KV cache: allocated (it starts small and grows with the chat) and filled by cached tokens. */
+  kvCache: { allocatedBytes: number; usedBytes: number };
+  /** Other buffers in use: activations of a running step, normalize tables, pixels awaiting a prefill. */
+  activationsBytes: number;
+  /** Released buffers the pool keeps for reuse (its slack). */
+  poolSlackBytes: number;
+}
+
+export interface EngineStats {
+  model: ModelInfo | null;
+  memory: MemoryStats;
+  /** Dispatches recorded and queue submits made on this device so far. */
+  gpu: { dispatches: number; submits: number };
+}
+
 interface Loaded {
   info: ModelInfo;
+  /** GPU bytes of the model's weights (buffers the load left in use). */
+  weightsBytes: number;
   checkpoint: Checkpoint;
   model: VlmModel;
   tokenizer: TextTokenizer;
@@ -126,6 +158,26 @@ export class Engine {
     return this.loaded?.info ?? null;
   }
 
+  /** GPU memory (weights, KV cache allocated / used, activations, pool slack) and work counts. */
+  async stats(): Promise<EngineStats> {
+    const pool = this.gpu.pool;
+    const L = this.loaded;
+    const weightsBytes = L?.weightsBytes ?? 0;
+    const kvCache = L?.cache.memory?.() ?? { allocatedBytes: 0, usedBytes: 0 };
+    return {
+      model: L?.info ?? null,
+      memory: {
+        allocatedBytes: pool.allocatedBytes,
+        peakBytes: pool.peakBytes,
+        weightsBytes,
+        kvCache,
+        activationsBytes: Math.max(0, pool.liveBytes - weightsBytes - kvCache.allocatedBytes),
+        poolSlackBytes: pool.allocatedBytes - pool.liveBytes,
+      },
+      gpu: { ...this.gpu.stats },
+    };
+  }
+
   /**
    * Loads a checkpoint, replacing the model loaded before. Everything that can fail without the GPU
    * (options, opening the checkpoint, config/family, tokenizer, chat template, preprocessor config)
@@ -163,7 +215,7 @@ export class Engine {
           embedding: opts.embedding ?? "f16",
           vision: opts.vision ?? "f16",
         } as const;
-        const contextLength = Math.min(requested ?? 4096, family.maxPositions);
+        let contextLength = Math.min(requested ?? DEFAULT_CONTEXT_TOKENS, family.maxPositions);
         // f32 weights where the keys and values come from (the decoder's linears and embeddings; the
         // vision format does not change them, and text-only checkpoints have no vision weights).
         const f32Decoder = formats.textLinear === "f32" && formats.embedding === "f32";
@@ -187,6 +239,7 @@ export class Engine {
         }
         const totalBytes = checkpoint.weights.totalBytes;
         let uploadedBytes = 0;
+        const liveBefore = this.gpu.pool.liveBytes;
         const model = await family.load(this.gpu, checkpoint.weights, {
           ...formats,
           packedCache: checkpoint.cached ? packedWeightCache(checkpoint.description) : undefined,
@@ -197,12 +250,22 @@ export class Engine {
             opts.onProgress?.({ phase: "upload", file: name, loadedBytes: uploadedBytes, totalBytes, fraction: totalBytes ? Math.min(1, uploadedBytes / totalBytes) : 1 });
           },
         });
+        // What the load left in use is the weights (its temporaries went back to the pool).
+        const weightsBytes = this.gpu.pool.liveBytes - liveBefore;
         let cache: ModelCache;
         try {
           const emit = (done: number, total: number): void =>
             opts.onProgress?.({ phase: "compile", file: "pipelines", loadedBytes: done, totalBytes: total, fraction: total ? done / total : 1 });
           // The cache first (it starts small and grows), so that the warm-up compiles its kvDtype's pipelines.
-          cache = model.createCache(contextLength, { kvDtype: kvCache });
+          try {
+            cache = model.createCache(contextLength, { kvDtype: kvCache });
+          } catch (e) {
+            // Without an explicit contextLength, the default shrinks to what one binding can hold.
+            const fit = (e as WebvlmError).details?.maxSeq;
+            if (requested !== undefined || (e as WebvlmError).code !== "context_length_exceeded" || typeof fit !== "number" || fit < 1) throw e;
+            contextLength = fit;
+            cache = model.createCache(contextLength, { kvDtype: kvCache });
+          }
           try {
             await model.warmUp(emit);
           } catch (e) {
@@ -215,6 +278,7 @@ export class Engine {
         }
         this.loaded = {
           info: { id: checkpoint.description, family: family.family, contextLength, formats, kvCache, preprocessing },
+          weightsBytes,
           checkpoint,
           model,
           tokenizer,

@@ -28,6 +28,8 @@ export class BufferPool {
   /** Bytes in buffers this pool created and has not destroyed. */
   allocatedBytes = 0;
   peakBytes = 0;
+  /** Bytes in buffers handed out and not released (allocatedBytes - liveBytes is the pool's slack). */
+  liveBytes = 0;
 
   constructor(private readonly device: GPUDevice) {}
 
@@ -44,6 +46,7 @@ export class BufferPool {
       if (i >= 0) {
         const [reuse] = list.splice(i, 1);
         this.live.add(reuse);
+        this.liveBytes += reuse.size;
         return reuse;
       }
     }
@@ -51,12 +54,14 @@ export class BufferPool {
     this.allocatedBytes += size;
     this.peakBytes = Math.max(this.peakBytes, this.allocatedBytes);
     this.live.add(buffer);
+    this.liveBytes += size;
     return buffer;
   }
 
   /** Returns a buffer for reuse; work already submitted that reads it stays valid (queue order). */
   release(buffer: GPUBuffer): void {
     if (!this.live.delete(buffer)) return;
+    this.liveBytes -= buffer.size;
     this.releasedIn.set(buffer, this.epoch);
     const list = this.free.get(buffer.size) ?? [];
     list.push(buffer);
@@ -86,6 +91,7 @@ export class BufferPool {
       b.destroy();
     }
     this.live.clear();
+    this.liveBytes = 0;
   }
 }
 

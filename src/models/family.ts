@@ -124,6 +124,8 @@ export interface ModelCache {
   readonly maxSeq: number;
   truncate(n: number): void;
   dispose(): void;
+  /** GPU bytes the cache holds now (allocated; it grows as the chat grows) and the bytes its cached tokens fill. */
+  memory?(): { allocatedBytes: number; usedBytes: number };
 }
 
 /** A loaded model, as the engine drives it. */

@@ -1,5 +1,5 @@
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from "../api/types.ts";
-import type { LoadOptions, ModelInfo } from "../engine/engine.ts";
+import type { EngineStats, LoadOptions, ModelInfo } from "../engine/engine.ts";
 import type { ProgressEvent } from "../loader/progress.ts";
 import type { CheckpointLocation } from "../loader/checkpoint.ts";
 
@@ -12,6 +12,7 @@ export interface WorkerEngineApi {
   /** `id` names the load for abort(id) (the page's LoadOptions.signal). */
   load(id: number, location: Exclude<CheckpointLocation, { store: unknown }>, opts: Omit<LoadOptions, "onProgress" | "signal">, onProgress?: (e: ProgressEvent) => void): Promise<ModelInfo>;
   unload(): Promise<void>;
+  stats(): Promise<EngineStats>;
   complete(id: number, req: WorkerChatRequest): Promise<ChatCompletion>;
   stream(id: number, req: WorkerChatRequest, onChunks: (chunks: ChatCompletionChunk[]) => void): Promise<void>;
   abort(id: number): void;

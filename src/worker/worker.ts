@@ -40,6 +40,9 @@ const api: WorkerEngineApi = {
   async unload() {
     await engine?.unload();
   },
+  async stats() {
+    return (await getEngine()).stats();
+  },
   complete(id, req: WorkerChatRequest) {
     return withAbort(id, async (signal) => (await getEngine()).chat.completions.create({ ...req, stream: false, signal }));
   },

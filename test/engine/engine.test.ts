@@ -191,3 +191,37 @@ test("a video given as frames is answered as the reference model answers it", { 
   const expected = tok.decode(ref.tokens.filter((t) => t !== 151645 && t !== 151643), { skipSpecialTokens: true });
   assert.equal(r.choices[0].message.content, expected);
 });
+
+test("a chat grows the KV cache past its first allocation; stats() accounts for it; an overflow is typed and the next request works", { timeout: 600_000 }, async (t) => {
+  const fresh = await Engine.create({ gpu });
+  try {
+    // The default context is the model's own (32768 here, capped at DEFAULT_CONTEXT_TOKENS), the cache
+    // starting at 1024 rows; f16 K/V by default with q8 weights.
+    const info = await fresh.load(model, { quantization: "q8", embedding: "f32", vision: "f32" });
+    assert.equal(info.contextLength, 32768);
+    assert.equal(info.kvCache, "f16");
+    const s0 = await fresh.stats();
+    assert.ok(s0.memory.weightsBytes > 0, "weights counted");
+    assert.equal(s0.memory.kvCache.usedBytes, 0);
+    const first = s0.memory.kvCache.allocatedBytes;
+    assert.ok(first > 0);
+    // A prompt past the first 1024 rows (about 1200 tokens of text).
+    const long = Array.from({ length: 300 }, (_, i) => `item ${i} is`).join(", ");
+    const r = await fresh.chat.completions.create(greedy([{ role: "user", content: long }], { max_tokens: 3 }));
+    assert.ok(r.usage.prompt_tokens > 1024, `${r.usage.prompt_tokens} prompt tokens`);
+    const s1 = await fresh.stats();
+    assert.ok(s1.memory.kvCache.allocatedBytes >= 2 * first, `the cache grew: ${first} -> ${s1.memory.kvCache.allocatedBytes} bytes`);
+    assert.ok(s1.memory.kvCache.usedBytes > first && s1.memory.kvCache.usedBytes <= s1.memory.kvCache.allocatedBytes);
+    assert.equal(s1.memory.allocatedBytes, s1.memory.weightsBytes + s1.memory.kvCache.allocatedBytes + s1.memory.activationsBytes + s1.memory.poolSlackBytes);
+    t.diagnostic(`${r.usage.prompt_tokens} tokens: KV ${first} -> ${s1.memory.kvCache.allocatedBytes} bytes allocated, ${s1.memory.kvCache.usedBytes} used; weights ${s1.memory.weightsBytes}`);
+
+    // A context that a prompt overflows: context_length_exceeded with the numbers; then a request works.
+    await fresh.load(model, { quantization: "q8", embedding: "f32", vision: "f32", contextLength: 64 });
+    await assert.rejects(fresh.chat.completions.create(greedy([{ role: "user", content: long }])), (e: unknown) =>
+      e instanceof WebvlmError && e.code === "context_length_exceeded" && /tokens; the context holds 64/.test(e.message));
+    const ok = await fresh.chat.completions.create(greedy([{ role: "user", content: "Hi" }], { max_tokens: 2 }));
+    assert.ok(ok.usage.completion_tokens > 0);
+  } finally {
+    await fresh.unload();
+  }
+});

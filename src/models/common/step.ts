@@ -4,7 +4,7 @@
 import { WebvlmError } from "../../api/errors.ts";
 import type { GpuContext } from "../../gpu/device.ts";
 import type { Recorder } from "../../gpu/recorder.ts";
-import { byteSize, type Tensor } from "../../gpu/tensor.ts";
+import { byteSize, DTYPE_BYTES, type Tensor } from "../../gpu/tensor.ts";
 import { argmax } from "../../ops/argmax.ts";
 import { createKvCache, growKvCache, releaseKvCache, type KvCache, type KvDtype } from "../../ops/kv_cache.ts";
 import type { ModelCache, ReadMode } from "../family.ts";
@@ -119,7 +119,19 @@ export class LayerCaches implements ModelCache {
   }
 
   /** Tokens cached (the cache index of the next token). */
-  get length(): number {
+/** GPU bytes of the layers' K/V: allocated (capacity rows) and filled (length rows). */
+  memory(): { allocatedBytes: number; usedBytes: number } {
+    let allocatedBytes = 0;
+    let usedBytes = 0;
+    for (const l of this.layers) {
+      const rowBytes = l.rowStride * DTYPE_BYTES[l.dtype];
+      allocatedBytes += 2 * l.capacity * rowBytes;
+      usedBytes += 2 * l.length * rowBytes;
+    }
+    return { allocatedBytes, usedBytes };
+  }
+
+    get length(): number {
     return this.layers[0]?.length ?? 0;
   }
 

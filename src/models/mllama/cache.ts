@@ -3,7 +3,7 @@
 // (MLLAMA.md §8) and kept across decode steps and turns while the images stay the same, with the key
 // mask of its padded tiles and the mask row decode steps reuse (§6.5: the last prompt row).
 import type { GpuContext } from "../../gpu/device.ts";
-import type { Tensor } from "../../gpu/tensor.ts";
+import { byteSize, type Tensor } from "../../gpu/tensor.ts";
 import { LayerCaches } from "../common/step.ts";
 import type { CrossKv } from "../decoder/cross_attention.ts";
 import type { KvCache } from "../../ops/kv_cache.ts";
@@ -43,6 +43,17 @@ export class MllamaCache extends LayerCaches {
   override dispose(): void {
     this.releaseCross();
     super.dispose();
+  }
+
+  /** The self-attention layers plus the image set's cross-attention K/V (all allocated, all used). */
+  override memory(): { allocatedBytes: number; usedBytes: number } {
+    const m = super.memory();
+    for (const kv of this.cross?.kv ?? []) {
+      const bytes = byteSize(kv.k) + byteSize(kv.v);
+      m.allocatedBytes += bytes;
+      m.usedBytes += bytes;
+    }
+    return m;
   }
 
   private releaseCross(): void {
