@@ -118,8 +118,7 @@ export class LayerCaches implements ModelCache {
     for (const l of this.layers) growKvCache(this.gpu, l, n);
   }
 
-  /** Tokens cached (the cache index of the next token). */
-/** GPU bytes of the layers' K/V: allocated (capacity rows) and filled (length rows). */
+  /** GPU bytes of the layers' K/V: allocated (capacity rows) and filled (length rows). */
   memory(): { allocatedBytes: number; usedBytes: number } {
     let allocatedBytes = 0;
     let usedBytes = 0;
@@ -131,7 +130,8 @@ export class LayerCaches implements ModelCache {
     return { allocatedBytes, usedBytes };
   }
 
-    get length(): number {
+  /** Tokens cached (the cache index of the next token). */
+  get length(): number {
     return this.layers[0]?.length ?? 0;
   }
 
