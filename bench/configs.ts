@@ -4,8 +4,11 @@
 // architecture small enough for SwiftShader, with the real vocabulary (special token ids
 // must exist) and head_dim 128 like the real model.
 import qwen2VL2B from "./qwen2-vl-2b.config.json";
+import qwen2VL7B from "./qwen2-vl-7b.config.json";
 
 export const QWEN2VL_2B_CONFIG = qwen2VL2B;
+/** Qwen2-VL-7B-Instruct's shapes (untied lm_head, 4 KV heads). */
+export const QWEN2VL_7B_CONFIG = qwen2VL7B;
 
 export const TINY_CONFIG = {
   ...QWEN2VL_2B_CONFIG,

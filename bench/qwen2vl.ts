@@ -20,21 +20,22 @@ import { byteSize } from "../src/gpu/tensor.ts";
 import { preprocessImage } from "../src/models/qwen2_vl/image_processor.ts";
 import { uploadNormalizeTable } from "../src/ops/image_patches.ts";
 import { benchPreprocess, cpuPatchRows, gpuPatchRows } from "./preprocess.ts";
-import { QWEN2VL_2B_CONFIG, TINY_CONFIG } from "./configs.ts";
+import { QWEN2VL_2B_CONFIG, QWEN2VL_7B_CONFIG, TINY_CONFIG } from "./configs.ts";
 import { cliArgs, isSoftwareAdapter, measureLimits, median, profileKernels, randomIds, randomRgb } from "./bench_common.ts";
 import { randomQwen2VLWeights } from "./random_weights.ts";
 import { printReport, type FormatResult, type Report } from "./report.ts";
 
 /** The Qwen2-VL benchmark with `argv` (the options above). */
-export async function runQwen2VLBench(argv: readonly string[]): Promise<void> {
+export async function runQwen2VLBench(argv: readonly string[], size: "qwen2-vl-2b" | "qwen2-vl-7b" = "qwen2-vl-2b"): Promise<void> {
   const { flag, option } = cliArgs(argv);
 
   const tiny = flag("--tiny");
   const plan = tiny
     ? { images: [[56, 56], [112, 84]] as [number, number][], prefill: 64, contexts: [32, 256], steps: 4, question: 20, repeats: 1 }
-    : { images: [[448, 448], [1288, 966]] as [number, number][], prefill: 1024, contexts: [128, 4096], steps: 32, question: 20, repeats: 3 };
+    : { images: [[448, 448], [1288, 966]] as [number, number][], prefill: 1024, contexts: [1, 6144, 14336, 30720], steps: 32, question: 20, repeats: 3 };
   // Overrides (e.g. a quick check of the full shapes on a slow adapter):
-  //   --images 448x448,1288x966|none  --prefill N  --contexts 128,4096
+  //   --images 448x448,1288x966|none  --prefill N  --contexts 1,6144,14336,30720 (Qwen's table's input
+  //   lengths)  --kv-cache f16|f32 (default f16)
   // CPU vs GPU preprocessing sizes: --preprocess-sizes 1280x960,...|none
   const preprocessSizes = (option("--preprocess-sizes") ?? "1280x960,4032x3024,3840x2160");
   const images = option("--images");
@@ -43,12 +44,14 @@ export async function runQwen2VLBench(argv: readonly string[]): Promise<void> {
   if (option("--contexts")) plan.contexts = option("--contexts")!.split(",").map(Number);
   const steps = Number(option("--steps") ?? plan.steps);
   const formats = (option("--formats") ?? "q4,f16").split(",") as ("q4" | "f16")[];
-  const out = option("--out") ?? new URL(`./results/model${tiny ? "-tiny" : ""}.json`, import.meta.url).pathname;
+  const kvDtype = (option("--kv-cache") ?? "f16") as "f16" | "f32";
+  if (kvDtype !== "f16" && kvDtype !== "f32") throw new Error("--kv-cache f16|f32");
+  const out = option("--out") ?? new URL(`./results/model${tiny ? "-tiny" : size === "qwen2-vl-7b" ? "-7b" : ""}.json`, import.meta.url).pathname;
 
   const gpu = await acquireNodeGpu();
-  const config = parseQwen2VLConfig(tiny ? TINY_CONFIG : QWEN2VL_2B_CONFIG);
+  const config = parseQwen2VLConfig(tiny ? TINY_CONFIG : size === "qwen2-vl-7b" ? QWEN2VL_7B_CONFIG : QWEN2VL_2B_CONFIG);
   const log = (s: string): void => console.error(s);
-  log(`adapter: ${gpu.adapter.vendor} ${gpu.adapter.architecture} ${gpu.adapter.description}; ${tiny ? "tiny model" : "Qwen2-VL-2B shapes"}`);
+  log(`adapter: ${gpu.adapter.vendor} ${gpu.adapter.architecture} ${gpu.adapter.description}; ${tiny ? "tiny model" : size === "qwen2-vl-7b" ? "Qwen2-VL-7B shapes" : "Qwen2-VL-2B shapes"}; ${kvDtype} KV cache`);
 
   // Probe sizes for a GPU; a software adapter (SwiftShader) gets the small ones even at full shapes.
   const { copyGBs, peakGFLOPS } = await measureLimits(gpu, tiny || isSoftwareAdapter(gpu));
@@ -89,7 +92,7 @@ export async function runQwen2VLBench(argv: readonly string[]): Promise<void> {
     const normBytes = (2 * t.numLayers + 1) * t.hiddenSize * 4;
     const weightBytesPerToken = linearBytes + lmHeadBytes + normBytes;
     const maxCtx = Math.max(plan.prefill, ...plan.contexts) + steps + 8;
-    const cache: Qwen2VLCache = model.createCache(maxCtx);
+    const cache: Qwen2VLCache = model.createCache(maxCtx, { kvDtype });
     const result: FormatResult = {
       format, formats: formatsUsed, weightBytes: weights.gpuBytes, weightBytesPerToken,
       vision: [], prefill: { tokens: plan.prefill, ms: 0, tokensPerSec: 0, gflops: 0, ofPeak: 0 }, decode: [],
@@ -125,10 +128,14 @@ export async function runQwen2VLBench(argv: readonly string[]): Promise<void> {
       log(`[${format}] prefill ${plan.prefill}: ${prefillMs.toFixed(1)} ms`);
 
       // Decode at each context: the cache is set to that length (contents do not change timing).
+      // Peak GPU memory per context: weights, the cache grown to that length, a decode step's buffers.
       for (const ctx of plan.contexts) {
         cache.truncate(0);
         await model.prefill(randomIds(8, 3), {}, cache);
+        cache.ensure(ctx + steps + 1);
         for (const l of cache.layers) l.length = ctx;
+        gpu.pool.trim();
+        gpu.pool.peakBytes = gpu.pool.allocatedBytes;
         let id = 1000;
         await model.decode(id, cache); // warm-up at this context
         const before = { ...gpu.stats };
@@ -139,12 +146,14 @@ export async function runQwen2VLBench(argv: readonly string[]): Promise<void> {
           stepMs.push(performance.now() - s0);
         }
         const meanMs = stepMs.reduce((a, b) => a + b, 0) / steps;
-        const kvBytes = 2 * t.numLayers * (ctx + steps / 2) * t.numKvHeads * t.headDim * 4;
+        const kvRowBytes = (cache.memory().allocatedBytes / cache.layers[0].capacity) / t.numLayers / 2;
+        const kvBytes = 2 * t.numLayers * (ctx + steps / 2) * kvRowBytes;
         const rooflineTokS = (copyGBs * 1e9) / (weightBytesPerToken + kvBytes);
         result.decode.push({
           context: ctx, steps, msPerToken: meanMs, tokensPerSec: 1000 / meanMs,
           bytesPerToken: weightBytesPerToken + kvBytes, rooflineTokensPerSec: rooflineTokS, ofRoofline: 1000 / meanMs / rooflineTokS,
           dispatchesPerToken: (gpu.stats.dispatches - before.dispatches) / steps, submitsPerToken: (gpu.stats.submits - before.submits) / steps,
+          peakBytes: gpu.pool.peakBytes, kvAllocatedBytes: cache.memory().allocatedBytes,
         });
         log(`[${format}] decode at ${ctx}: ${meanMs.toFixed(1)} ms/token`);
       }
@@ -203,11 +212,12 @@ export async function runQwen2VLBench(argv: readonly string[]): Promise<void> {
   for (const f of formats) results.push(await benchFormat(f));
   const report: Report = {
     date: new Date().toISOString(),
-    mode: tiny ? "tiny" : "qwen2-vl-2b",
+    mode: tiny ? "tiny" : size,
+    kvCache: kvDtype,
     command: `npm run bench -- ${argv.join(" ")}`.trim(),
     adapter: gpu.adapter,
     limits: { copyGBs, peakGFLOPS },
-    config: tiny ? TINY_CONFIG : QWEN2VL_2B_CONFIG,
+    config: tiny ? TINY_CONFIG : size === "qwen2-vl-7b" ? QWEN2VL_7B_CONFIG : QWEN2VL_2B_CONFIG,
     preprocess,
     results,
   };

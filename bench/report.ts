@@ -26,6 +26,10 @@ export interface FormatResult {
     ofRoofline: number;
     dispatchesPerToken: number;
     submitsPerToken: number;
+    /** Peak pooled GPU bytes while decoding at this context (weights + KV grown to it + step buffers). */
+    peakBytes: number;
+    /** The KV cache's allocated bytes at this context. */
+    kvAllocatedBytes: number;
   }[];
   /** Raw pixels + question -> first token: `ms` with CPU preprocessing, `msGpuPreprocess` with GPU preprocessing. */
   ttft: { image: [number, number]; questionTokens: number; promptTokens: number; ms: number; msGpuPreprocess: number };
@@ -37,7 +41,9 @@ export interface FormatResult {
 
 export interface Report {
   date: string;
-  mode: "tiny" | "qwen2-vl-2b";
+  mode: "tiny" | "qwen2-vl-2b" | "qwen2-vl-7b";
+  /** The KV cache's element type in this run. */
+  kvCache: "f16" | "f32";
   command: string;
   adapter: AdapterReport;
   limits: { copyGBs: number; peakGFLOPS: number };
@@ -55,6 +61,17 @@ function shares(times: KernelTime[] | null, top: number): string[] {
   if (!times) return ["  (no timestamp-query on this adapter)"];
   const total = times.reduce((a, t) => a + t.ns, 0);
   return times.slice(0, top).map((t) => `  ${pct(t.ns / total).padStart(6)}  ${(t.ns / 1e6).toFixed(3).padStart(9)} ms  x${String(t.count).padEnd(4)} ${t.label}`);
+}
+
+/** Qwen's table (Qwen2-VL README, "Speed Benchmark", transformers, GPU memory in GB for 2048 generated tokens). */
+const SEED_MEMORY: Record<string, Record<number, string>> = {
+  "qwen2-vl-2b": { 1: "BF16 4.68, GPTQ-Int4 2.91, AWQ 2.88", 6144: "BF16 10.01, GPTQ-Int4 8.21, AWQ 8.18", 14336: "BF16 17.20, GPTQ-Int4 15.40, AWQ 15.40", 30720: "BF16 31.64, GPTQ-Int4 29.84, AWQ 29.84" },
+  "qwen2-vl-7b": { 1: "BF16 16.07, GPTQ-Int4 7.20, AWQ 7.07", 6144: "BF16 21.56, GPTQ-Int4 12.69, AWQ 12.56", 14336: "BF16 29.07, GPTQ-Int4 20.20, AWQ 20.07", 30720: "BF16 44.08, GPTQ-Int4 35.22, AWQ 35.08" },
+};
+
+function seedMemory(mode: string, context: number): string {
+  const row = SEED_MEMORY[mode]?.[context];
+  return row ? `; Qwen's table: ${row}` : "";
 }
 
 export function printReport(r: Report): void {
@@ -82,7 +99,8 @@ export function printReport(r: Report): void {
       lines.push(
         `decode at context ${d.context}`.padEnd(58) +
           `${d.tokensPerSec.toFixed(2).padStart(9)} tok/s  ${pct(d.ofRoofline)} of roofline ${d.rooflineTokensPerSec.toFixed(1)} tok/s ` +
-          `(${(d.bytesPerToken / 2 ** 20).toFixed(0)} MiB/token); ${d.dispatchesPerToken} dispatches, ${d.submitsPerToken} submits per token`,
+          `(${(d.bytesPerToken / 2 ** 20).toFixed(0)} MiB/token); ${d.dispatchesPerToken} dispatches, ${d.submitsPerToken} submits per token; ` +
+          `peak GPU memory ${(d.peakBytes / 1e9).toFixed(2)} GB (KV ${(d.kvAllocatedBytes / 1e9).toFixed(2)} GB)${seedMemory(r.mode, d.context)}`,
       );
     }
     if (f.ttft.ms > 0) {
