@@ -89,6 +89,11 @@ export interface ChatCompletionRequest {
   top_logprobs?: number | null;
   add_vision_id?: boolean;
   signal?: AbortSignal;
+  /**
+   * Prefill progress for long prompts: (prompt tokens computed, tokens to compute), called after each
+   * chunk of 512 tokens has run and once at the end (not called when one chunk does it all).
+   */
+  on_prefill_progress?: (done: number, total: number) => void;
 }
 
 

@@ -197,7 +197,18 @@ async function bitmapsForWorker(
       }
     }
   }
-  return { request: { ...req, messages }, transfers, ports };
+  // The prefill progress callback crosses as a MessagePort too, (done, total) coming back.
+  let onPrefill: unknown = req.on_prefill_progress;
+  if (typeof onPrefill === "function") {
+    const cb = onPrefill as (done: number, total: number) => void;
+    const channel = new MessageChannel();
+    channel.port1.onmessage = (e: MessageEvent<[number, number]>) => cb(e.data[0], e.data[1]);
+    onPrefill = channel.port2;
+    transfers.push(channel.port2);
+    ports.push(channel.port1);
+  }
+  const request = { ...req, messages, ...(onPrefill !== undefined ? { on_prefill_progress: onPrefill as ChatCompletionRequest["on_prefill_progress"] } : {}) };
+  return { request, transfers, ports };
 }
 
 /** Relative URLs are the page's, not the worker script's. */

@@ -443,7 +443,7 @@ export class Engine {
       preprocessDevice: devices.size === 0 ? undefined : devices.size === 1 ? [...devices][0] : ("mixed" as const),
     };
     const keys = mediaKeyedIds(prompt.ids, media, placeholders);
-    const gen = generateStream(this.stepModel(L, prompt.ids, keys, media, stats), prompt.ids, params, {
+    const gen = generateStream(this.stepModel(L, prompt.ids, keys, media, stats, prefillProgress(req.on_prefill_progress)), prompt.ids, params, {
       tokenizer: L.tokenizer,
       eosTokenIds: L.eosTokenIds,
       badWordsIds: L.badWordsIds,
@@ -461,7 +461,10 @@ export class Engine {
   }
 
   /** The model as the generation loop sees it, reusing the cached common prefix of the prompt. */
-  private stepModel(L: Loaded, ids: number[], keys: (number | string)[], media: PreparedMedia[], stats: { cachedTokens: number }): StepModel {
+  private stepModel(
+    L: Loaded, ids: number[], keys: (number | string)[], media: PreparedMedia[], stats: { cachedTokens: number },
+    onPrefillProgress?: (done: number, total: number) => void,
+  ): StepModel {
     const read = (o: GenStepOptions): "logits" | "argmax" => (o.needLogits ? "logits" : "argmax");
     const toStep = (r: ModelStep) => (r.logits ? { logits: r.logits } : { tokenId: r.tokenId as number });
     return {
@@ -472,7 +475,14 @@ export class Engine {
         L.cachedKeys = keys.slice(0, keep);
         let r: ModelPrefill;
         try {
-          r = await L.model.prefill(ids, media, L.cache, { read: read(o), signal: o.signal });
+          let reported = false;
+          const progress = onPrefillProgress && ((done: number, total: number): void => {
+            reported = true;
+            onPrefillProgress(done, total);
+          });
+          r = await L.model.prefill(ids, media, L.cache, { read: read(o), signal: o.signal, onPrefillProgress: progress });
+          // The end, when chunks were reported (the last chunk's work is done once prefill returns).
+          if (reported) onPrefillProgress?.(ids.length - keep, ids.length - keep);
         } finally {
           // The pixels are encoded (or not needed): free their GPU buffers before decoding.
           releaseMedia(media);
@@ -488,6 +498,13 @@ export class Engine {
       },
     };
   }
+}
+
+/** The request's prefill progress callback: a function, or (through the worker) the MessagePort it became. */
+function prefillProgress(p: unknown): ((done: number, total: number) => void) | undefined {
+  if (typeof p === "function") return p as (done: number, total: number) => void;
+  if (typeof MessagePort !== "undefined" && p instanceof MessagePort) return (done, total) => p.postMessage([done, total]);
+  return undefined;
 }
 
 /** A JSON file's object, or {} when the file is absent or not an object. */

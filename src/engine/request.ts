@@ -157,6 +157,10 @@ export function validateRequest(req: ChatCompletionRequest): void {
 
   if (!absent(r.model) && typeof r.model !== "string") throw bad(`model must be a string, got ${show(r.model)}`, "model");
   checkBoolean(r, "stream");
+  const pp = r.on_prefill_progress;
+  if (!absent(pp) && typeof pp !== "function" && !(typeof MessagePort !== "undefined" && pp instanceof MessagePort)) {
+    throw bad(`on_prefill_progress must be a function, got ${show(pp)}`, "on_prefill_progress");
+  }
   if (!absent(r.stream_options)) {
     const so = r.stream_options;
     if (typeof so !== "object" || Array.isArray(so)) throw bad(`stream_options must be an object, got ${show(so)}`, "stream_options");

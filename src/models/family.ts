@@ -104,6 +104,11 @@ export interface ModelStepOptions {
    * WebvlmError "aborted" and leaving the cache at its length before the call).
    */
   signal?: AbortSignal;
+  /**
+   * Prefill progress: called after each chunk but the last has run on the GPU, with the prompt
+   * tokens computed so far and the number to compute (the engine reports the end).
+   */
+  onPrefillProgress?: (done: number, total: number) => void;
 }
 
 export interface ModelStep {

@@ -192,7 +192,7 @@ test("a video given as frames is answered as the reference model answers it", { 
   assert.equal(r.choices[0].message.content, expected);
 });
 
-test("a chat grows the KV cache past its first allocation; stats() accounts for it; an overflow is typed and the next request works", { timeout: 600_000 }, async (t) => {
+test("a chat grows the KV cache past its first allocation; prefill progress per chunk; stats() accounts for it; an overflow is typed and the next request works", { timeout: 600_000 }, async (t) => {
   const fresh = await Engine.create({ gpu });
   try {
     // The default context is the model's own (32768 here, capped at DEFAULT_CONTEXT_TOKENS), the cache
@@ -207,8 +207,15 @@ test("a chat grows the KV cache past its first allocation; stats() accounts for 
     assert.ok(first > 0);
     // A prompt past the first 1024 rows (about 1200 tokens of text).
     const long = Array.from({ length: 300 }, (_, i) => `item ${i} is`).join(", ");
-    const r = await fresh.chat.completions.create(greedy([{ role: "user", content: long }], { max_tokens: 3 }));
+    const progress: [number, number][] = [];
+    const r = await fresh.chat.completions.create(greedy([{ role: "user", content: long }], {
+      max_tokens: 3, on_prefill_progress: (done, total) => progress.push([done, total]),
+    }));
     assert.ok(r.usage.prompt_tokens > 1024, `${r.usage.prompt_tokens} prompt tokens`);
+    // Prefill progress after each 512-token chunk, then the end.
+    const n = r.usage.prompt_tokens;
+    const chunks = Array.from({ length: Math.ceil(n / 512) - 1 }, (_, i) => [512 * (i + 1), n]);
+    assert.deepEqual(progress, [...chunks, [n, n]]);
     const s1 = await fresh.stats();
     assert.ok(s1.memory.kvCache.allocatedBytes >= 2 * first, `the cache grew: ${first} -> ${s1.memory.kvCache.allocatedBytes} bytes`);
     assert.ok(s1.memory.kvCache.usedBytes > first && s1.memory.kvCache.usedBytes <= s1.memory.kvCache.allocatedBytes);

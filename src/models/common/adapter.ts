@@ -8,11 +8,13 @@ import type { ModelCache, ModelStepOptions, ReadMode } from "../family.ts";
 export interface StepReadOptions {
   read?: ReadMode;
   signal?: AbortSignal;
+  /** Called between prefill chunks with the prompt tokens computed so far and the total to compute. */
+  onPrefillProgress?: (done: number, total: number) => void;
 }
 
-/** The engine's step options as a model's forward takes them (read mode and abort signal only). */
+/** The engine's step options as a model's forward takes them (read mode, abort signal, prefill progress). */
 export function stepOptions(opts: ModelStepOptions): StepReadOptions {
-  return { read: opts.read, signal: opts.signal };
+  return { read: opts.read, signal: opts.signal, onPrefillProgress: opts.onPrefillProgress };
 }
 
 /**

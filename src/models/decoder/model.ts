@@ -29,6 +29,8 @@ export interface DecoderStepOptions {
   read?: ReadMode;
   /** Checked between prefill chunks and before a decode step (WebvlmError "aborted"). */
   signal?: AbortSignal;
+  /** Called between prefill chunks: prompt tokens computed so far, tokens to compute. */
+  onPrefillProgress?: (done: number, total: number) => void;
 }
 
 export interface DecoderStep extends ModelStep {
@@ -122,6 +124,7 @@ export class DecoderModel {
         if (end < L) {
           await this.forward(ids.slice(start, end), cache, null, L);
           await gpuIdle(this.gpu); // one chunk at a time, so that an abort takes effect between chunks
+          opts.onPrefillProgress?.(end - past, L - past);
         } else {
           return { ...(await this.forward(ids.slice(start, end), cache, opts.read ?? "argmax", L)), reused: past };
         }
@@ -164,6 +167,7 @@ export class DecoderModel {
         if (start > 0) {
           await gpuIdle(this.gpu); // one chunk at a time, so that an abort takes effect between chunks
           throwIfAborted(opts.signal);
+          opts.onPrefillProgress?.(start, T);
         }
         if (end < T) await this.forward(ids.slice(start, end), cache, null, T);
         else return await this.forward(ids.slice(start, end), cache, opts.read ?? "argmax", T);

@@ -29,6 +29,8 @@ export interface Idefics2ImageItem {
 export interface Idefics2StepOptions {
   read?: ReadMode;
   signal?: AbortSignal;
+  /** Called between prefill chunks: prompt tokens computed so far, tokens to compute. */
+  onPrefillProgress?: (done: number, total: number) => void;
 }
 
 export interface Idefics2StepResult {
@@ -190,6 +192,7 @@ export class Idefics2Model {
           // One chunk at a time, so that an abort takes effect between chunks.
           await gpuIdle(this.gpu);
           throwIfAborted(opts.signal);
+          opts.onPrefillProgress?.(start - past, T - past);
         }
         chunks++;
         const last = end === T;

@@ -34,6 +34,8 @@ export interface MllamaImageItem extends MllamaVisionImage {
 export interface MllamaStepOptions {
   read?: ReadMode;
   signal?: AbortSignal;
+  /** Called between prefill chunks: prompt tokens computed so far, tokens to compute. */
+  onPrefillProgress?: (done: number, total: number) => void;
 }
 
 export interface MllamaPrefillResult extends ModelPrefill {
@@ -134,6 +136,7 @@ export class MllamaModel {
         if (chunks > 0) {
           await gpuIdle(this.gpu); // one chunk at a time, so that an abort takes effect between chunks
           throwIfAborted(opts.signal);
+          opts.onPrefillProgress?.(start - past, S - past);
         }
         chunks++;
         const chunkRows = { start: rows.imageStart.subarray(start, end), end: rows.imageEnd.subarray(start, end) };

@@ -32,6 +32,8 @@ import { loadPhi3VWeights, releasePhi3VWeights, type Phi3VWeights } from "./weig
 export interface Phi3VStepOptions {
   read?: ReadMode;
   signal?: AbortSignal;
+  /** Called between prefill chunks: prompt tokens computed so far, tokens to compute. */
+  onPrefillProgress?: (done: number, total: number) => void;
 }
 
 export interface Phi3VStepResult {
@@ -260,6 +262,7 @@ export class Phi3VModel {
           // One chunk at a time, so that an abort takes effect between chunks.
           await gpuIdle(this.gpu);
           throwIfAborted(opts.signal);
+          opts.onPrefillProgress?.(start - past, T - past);
         }
         chunks++;
         const last = end === T;
@@ -319,6 +322,7 @@ export class Phi3VModel {
         if (chunks++ > 0) {
           await gpuIdle(this.gpu);
           throwIfAborted(opts.signal);
+          opts.onPrefillProgress?.(start, T);
         }
         const input: ChunkInput = { start, embedIds: embedIds.slice(start, end), ids: ids.slice(start, end), image: image.slice(start, end), passLength: T, imageAsZero: true };
         const r = await this.forwardChunk(input, cache, [], null, new Map(), end === T ? (opts.read ?? "argmax") : null);

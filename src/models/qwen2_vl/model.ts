@@ -44,6 +44,8 @@ export interface StepOptions {
   signal?: AbortSignal;
   /** Also return the logits as a GPU tensor [1, vocab] (the caller releases it). */
   keepLogits?: boolean;
+  /** Called between prefill chunks: prompt tokens computed so far, tokens to compute. */
+  onPrefillProgress?: (done: number, total: number) => void;
 }
 
 export interface StepResult {
@@ -213,6 +215,7 @@ export class Qwen2VLModel {
           for (const t of chunkFree) this.gpu.pool.release(t.buffer);
         }
         await gpuIdle(this.gpu); // one chunk at a time, so that an abort takes effect between chunks
+        opts.onPrefillProgress?.(end - past, L - past);
       }
       throw new WebvlmError("internal", "prefill: no chunk to run");
     } catch (e) {
