@@ -205,8 +205,8 @@ test("a chat grows the KV cache past its first allocation; prefill progress per 
     assert.equal(s0.memory.kvCache.usedBytes, 0);
     const first = s0.memory.kvCache.allocatedBytes;
     assert.ok(first > 0);
-    // A prompt past the first 1024 rows (about 1200 tokens of text).
-    const long = Array.from({ length: 300 }, (_, i) => `item ${i} is`).join(", ");
+    // A prompt past the first 1024 rows (about 1100 tokens of text).
+    const long = Array.from({ length: 165 }, (_, i) => `item ${i} is`).join(", ");
     const progress: [number, number][] = [];
     const r = await fresh.chat.completions.create(greedy([{ role: "user", content: long }], {
       max_tokens: 3, on_prefill_progress: (done, total) => progress.push([done, total]),
