@@ -438,6 +438,19 @@ async function send(): Promise<void> {
   prompt.focus();
 }
 
+/** A <dl> of (term, description) pairs. */
+function definitionList(entries: readonly [string, string][]): HTMLDListElement {
+  const dl = document.createElement("dl");
+  for (const [k, v] of entries) {
+    const dt = document.createElement("dt");
+    dt.textContent = k;
+    const dd = document.createElement("dd");
+    dd.textContent = v;
+    dl.append(dt, dd);
+  }
+  return dl;
+}
+
 /** The engine's GPU memory: weights, KV cache (allocated / used), activations, pool slack. */
 async function showMemory(): Promise<void> {
   if (!engine) return;
@@ -448,22 +461,13 @@ async function showMemory(): Promise<void> {
     return; // a lost device or a terminated worker: nothing to show
   }
   const mib = (b: number): string => `${(b / 2 ** 20).toFixed(1)} MiB`;
-  const dl = document.createElement("dl");
-  const entries: [string, string][] = [
+  memoryEl.replaceChildren(definitionList([
     ["weights", mib(m.weightsBytes)],
     ["KV cache", `${mib(m.kvCache.usedBytes)} used of ${mib(m.kvCache.allocatedBytes)} allocated`],
     ["activations", mib(m.activationsBytes)],
     ["pool slack", mib(m.poolSlackBytes)],
     ["total (peak)", `${mib(m.allocatedBytes)} (${mib(m.peakBytes)})`],
-  ];
-  for (const [k, v] of entries) {
-    const dt = document.createElement("dt");
-    dt.textContent = k;
-    const dd = document.createElement("dd");
-    dd.textContent = v;
-    dl.append(dt, dd);
-  }
-  memoryEl.replaceChildren(dl);
+  ]));
 }
 
 function newChat(): void {
@@ -499,21 +503,13 @@ async function checkGpu(): Promise<boolean> {
   const name = `${info.vendor} ${info.architecture} ${info.description}`.trim() || "unknown adapter";
   gpuStatus.className = "ok";
   gpuStatus.textContent = `WebGPU ready (${name}).` + (adapterFeatures.includes("shader-f16") ? "" : " No shader-f16: the portable f32-arithmetic variant will be used.");
-  const dl = document.createElement("dl");
   const entries: [string, string][] = [
     ["adapter", name],
     ["features", adapterFeatures.filter((f) => ["shader-f16", "subgroups", "timestamp-query"].includes(f)).join(", ") || "none of shader-f16, subgroups, timestamp-query"],
     ["maxStorageBufferBindingSize", adapter.limits.maxStorageBufferBindingSize.toLocaleString()],
     ["maxBufferSize", adapter.limits.maxBufferSize.toLocaleString()],
   ];
-  for (const [k, v] of entries) {
-    const dt = document.createElement("dt");
-    dt.textContent = k;
-    const dd = document.createElement("dd");
-    dd.textContent = v;
-    dl.append(dt, dd);
-  }
-  adapterEl.replaceChildren(dl);
+  adapterEl.replaceChildren(definitionList(entries));
   return true;
 }
 
