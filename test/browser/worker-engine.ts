@@ -41,6 +41,8 @@ export interface WorkerReport {
   missingModelCode?: string;
   /** load() with an already aborted signal. */
   loadAbortCode?: string;
+  /** A chat past the KV cache's first allocation, then a context overflow, then a request. */
+  longContext?: { promptTokens: number; cachedTokens: number; kvBefore: number; kvAfter: number; prefillDone: number[]; overflowCode: string; afterOverflow: string };
   /** Three requests sent at once, answers in send order. */
   queued?: string[];
   /** Left with `break` after its first token: how the worker ended it, and its token count. */
@@ -143,8 +145,27 @@ async function main(): Promise<WorkerReport> {
 
   const queued = await Promise.all(["One?", "Two?", q].map(async (text, i) =>
     (await engine.chat.completions.create({ messages: i === 2 ? messages : [{ role: "user", content: text }], max_tokens: max, temperature: 0 })).choices[0].message.content));
+  // Long context through the worker: a chat past the KV cache's first 1024 rows (it grows; prefill
+  // progress comes back per chunk), then with a small context a prompt that overflows it (typed),
+  // then a request that works.
+  const longText = Array.from({ length: 165 }, (_, i) => `item ${i} is`).join(", ");
+  const kvBefore = (await engine.stats()).memory.kvCache.allocatedBytes;
+  const prefillDone: number[] = [];
+  const grown = await engine.chat.completions.create({
+    messages: [{ role: "user", content: longText }], max_tokens: 2, temperature: 0, on_prefill_progress: (done) => prefillDone.push(done),
+  });
+  const kvAfter = (await engine.stats()).memory.kvCache.allocatedBytes;
+  await engine.load({ baseUrl: params.get("model")! }, { quantization: "f32", embedding: "f32", vision: "f32", contextLength: 1000 });
+  let overflowCode = "";
+  try {
+    await engine.chat.completions.create({ messages: [{ role: "user", content: longText }], max_tokens: 2 });
+  } catch (e) {
+    overflowCode = isWebvlmError(e) ? e.code : `not a WebvlmError: ${String(e)}`;
+  }
+  const afterOverflow = (await engine.chat.completions.create({ messages, max_tokens: max, temperature: 0 })).choices[0].message.content;
+  const longContext = { promptTokens: grown.usage.prompt_tokens, cachedTokens: grown.usage.prompt_tokens_details?.cached_tokens ?? 0, kvBefore, kvAfter, prefillDone, overflowCode, afterOverflow };
   await engine.terminate();
-  return { streamed, viaOpenAI, errorCode, abortFinish, afterAbort, progressPhases: [...phases], missingModelCode, queued, breakFinish, breakTokens, breakEvents, afterBreak, loadAbortCode };
+  return { streamed, viaOpenAI, errorCode, abortFinish, afterAbort, progressPhases: [...phases], missingModelCode, queued, breakFinish, breakTokens, breakEvents, afterBreak, loadAbortCode, longContext };
 }
 
 main().then(

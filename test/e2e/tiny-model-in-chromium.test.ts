@@ -106,4 +106,11 @@ test("the worker-backed engine: same answer, openai client via engine.fetch, typ
   assert.deepEqual(r.breakEvents, ["break returned", "next done"]);
   assert.equal(r.afterBreak, expected, "the request after a break answers as before");
   assert.equal(r.loadAbortCode, "aborted", "load()'s signal reaches the worker");
+  const lc = r.longContext!;
+  assert.ok(lc.promptTokens > 1024, `${lc.promptTokens} prompt tokens`);
+  assert.ok(lc.kvAfter >= 2 * lc.kvBefore, `the worker's KV cache grew: ${lc.kvBefore} -> ${lc.kvAfter} bytes`);
+  // Progress counts the tokens computed (the chat template's shared prefix comes from the cache).
+  assert.deepEqual(lc.prefillDone, [512, 1024, lc.promptTokens - lc.cachedTokens], "prefill progress per chunk, then the end");
+  assert.equal(lc.overflowCode, "context_length_exceeded");
+  assert.equal(lc.afterOverflow, expected, "after an overflow the engine answers as before");
 });
