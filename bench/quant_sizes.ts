@@ -65,6 +65,19 @@ function sizes(configFile: string): Record<Way, { download: number; gpu: number 
 
 const gb = (b: number): string => (b / 1e9).toFixed(2);
 const lines: string[] = [];
+
+/** KV cache bytes per token: every layer's K and V rows, f16 (packed pairs) or f32. */
+function kvBytesPerToken(configFile: string, dtype: "f16" | "f32"): number {
+  const t = parseQwen2VLConfig(JSON.parse(readFileSync(new URL(configFile, import.meta.url), "utf8"))).text;
+  const width = t.numKvHeads * t.headDim;
+  return 2 * t.numLayers * (dtype === "f16" ? Math.ceil(width / 2) * 4 : width * 4);
+}
+
+/** Qwen's table (transformers, GPU memory in GB for 2048 generated tokens) at the same input lengths. */
+const SEED_CONTEXT: Record<string, Record<number, string>> = {
+  "2B": { 1: "4.68 / 2.91 / 2.88", 6144: "10.01 / 8.21 / 8.18", 14336: "17.20 / 15.40 / 15.40", 30720: "31.64 / 29.84 / 29.84" },
+  "7B": { 1: "16.07 / 7.20 / 7.07", 6144: "21.56 / 12.69 / 12.56", 14336: "29.07 / 20.20 / 20.07", 30720: "44.08 / 35.22 / 35.08" },
+};
 for (const [size, file] of [["2B", "./qwen2-vl-2b.config.json"], ["7B", "./qwen2-vl-7b.config.json"]] as const) {
   const s = sizes(file);
   const bf16 = s["bf16 + in-situ q4"].download;
@@ -73,6 +86,18 @@ for (const [size, file] of [["2B", "./qwen2-vl-2b.config.json"], ["7B", "./qwen2
     const seedKey = w.startsWith("bf16") ? "BF16" : w;
     const seed = SEED[size][seedKey];
     lines.push(`${w.padEnd(20)}${gb(s[w].download).padStart(11)}  ${((100 * s[w].download) / bf16).toFixed(0).padStart(5)}%  ${gb(s[w].gpu).padStart(14)}   ${seed !== undefined ? `${seed.toFixed(2)} (${seedKey})` : "-"}`);
+  }
+  lines.push("");
+}
+// Weights (q4 as loaded) plus the KV cache holding input + 2048 generated tokens, the seed table's setting.
+for (const [size, file] of [["2B", "./qwen2-vl-2b.config.json"], ["7B", "./qwen2-vl-7b.config.json"]] as const) {
+  const w = sizes(file)["bf16 + in-situ q4"].gpu;
+  lines.push(`Qwen2-VL-${size}: q4 weights + KV cache for input + 2048 tokens (GB; activations not counted)`,
+    "input length".padEnd(14) + "KV f16".padStart(8) + "total f16".padStart(11) + "KV f32".padStart(8) + "total f32".padStart(11) + "   seed BF16 / GPTQ-Int4 / AWQ");
+  for (const ctx of [1, 6144, 14336, 30720]) {
+    const kv16 = (ctx + 2048) * kvBytesPerToken(file, "f16");
+    const kv32 = (ctx + 2048) * kvBytesPerToken(file, "f32");
+    lines.push(String(ctx).padEnd(14) + gb(kv16).padStart(8) + gb(w + kv16).padStart(11) + gb(kv32).padStart(8) + gb(w + kv32).padStart(11) + `   ${SEED_CONTEXT[size][ctx]}`);
   }
   lines.push("");
 }
