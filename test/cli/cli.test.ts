@@ -79,3 +79,42 @@ test("a missing model is a typed error with exit code 1", async () => {
     (e: { code?: number; stderr?: string }) => e.code === 1 && /model_not_found/.test(e.stderr ?? ""),
   );
 });
+
+test("webvlm run --request with a video given as frames, an image and a second turn: the reference's greedy answer", { timeout: 600_000 }, async () => {
+  // Five 150x90 frames (qwen_vl_utils 0.0.8: each fetched at 140x84, padded to six; pixel values
+  // checked against numpy in test/vision/video_frames.test.ts), then an image in a later turn.
+  const { checkpointPreprocess, prepareMedia } = await import("../../src/models/qwen2_vl/media.ts");
+  const frameDir = join(repo, "test/fixtures/vision/frames");
+  const frames = [0, 1, 2, 3, 4].map((i) => join(frameDir, `five_${i}.png`));
+  const messages = [
+    { role: "user", content: [{ type: "video", video: frames }, { type: "text", text: "What happens?" }] },
+    { role: "assistant", content: "Colours change." },
+    { role: "user", content: [{ type: "image_url", image_url: { url: IMAGE } }, { type: "text", text: "And here?" }] },
+  ];
+  const tok = new TextTokenizer(JSON.parse(await readFile(join(model, "tokenizer.json"), "utf8")), JSON.parse(await readFile(join(model, "tokenizer_config.json"), "utf8")));
+  const template = new ChatTemplate(JSON.parse(await readFile(join(model, "chat_template.json"), "utf8")).chat_template);
+  const vc = { patchSize: 14, spatialMergeSize: 2, temporalPatchSize: 2, inChannels: 3 } as Parameters<typeof prepareMedia>[2];
+  const [video, image] = await prepareMedia(
+    [{ kind: "video", source: frames, options: {} }, { kind: "image", source: IMAGE, options: {} }], checkpointPreprocess({}), vc,
+  );
+  assert.deepEqual(video.payload.grid, [3, 6, 10]);
+  const prompt = buildChatPrompt(tok, template, [
+    { role: "user", content: [{ type: "video" }, { type: "text", text: "What happens?" }] },
+    { role: "assistant", content: "Colours change." },
+    { role: "user", content: [{ type: "image" }, { type: "text", text: "And here?" }] },
+  ], [
+    { kind: "image", tokenId: 151655, counts: [image.tokens] },
+    { kind: "video", tokenId: 151656, counts: [video.tokens] },
+  ], { addGenerationPrompt: true });
+  const ref = greedyGenerate(loadReferenceModel(model), prompt.ids, image.payload.pixelValues as Float32Array, [image.payload.grid], MAX_TOKENS, [151645, 151643], {
+    videoPixelValues: video.payload.pixelValues as Float32Array, videoGrids: [video.payload.grid],
+  });
+  const want = tok.decode(ref.tokens.filter((t) => t !== 151645 && t !== 151643), { skipSpecialTokens: true });
+
+  const req = join(dir, "req-video.json");
+  await writeFile(req, JSON.stringify({ model, messages, max_tokens: MAX_TOKENS, temperature: 0 }));
+  const { stdout } = await run(process.execPath, [cli, "run", "--request", req, "--dtype", "f32"], { maxBuffer: 1 << 24 });
+  const completion = JSON.parse(stdout);
+  assert.equal(completion.usage.prompt_tokens, prompt.ids.length);
+  assert.equal(completion.choices[0].message.content, want);
+});
