@@ -116,23 +116,17 @@ interface Shape {
 }
 
 const SHAPES: Shape[] = [
-  // Short-row GEMV (K <= 256), incl. a padded tail (200 = 6 * 32 + 8).
-  { M: 1, K: 64, N: 100 },
-  { M: 2, K: 96, N: 77 },
+  // Short-row GEMV (K <= 256) with a padded tail (200 = 6 * 32 + 8).
   { M: 3, K: 200, N: 45 },
-  // Lane-team GEMV: padded tail (520, 1000), R = 2 (N >= 1024), several x-row chunks and MROWS.
+  // Lane-team GEMV: a padded tail (1000), R = 2 (N >= 1024), several x-row chunks and MROWS.
   { M: 1, K: 1000, N: 300 },
   { M: 2, K: 264, N: 1030 },
-  { M: 3, K: 520, N: 130 },
-  { M: 5, K: 1536, N: 64 },
   // Groups of 128 as 4 equal 32-groups (and one whole-row group over a padded row).
   { M: 1, K: 512, N: 96, group: 128 },
   { M: 17, K: 512, N: 70, group: 128 },
   { M: 2, K: 200, N: 33, group: 224 },
-  // Tiled GEMM, incl. K % 4 != 0 (padded, x read bounds-checked) and a small M whose K forces it.
-  { M: 17, K: 96, N: 130 },
+  // Tiled GEMM with K % 4 != 0 (padded, x read bounds-checked).
   { M: 70, K: 333, N: 90 },
-  { M: 2, K: 70, N: 40 },
 ];
 
 /**
