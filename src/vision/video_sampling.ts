@@ -16,7 +16,7 @@
 // "total" counts the frames the decoder yields between video_start and video_end (torchvision's
 // read_video(start_pts, end_pts) does the same); video_fps is the stream's average frame rate.
 import { WebvlmError } from "../api/errors.ts";
-import { pyRound, requestedResize, type ResizedSize } from "../models/qwen2_vl/smart_resize.ts";
+import { pyRound, requestedResize, type ResizedSize } from "./smart_resize.ts";
 
 export const VIDEO_MIN_PIXELS = 128 * 28 * 28;
 export const VIDEO_MAX_PIXELS = 768 * 28 * 28;
