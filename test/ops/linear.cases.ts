@@ -14,7 +14,7 @@ const TOL = 1e-10;
 const FORMATS: WeightFormat[] = ["f32", "f16", "q8", "q4"];
 
 /** y[m, n] = sum_k x[m, k] * w[n, k] + bias[n], in f64. */
-function linearReference(x: Float32Array, w: Float32Array, M: number, N: number, K: number, bias?: Float32Array): Float64Array {
+export function linearReference(x: Float32Array, w: Float32Array, M: number, N: number, K: number, bias?: Float32Array): Float64Array {
   const y = new Float64Array(M * N);
   for (let m = 0; m < M; m++) {
     for (let n = 0; n < N; n++) {
@@ -26,12 +26,12 @@ function linearReference(x: Float32Array, w: Float32Array, M: number, N: number,
   return y;
 }
 
-function releaseWeight(gpu: GpuContext, w: Weight | ShardedWeight): void {
+export function releaseWeight(gpu: GpuContext, w: Weight | ShardedWeight): void {
   const parts = "shards" in w ? w.shards.map((s) => s.weight) : [w];
   for (const p of parts) for (const t of weightTensors(p)) gpu.pool.release(t.buffer);
 }
 
-function release(gpu: GpuContext, ...ts: (Tensor | undefined)[]): void {
+export function release(gpu: GpuContext, ...ts: (Tensor | undefined)[]): void {
   for (const t of ts) if (t) gpu.pool.release(t.buffer);
 }
 
@@ -63,7 +63,7 @@ const SHAPES: Shape[] = [
 ];
 
 /** Qwen2RMSNorm in f64: x * 1/sqrt(mean(x^2) + eps) * g, per row. */
-function rmsNormReference(x: Float32Array, g: Float32Array, M: number, K: number, eps: number): Float32Array {
+export function rmsNormReference(x: Float32Array, g: Float32Array, M: number, K: number, eps: number): Float32Array {
   const out = new Float64Array(M * K);
   for (let m = 0; m < M; m++) {
     let ss = 0;

@@ -16,6 +16,7 @@ import { GROUP_SIZE, paddedCols, type QuantizedWeight, type ShardedWeight, type 
 import { dequantize, packedRows, uploadQuantized, weightTensors, type PackedQuant } from "../../src/quant/pack.ts";
 import type { KernelCase } from "../util/cases.ts";
 import { expectClose, expectEqual, randomArray } from "../util/compare.ts";
+import { linearReference, release, releaseWeight, rmsNormReference } from "./linear.cases.ts";
 
 // As in linear.cases.ts: f32 accumulation against an f64 reference on the same weight values.
 const TOL = 1e-10;
@@ -67,44 +68,10 @@ function randomAsym(format: "q4" | "q8", N: number, K: number, seed: number, gro
   return { p: { format, rows: N, cols: K, paddedCols: pc, data, scales, zeros }, direct };
 }
 
-/** y[m, n] = sum_k x[m, k] * w[n, k] + bias[n], in f64. */
-function linearReference(x: Float32Array, w: Float32Array, M: number, N: number, K: number, bias?: Float32Array): Float64Array {
-  const y = new Float64Array(M * N);
-  for (let m = 0; m < M; m++) {
-    for (let n = 0; n < N; n++) {
-      let s = bias ? bias[n] : 0;
-      for (let k = 0; k < K; k++) s += x[m * K + k] * w[n * K + k];
-      y[m * N + n] = s;
-    }
-  }
-  return y;
-}
-
-/** Qwen2RMSNorm in f64, rounded to f32 (what the kernels' inputs would be). */
-function rmsNormReference(x: Float32Array, g: Float32Array, M: number, K: number, eps: number): Float32Array {
-  const out = new Float64Array(M * K);
-  for (let m = 0; m < M; m++) {
-    let ss = 0;
-    for (let k = 0; k < K; k++) ss += x[m * K + k] ** 2;
-    const r = 1 / Math.sqrt(ss / K + eps);
-    for (let k = 0; k < K; k++) out[m * K + k] = x[m * K + k] * r * g[k];
-  }
-  return Float32Array.from(out);
-}
-
 function maxAbsErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let e = 0;
   for (let i = 0; i < b.length; i++) e = Math.max(e, Math.abs(a[i] - b[i]));
   return e;
-}
-
-function releaseWeight(gpu: GpuContext, w: Weight | ShardedWeight): void {
-  const parts = "shards" in w ? w.shards.map((s) => s.weight) : [w];
-  for (const p of parts) for (const t of weightTensors(p)) gpu.pool.release(t.buffer);
-}
-
-function release(gpu: GpuContext, ...ts: (Tensor | undefined)[]): void {
-  for (const t of ts) if (t) gpu.pool.release(t.buffer);
 }
 
 interface Shape {
